@@ -145,8 +145,7 @@ def carve_chunked(
         for p in sorted(set(pos_list)):  # lanes that start at the same position in their chunk run together
             idx = [i for i, pp in enumerate(pos_list) if pp == p]
             it = torch.tensor(idx, device=q.device)
-            sel = lambda x: x[it]
-            o_l, st = _run_lanes(sel(q), sel(k), sel(v), sel(g), sel(a), sel(w), u_down, u_up,
+            o_l, st = _run_lanes(q[it], k[it], v[it], g[it], a[it], w[it], u_down, u_up,
                                  lane_state(it), p, sc, chunk_size, content_grad)
             o = o.index_copy(0, it, o_l) if len(idx) < shp.B else o_l
             finals.append((idx, st))
