@@ -1,0 +1,8 @@
+"""The one error type of the RULER package: a bad task name, a length too short, a tokenizer that
+cannot represent a task, or a checkpoint that cannot be evaluated."""
+
+from __future__ import annotations
+
+
+class RulerError(ValueError):
+    """A RULER input problem, with a message meant for the user (no traceback needed)."""
