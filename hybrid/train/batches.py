@@ -1,0 +1,74 @@
+"""The batch every data source produces, and the seed scheme shared by all of them.
+
+Label convention (Hugging Face causal LM): ``labels`` has the shape of ``input_ids``; the model
+predicts ``labels[t]`` from positions ``< t`` (it shifts internally); ``-100`` is ignored. Sources
+set ``-100`` on the first token of every packed segment, so no token is ever predicted across a
+document (or row) boundary.
+
+Packed batches are ``(1, N)`` with ``cu_seqlens`` (int32, ``[0, ..., N]``) marking segment starts,
+which the model uses to reset recurrent state, short conv, attention and RoPE at each boundary.
+
+Seed scheme: every micro-batch is drawn from its own generator,
+``numpy.random.Generator(PCG64(SeedSequence([TAG, stream, seed, rank, step, micro])))`` where
+``TAG = 0x48594252`` ("HYBR"), ``stream`` is 1 for training and 2 for held-out evaluation draws, and
+``seed`` is ``train.seed``. The data position of a run is therefore just the step number (exact
+resume for free), ranks draw disjoint streams, and training draws can never coincide with
+evaluation draws (different ``stream``), nor with RULER evaluation samples, which
+``hybrid.eval.ruler`` derives from plain integer seeds without this tag.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+IGNORE = -100
+SEED_TAG = 0x48594252
+TRAIN_STREAM = 1
+EVAL_STREAM = 2
+
+
+def rng_for(seed: int, stream: int, rank: int, step: int, micro: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence([SEED_TAG, stream, seed, rank, step, micro])))
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, T) or (1, N) int64
+    labels: torch.Tensor  # same shape, IGNORE where no loss
+    cu_seqlens: torch.Tensor | None = None  # int32 (S+1,) for packed (1, N) batches
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.input_ids.numel())
+
+    @property
+    def num_targets(self) -> int:
+        return int((self.labels != IGNORE).sum())
+
+    def to(self, device) -> Batch:
+        cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=True)
+        return Batch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), cu)
+
+
+def pack_rows(rows: list[tuple[np.ndarray, np.ndarray, list[int]]]) -> Batch:
+    """Flatten rows of (ids, labels, segment_starts) into one (1, N) batch with cu_seqlens.
+
+    ``segment_starts`` are offsets inside the row (0 first); each row start is also a boundary."""
+    ids, labels, cu = [], [], []
+    offset = 0
+    for r_ids, r_labels, starts in rows:
+        r_labels = r_labels.copy()
+        for s in starts:
+            cu.append(offset + s)
+            r_labels[s] = IGNORE
+        ids.append(r_ids)
+        labels.append(r_labels)
+        offset += len(r_ids)
+    cu.append(offset)
+    cu_arr = np.unique(np.asarray(cu, dtype=np.int64))
+    return Batch(torch.from_numpy(np.concatenate(ids).astype(np.int64))[None],
+                 torch.from_numpy(np.concatenate(labels).astype(np.int64))[None],
+                 torch.from_numpy(cu_arr.astype(np.int32)))

@@ -1,0 +1,135 @@
+"""RULER-format training mixture: samples from ``hybrid.eval.ruler`` rendered as text and packed.
+
+A training document is ``<bos> prompt completion <eos>``, where ``prompt`` ends with the task's answer
+prefix and ``completion`` is the canonical answer text (e.g. `` 1478007.``). With ``loss_on: answer``
+(default) only the completion and ``<eos>`` tokens carry loss, which is what RULER scores; with
+``loss_on: all`` every token after ``<bos>`` does.
+
+Rows of ``seq_len`` tokens are filled greedily: pick a task uniformly among those that still fit,
+draw a target length uniformly between the task's minimum and the space left, generate, repeat;
+the tail that no task fits is padding (its own segment, no loss). Sample lengths thus vary from each
+task's minimum up to ``seq_len``.
+
+Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
+``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
+from every RULER evaluation seed (``[2**48, 2**49)``). Held-out evaluation draws use negative step
+numbers, so they never coincide with training draws.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hybrid.train.batches import Batch, pack_rows, rng_for
+
+
+def _min_length(task: str, tok, limit: int) -> int | None:
+    """Smallest max_tokens (<= limit) at which ``task`` can build a sample, or None."""
+    from hybrid.eval.ruler import RulerError, make_sample
+
+    def ok(n: int) -> bool:
+        try:
+            make_sample(task, n, tok, 12345)
+            return True
+        except RulerError:
+            return False
+
+    if not ok(limit):
+        return None
+    lo, hi = 16, limit  # invariant: ok(hi)
+    while hi - lo > 8:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return min(hi + 24, limit)  # margin: the minimum varies a little with the drawn words
+
+
+class RulerSource:
+    kind = "ruler_mix"
+
+    def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
+                 loss_on: str = "answer", seed: int = 0, rank: int = 0, world_size: int = 1):
+        try:
+            from hybrid.eval.ruler import OFFLINE, resolve_tasks
+        except ImportError as e:
+            raise RuntimeError(f"data kind ruler_mix needs hybrid.eval.ruler ({e})") from e
+        self.tok = tokenizer
+        self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
+        self.seed, self.rank, self.world = seed, rank, world_size
+        names = resolve_tasks(tasks) if tasks else list(OFFLINE)
+        body = seq_len - 2  # room for <bos> and <eos>
+        self.min_len: dict[str, int] = {}
+        too_long = []
+        for name in names:
+            m = _min_length(name, tokenizer, body)
+            if m is None:
+                too_long.append(name)
+            else:
+                self.min_len[name] = m
+        if too_long and tasks:
+            raise ValueError(f"ruler_mix: task(s) {', '.join(too_long)} need more than seq_len={seq_len} tokens; "
+                             "raise train.seq_len or remove them from train.data.tasks")
+        if not self.min_len:
+            raise ValueError(f"ruler_mix: no RULER task fits seq_len={seq_len}; raise train.seq_len")
+        self.skipped = too_long
+        self.tasks = list(self.min_len)
+
+    def _row(self, rng: np.random.Generator, step: int, row_index: int):
+        from hybrid.eval.ruler import RulerError, make_sample
+        from hybrid.eval.ruler.seeds import train_seed
+
+        bos, eos, pad = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
+        ids: list[int] = []
+        labels: list[int] = []
+        starts: list[int] = []
+        k = 0
+        failures = 0
+        while failures < 3:
+            room = self.T - len(ids) - 2
+            fits = [t for t in self.tasks if self.min_len[t] <= room]
+            if not fits:
+                break
+            task = fits[int(rng.integers(len(fits)))]
+            n = int(rng.integers(self.min_len[task], room + 1))
+            seed = train_seed(self.seed, step, (row_index << 8) + k)
+            k += 1
+            try:
+                s = make_sample(task, n, self.tok, seed)
+            except RulerError:  # this draw's template came out longer than the probed minimum
+                failures += 1
+                continue
+            p = self.tok.encode(s.prompt, add_special_tokens=False)
+            c = self.tok.encode(s.completion, add_special_tokens=False) + [eos]
+            doc = [bos] + p + c
+            if len(doc) > self.T - len(ids):  # the fit counts prompt + gen_tokens; be safe anyway
+                break
+            starts.append(len(ids))
+            ids += doc
+            if self.loss_on == "answer":
+                labels += [-100] * (1 + len(p)) + c
+            else:
+                labels += doc
+        if len(ids) < self.T:
+            starts.append(len(ids))
+            labels += [-100] * (self.T - len(ids))
+            ids += [pad] * (self.T - len(ids))
+        return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64), starts
+
+    def batch(self, step: int, micro: int, *, stream: int = 1) -> Batch:
+        rng = rng_for(self.seed, stream, self.rank, step, micro)
+        s = step if stream == 1 else -1 - step
+        rows = [self._row(rng, s, ((micro * self.world + self.rank) << 12) + b) for b in range(self.B)]
+        return pack_rows(rows)
+
+    def eval_batch(self, i: int) -> Batch:
+        return self.batch(i, 0, stream=2)
+
+    def baselines(self) -> dict:
+        return {"tasks": self.tasks, "skipped_tasks (too long for seq_len)": self.skipped,
+                "min_lengths": self.min_len}
+
+    def describe(self) -> str:
+        skip = f"; skipped (need > seq_len): {', '.join(self.skipped)}" if self.skipped else ""
+        return f"ruler_mix: {len(self.tasks)} tasks ({', '.join(self.tasks)}), loss on {self.loss_on}{skip}"
