@@ -1,7 +1,7 @@
 """Recipe errors: every message names the file, the line and the key path.
 
 A ``RecipeError`` prints as ``recipes/x.yaml:12 layout.pattern: unknown block 'X'; defined blocks: C, A``.
-Values that came from a command-line override print as ``--set layout.ratio=3:x: ...`` instead.
+Values that came from an override print as ``override 'layout.ratio=3:x' layout.ratio: ...`` instead.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ class Loc:
 
     def __str__(self) -> str:
         if self.override is not None:
-            return f"--set {self.override}"
+            return f"override '{self.override}'"
         return f"{self.file}:{self.line}" if self.line else self.file
 
 

@@ -131,7 +131,7 @@ def _template(layout: dict, field: str, want_recurrent: bool, blocks: dict, wher
                                                  f"{_names_list(blocks)}{near(name, blocks)}")
         if is_recurrent(blocks[name]) != want_recurrent:
             raise where.error(("layout", field), f"block {name!r} is a '{blocks[name]['kind']}' block, "
-                                                 f"not a {kind} one")
+                                                 f"not {'a recurrent' if want_recurrent else 'an attention'} one")
         return name
     cands = [n for n, b in blocks.items() if is_recurrent(b) == want_recurrent]
     if len(cands) == 1:
