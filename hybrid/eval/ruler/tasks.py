@@ -2,7 +2,8 @@
 
 ``TASKS`` maps a task name to its task object (``.metric``, ``.gen_tokens``, ``.haystack``,
 ``.description``). ``make_sample(task, max_tokens, tokenizer, rng)`` returns a ``Sample`` whose prompt
-plus ``gen_tokens`` fits ``max_tokens`` tokens of ``tokenizer``, found by searching the haystack size.
+plus ``gen_tokens`` fits ``max_tokens`` tokens of ``tokenizer`` (counting a leading BOS when the tokenizer
+has one: the model reads ``<bos> prompt``), found by searching the haystack size.
 The sample is a pure function of one seed drawn from ``rng`` (see ``seeds.py`` for the seed ranges).
 """
 
@@ -20,7 +21,7 @@ from .fit import fit_units
 from .haystack import essay_words, is_default_essay
 from .niah import niah_tasks
 from .qa import QaTask
-from .tokens import check_ids, check_text, encode
+from .tokens import check_ids, check_text, model_ids
 from .vt import VariableTracking
 
 TASKS: dict[str, Task] = {t.name: t for t in [*niah_tasks(), VariableTracking(), CommonWords(), FrequentWords(),
@@ -98,7 +99,7 @@ def make_sample(task: str | Task, max_tokens: int, tokenizer, rng, *, haystack: 
     ids_of: dict[str, list[int]] = {}
 
     def count(built) -> int:
-        ids = encode(tokenizer, built.prompt)
+        ids = model_ids(tokenizer, built.prompt)
         ids_of[built.prompt] = ids
         return len(ids)
 

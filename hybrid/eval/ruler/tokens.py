@@ -14,6 +14,16 @@ def encode(tokenizer, text: str) -> list[int]:
     return list(ids)
 
 
+def model_ids(tokenizer, text: str) -> list[int]:
+    """The ids the evaluated model reads for a prompt: ``encode`` plus a leading BOS when the tokenizer
+    has one and did not add it (training documents start with BOS). Lengths are fitted on these."""
+    ids = encode(tokenizer, text)
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is not None and (not ids or ids[0] != bos):
+        ids = [bos] + ids
+    return ids
+
+
 def decode(tokenizer, ids: list[int]) -> str:
     try:
         return tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,84 @@
+"""Load a trained model folder (``HybridForCausalLM`` + its tokenizer) for evaluation, with clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import RulerError
+
+
+def check_model_dir(path: str | Path) -> Path:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise RulerError(f"checkpoint folder not found: {p}")
+    if not p.is_dir():
+        raise RulerError(f"{p} is a file, not a model folder; give the folder written by `hybrid train` "
+                         "(it holds config.json, the weights and the tokenizer)")
+    cfg = p / "config.json"
+    if not cfg.is_file():
+        sub = sorted(q.parent.name for q in p.glob("*/config.json"))
+        hint = f"; model folders inside it: {', '.join(sub)}" if sub else ""
+        raise RulerError(f"{p} is not a model folder: it has no config.json{hint}")
+    try:
+        json.loads(cfg.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RulerError(f"{cfg} is not valid JSON: {e}") from None
+    if not any(p.glob("*.safetensors")) and not any(p.glob("*.bin")):
+        raise RulerError(f"{p} has a config.json but no weights (*.safetensors); was training interrupted "
+                         "before the first save?")
+    return p
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    if (path / "tokenizer.json").is_file() or (path / "tokenizer_config.json").is_file():
+        tok = AutoTokenizer.from_pretrained(str(path))
+    else:
+        from hybrid.train.tokenizer import load_tokenizer as default
+
+        tok = default(None)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_checkpoint(path: str | Path, device: str | None = None, dtype: str = "auto"):
+    """(model, tokenizer, config dict) of a model folder, model in eval mode on ``device``."""
+    import torch
+
+    p = check_model_dir(path)
+    try:
+        from hybrid.blocks import HybridForCausalLM
+    except ImportError as e:  # pragma: no cover - the model package is part of hybrid
+        raise RulerError(f"the model class is not available: {e}") from None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        model = HybridForCausalLM.from_pretrained(str(p))
+    except Exception as e:
+        raise RulerError(f"{p} could not be loaded as a hybrid model: {type(e).__name__}: {e}") from None
+    if dtype == "auto":
+        dtype = "bf16" if device.startswith("cuda") else "fp32"
+    model = model.to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    tok = load_tokenizer(p)
+    return model, tok, json.loads((p / "config.json").read_text())
+
+
+def training_length(path: str | Path) -> int | None:
+    """The training sequence length recorded next to a model (recipe or train config), if any."""
+    p = Path(path)
+    for name in ("train_config.json", "recipe.json", "train.json"):
+        f = p / name
+        if f.is_file():
+            try:
+                d = json.loads(f.read_text())
+            except json.JSONDecodeError:
+                continue
+            for keys in (("seq_len",), ("train", "seq_len")):
+                v = d
+                for k in keys:
+                    v = v.get(k) if isinstance(v, dict) else None
+                if isinstance(v, int):
+                    return v
+    return None

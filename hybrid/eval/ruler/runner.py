@@ -1,0 +1,127 @@
+"""Run RULER on a model: make the samples, generate greedily in left-padded batches through the
+model's ``generate()`` (hybrid cache), score, and collect per-task, per-length results."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .base import Sample
+from .scoring import postprocess, score_one
+from .seeds import eval_rng
+from .tasks import get_task, is_ruler_like, make_sample
+from .tokens import model_ids
+
+
+@dataclass
+class RulerRun:
+    tasks: list[str]
+    lengths: list[int]
+    samples: int
+    seed: int
+    haystack: str | None
+    scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    predictions: list[dict] = field(default_factory=list)
+    gen_tokens: int = 0
+    gen_seconds: float = 0.0
+    prompt_tokens: int = 0
+
+    def mean(self, length: int) -> float:
+        vals = [self.scores[t][length] for t in self.tasks if length in self.scores.get(t, {})]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    @property
+    def ruler_like(self) -> list[str]:
+        return [t for t in self.tasks if is_ruler_like(t)]
+
+    def to_dict(self) -> dict:
+        from .haystack import essay_label
+
+        return {
+            "tasks": self.tasks, "lengths": self.lengths, "samples": self.samples, "seed": self.seed,
+            "haystack": essay_label(self.haystack), "ruler_like_tasks": self.ruler_like,
+            "metric": {t: get_task(t).metric for t in self.tasks},
+            "scores": {t: {str(n): v for n, v in self.scores[t].items()} for t in self.tasks},
+            "mean": {str(n): self.mean(n) for n in self.lengths},
+            "decode": {"generated_tokens": self.gen_tokens, "seconds": self.gen_seconds,
+                       "prompt_tokens": self.prompt_tokens,
+                       "ms_per_generated_token": 1000 * self.gen_seconds / max(self.gen_tokens, 1)},
+        }
+
+
+def make_samples(tasks: list[str], lengths: list[int], n: int, tokenizer, *, seed: int = 0,
+                 haystack: str | None = None, data: dict | None = None) -> dict[tuple[str, int], list[Sample]]:
+    """Sample ``i`` of (task, length) uses seed ``eval_seed(task, length, i, seed)``."""
+    data = data or {}
+    out = {}
+    for t in tasks:
+        for length in lengths:
+            src = data.get(t)
+            out[(t, length)] = [make_sample(t, length, tokenizer, eval_rng(t, length, i, seed), haystack=haystack,
+                                            data=src) for i in range(n)]
+    return out
+
+
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
+    """Greedy continuations of token-id prompts, batched with left padding. Returns (texts, tokens made)."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=pad, eos_token_id=eos)
+    new = out[:, width:].tolist()
+    texts, made = [], 0
+    for row in new:
+        if eos is not None and eos in row:
+            row = row[: row.index(eos)]
+        made += len(row)
+        texts.append(tokenizer.decode(row, skip_special_tokens=True))
+    return texts, made
+
+
+def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, batch_size: int = 8,
+             seed: int = 0, haystack: str | None = None, data: dict | None = None, progress: bool = True,
+             label: str = "RULER") -> RulerRun:
+    """Generate and score ``n`` samples of every task at every length."""
+    from tqdm.auto import tqdm
+
+    for t in tasks:
+        get_task(t)
+    run = RulerRun(list(tasks), list(lengths), n, seed, haystack)
+    samples = make_samples(tasks, lengths, n, tokenizer, seed=seed, haystack=haystack, data=data)
+    total = sum(len(v) for v in samples.values())
+    bar = tqdm(total=total, desc=label, unit="sample", disable=not progress, dynamic_ncols=True)
+    try:
+        for (t, length), group in samples.items():
+            scores = []
+            order = sorted(range(len(group)), key=lambda i: -group[i].prompt_tokens)
+            for b in range(0, len(order), batch_size):
+                idx = order[b: b + batch_size]
+                prompts = [model_ids(tokenizer, group[i].prompt) for i in idx]
+                t0 = time.perf_counter()
+                texts, made = generate(model, tokenizer, prompts, group[idx[0]].gen_tokens)
+                run.gen_seconds += time.perf_counter() - t0
+                run.gen_tokens += made
+                run.prompt_tokens += sum(len(p) for p in prompts)
+                for i, text in zip(idx, texts):
+                    s = group[i]
+                    v = score_one(get_task(t).metric, text, s.answers)
+                    scores.append(v)
+                    run.predictions.append({"task": t, "length": length, "index": i, "seed": s.seed,
+                                            "answers": s.answers, "prediction": postprocess(text),
+                                            "score": v, "prompt_tokens": s.prompt_tokens})
+                bar.update(len(idx))
+                bar.set_postfix_str(f"{t}@{length}")
+            run.scores.setdefault(t, {})[length] = 100.0 * sum(scores) / len(scores)
+    finally:
+        bar.close()
+    return run
