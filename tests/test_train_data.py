@@ -1,0 +1,213 @@
+"""Training data, tokenizer, config and schedule (no model needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from hybrid.blocks.spec import SpecError
+from hybrid.train.batches import IGNORE
+from hybrid.train.config import TrainConfig
+from hybrid.train.mqar import MQARSource
+from hybrid.train.schedule import lr_factor, param_groups
+from hybrid.train.text_source import TextSource
+from hybrid.train.textfiles import DataFileError, expand_files, iter_documents
+from hybrid.train.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer()
+
+
+# ---- config -----------------------------------------------------------------------------------------
+
+def test_config_defaults_and_roundtrip():
+    c = TrainConfig.from_dict({"steps": 5, "lr": "3e-4", "betas": [0.9, 0.99],
+                               "data": {"kind": "assoc_recall", "num_kv_pairs": 4}})
+    assert c.steps == 5 and c.lr == 3e-4 and c.betas == (0.9, 0.99)
+    assert c.data.kind == "assoc_recall" and c.data.num_kv_pairs == 4
+    assert TrainConfig.from_dict(c.to_dict()).to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize("bad, path, words", [
+    ({"stesp": 3}, "train.stesp", "did you mean 'steps'"),
+    ({"steps": 0}, "train.steps", ">= 1"),
+    ({"lr": -1}, "train.lr", "> 0"),
+    ({"betas": [0.9]}, "train.betas", "two numbers"),
+    ({"dtype": "bf61"}, "train.dtype", "did you mean 'bf16'"),
+    ({"compile": "yes"}, "train.compile", "true or false"),
+    ({"data": {"kind": "txt"}}, "train.data.kind", "did you mean 'text'"),
+    ({"data": {"kind": "text", "tasks": ["vt"]}}, "train.data.tasks", "ruler_mix"),
+    ({"data": {"kind": "assoc_recall", "num_kv_pair": 3}}, "train.data.num_kv_pair", "num_kv_pairs"),
+    ({"data": {"kind": "ruler_mix", "loss_on": "answers"}}, "train.data.loss_on", "did you mean 'answer'"),
+])
+def test_config_errors(bad, path, words):
+    with pytest.raises(SpecError) as e:
+        TrainConfig.from_dict(bad)
+    assert e.value.path == path
+    assert words in str(e.value)
+
+
+# ---- schedule and parameter groups --------------------------------------------------------------------
+
+def test_warmup_cosine():
+    f = [lr_factor(s, steps=100, warmup_steps=10, min_lr_ratio=0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(f[9:], f[10:]))
+    assert f[-1] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 89 / 90)))
+    assert lr_factor(1000, steps=100, warmup_steps=10, min_lr_ratio=0.1) == pytest.approx(0.1)
+
+
+def test_no_decay_groups():
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Embedding(10, 4)
+            self.proj = torch.nn.Linear(4, 4)
+            self.norm = torch.nn.LayerNorm(4)
+            self.A_log = torch.nn.Parameter(torch.zeros(2))
+            self.dt_bias = torch.nn.Parameter(torch.zeros(2))
+
+    groups, (decay, no_decay) = param_groups(M(), 0.1)
+    assert decay == ["proj.weight"]
+    assert set(no_decay) == {"embed.weight", "proj.bias", "norm.weight", "norm.bias", "A_log", "dt_bias"}
+    _, (decay, _) = param_groups(M(), 0.1, decay_embeddings=True)
+    assert set(decay) == {"embed.weight", "proj.weight"}
+
+
+# ---- MQAR -----------------------------------------------------------------------------------------------
+
+def test_mqar_structure_and_determinism():
+    src = MQARSource(vocab_size=512, seq_len=64, batch_size=3, num_kv_pairs=6)
+    b = src.batch(7, 0)
+    assert b.input_ids.shape == (3, 64) and b.cu_seqlens is None
+    for ids, lab in zip(b.input_ids.tolist(), b.labels.tolist()):
+        kv = dict(zip(ids[0:12:2], ids[1:12:2]))
+        assert len(kv) == 6 and all(k < 256 <= v for k, v in kv.items())
+        tgt = [t for t in range(64) if lab[t] != IGNORE]
+        assert len(tgt) == 6
+        for t in tgt:  # the label after a queried key is that key's value
+            assert t >= 12 and kv[ids[t - 1]] == lab[t]
+    assert torch.equal(src.batch(7, 0).input_ids, b.input_ids)
+    assert not torch.equal(src.batch(8, 0).input_ids, b.input_ids)
+    assert not torch.equal(src.eval_batch(0).input_ids, src.batch(0, 0).input_ids)
+    other_rank = MQARSource(vocab_size=512, seq_len=64, batch_size=3, num_kv_pairs=6, rank=1)
+    assert not torch.equal(other_rank.batch(7, 0).input_ids, b.input_ids)
+
+
+def test_mqar_bad_sizes():
+    with pytest.raises(ValueError, match="seq_len"):
+        MQARSource(vocab_size=512, seq_len=16, batch_size=1, num_kv_pairs=8)
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------------
+
+def test_tokenizer_specials_digits_uuid(tok):
+    assert len(tok) == 4096
+    assert (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) == (0, 1, 2)
+    num = tok.encode(" 4829013", add_special_tokens=False)
+    assert len(num) == 8  # the space, then one token per digit
+    uid = "3f2a9c1e-7b4d-4e2a-9f1c-0a1b2c3d4e5f"
+    ids = tok.encode(uid, add_special_tokens=False)
+    assert tok.decode(ids) == uid and len(ids) <= len(uid)
+    text = "To be, or not to be: that is the question.\n\tÆther ✓"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    assert len(tok.encode("To be, or not to be", add_special_tokens=False)) <= 7
+
+
+def test_tokenizer_bad_path(tmp_path):
+    with pytest.raises(DataFileError, match="does not exist"):
+        load_tokenizer(tmp_path / "nope")
+
+
+# ---- text files and packing -------------------------------------------------------------------------------
+
+def test_text_packing_respects_documents(tmp_path, tok):
+    docs = [f"document number {i}. " + "word " * (5 + 7 * i) for i in range(6)]
+    (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    src = TextSource(tokenizer=tok, files=[str(tmp_path / "a.jsonl")], seq_len=32, batch_size=2, grad_accum=1,
+                     val_fraction=0.0)
+    b = src.batch(0, 0)
+    ids, lab, cu = b.input_ids[0], b.labels[0], b.cu_seqlens.tolist()
+    assert ids.shape == (64,) and cu[0] == 0 and cu[-1] == 64 and 32 in cu
+    bos_pos = (ids == tok.bos_token_id).nonzero().flatten().tolist()
+    assert set(bos_pos) <= set(cu)  # every document start is a segment start
+    assert all(lab[s] == IGNORE for s in cu[:-1])  # nothing is predicted across a boundary
+    # an epoch visits every row exactly once
+    rows = [src._row_index(g) for g in range(src.n_rows)]
+    assert sorted(rows) == list(range(src.n_rows))
+
+
+def test_text_ranks_read_disjoint_rows(tmp_path, tok):
+    (tmp_path / "a.txt").write_text("the quick brown fox jumps over the lazy dog. " * 200)
+    a = TextSource(tokenizer=tok, files=[str(tmp_path / "a.txt")], seq_len=16, batch_size=2, grad_accum=1,
+                   val_fraction=0.1, rank=0, world_size=2)
+    b = TextSource(tokenizer=tok, files=[str(tmp_path / "a.txt")], seq_len=16, batch_size=2, grad_accum=1,
+                   val_fraction=0.1, rank=1, world_size=2)
+    ga = {a._row_index(((0 * 1 + 0) * 2 + 0) * 2 + i) for i in range(2)}
+    gb = {b._row_index(((0 * 1 + 0) * 2 + 1) * 2 + i) for i in range(2)}
+    assert not ga & gb
+    assert a.eval_batch(0) is not None
+
+
+def test_default_corpus_and_unigram_baseline(tok):
+    src = TextSource(tokenizer=tok, files=None, seq_len=256, batch_size=2, grad_accum=1)
+    base = src.baselines()
+    assert base["train_tokens"] > 1_000_000 and base["val_tokens"] > 10_000
+    assert 5.0 < base["unigram_entropy_nats"] < 7.5
+
+
+@pytest.mark.parametrize("content, name, msg", [
+    ("", "empty.txt", "is empty"),
+    ("   \n\n", "blank.txt", "only whitespace"),
+    ('{"txt": "x"}\n', "bad.jsonl", "needs a \"text\" field"),
+    ("not json\n", "bad2.jsonl", "not valid JSON"),
+])
+def test_bad_files(tmp_path, content, name, msg):
+    p = tmp_path / name
+    p.write_text(content)
+    with pytest.raises(DataFileError, match=msg):
+        list(iter_documents(p))
+
+
+def test_missing_files_and_globs(tmp_path):
+    with pytest.raises(DataFileError, match="does not exist"):
+        expand_files([str(tmp_path / "missing.txt")])
+    with pytest.raises(DataFileError, match="no file matches"):
+        expand_files([str(tmp_path / "*.jsonl")])
+    with pytest.raises(DataFileError, match="holds no"):
+        expand_files([str(tmp_path)])
+
+
+def test_too_little_text(tmp_path, tok):
+    (tmp_path / "tiny.txt").write_text("hello there")
+    with pytest.raises(DataFileError, match="fewer than one row"):
+        TextSource(tokenizer=tok, files=[str(tmp_path / "tiny.txt")], seq_len=64, batch_size=1, grad_accum=1,
+                   val_fraction=0.0)
+
+
+def test_ruler_mix_answer_loss(tok):
+    pytest.importorskip("hybrid.eval.ruler")
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=2)
+    b = src.batch(0, 0)
+    assert b.input_ids.shape == (1, 640)
+    lab = b.labels[0]
+    cu = b.cu_seqlens.tolist()
+    texts = []
+    for s, e in zip(cu[:-1], cu[1:]):
+        seg = lab[s:e]
+        seg = seg[seg != IGNORE]
+        if len(seg):
+            texts.append(tok.decode(seg))
+    assert texts and all(t.endswith(".<|eos|>") for t in texts)
+    assert all(any(ch.isdigit() for ch in t) for t in texts)  # the answers are 7-digit numbers
+    assert torch.equal(src.batch(0, 0).input_ids, b.input_ids)
+    assert not torch.equal(src.eval_batch(0).input_ids, b.input_ids)
+    assert np.all(b.labels.numpy() < 4096)
