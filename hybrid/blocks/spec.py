@@ -84,7 +84,7 @@ BLOCK_KINDS: dict[str, BlockKind] = {
             Field("head_dim", int, 64, minimum=1, doc="head dim"),
             Field("window", int, None, minimum=1, nullable=True, doc="sliding window in tokens; null = full"),
             Field("rope_theta", float, 10000.0, doc="RoPE base"),
-            Field("backend", str, "auto", choices=("auto", "flash_attn", "sdpa", "flex", "math"),
+            Field("backend", str, "auto", choices=("auto", "flash_attn", "sdpa", "flex", "varlen", "math"),
                   doc="attention backend; auto picks the fastest exact one available"),
         ),
         recurrent=False,
@@ -144,6 +144,10 @@ def normalize_block(d: dict, path: str = "") -> dict:
             out["kv_heads"] = out["heads"]
         if out["heads"] % out["kv_heads"] != 0:
             raise SpecError(p + "kv_heads", f"heads ({out['heads']}) must be a multiple of kv_heads ({out['kv_heads']})")
+        if out["head_dim"] % 2:
+            raise SpecError(p + "head_dim", f"must be even for RoPE, got {out['head_dim']}")
+        if not out["rope_theta"] > 0:
+            raise SpecError(p + "rope_theta", f"must be > 0, got {out['rope_theta']}")
     if kind in ("carve", "gdn2") and (out["head_dim"] > 256 or out["value_dim"] > 256):
         raise SpecError(p + "head_dim", "CARVE/GDN-2 head dims must be <= 256 (kernel limit)")
     return out

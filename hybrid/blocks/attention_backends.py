@@ -1,0 +1,292 @@
+"""Causal softmax attention through several backends, all computing one function.
+
+Layout ``[B, T, H, D]`` for queries and ``[B, T, G, D]`` for keys/values (GQA: query head ``h`` reads
+key/value head ``h // (H // G)``). ``window = W`` lets a query see itself and the ``W - 1`` previous
+tokens; ``None`` is full causal attention. ``cu_seqlens`` (batch 1) packs documents: attention is
+block-diagonal causal.
+
+Backends (the attention block's ``backend`` setting):
+
+- ``flash_attn``: the ``flash_attn`` package (``flash_attn_func`` / ``flash_attn_varlen_func`` with
+  ``window_size``); CUDA, fp16/bf16 only.
+- ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; on CUDA with fp16/bf16 inputs it is
+  run under ``sdpa_kernel`` with cuDNN first, then FlashAttention. Windows and packed documents become
+  a boolean mask (which those two kernels do not take, so torch falls back to its other kernels).
+- ``flex``: FlexAttention with a block mask (skips fully masked blocks: the fast path for windows and
+  packed documents); compiled on CUDA, eager elsewhere.
+- ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention kernels inside torch, packed
+  sequences, ``window_size``), when this torch has it; CUDA, fp16/bf16.
+- ``math``: the plain definition in fp32; the reference for the others and the CPU default.
+- ``auto``: CPU -> math; CUDA -> flash_attn if importable (half precision), else sdpa for full causal
+  attention, flex for windows and packed documents.
+
+``masked_attention`` takes an explicit ``[B, Tq, L]`` boolean mask (decoding from a cache, padded
+batches): math, or SDPA with the mask.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("auto", "flash_attn", "sdpa", "flex", "varlen", "math")
+HALF = (torch.float16, torch.bfloat16)
+
+
+class AttentionBackendError(RuntimeError):
+    """A requested attention backend cannot run these inputs here."""
+
+
+@functools.lru_cache(maxsize=1)
+def _flash_attn():
+    try:
+        return importlib.import_module("flash_attn")
+    except Exception:  # ImportError, or a broken CUDA extension
+        return None
+
+
+def flash_attn_available() -> bool:
+    return _flash_attn() is not None and hasattr(_flash_attn(), "flash_attn_func")
+
+
+@functools.lru_cache(maxsize=1)
+def _varlen_attn():
+    try:
+        fn = importlib.import_module("torch.nn.attention.varlen").varlen_attn
+    except (ImportError, AttributeError):
+        return None
+    params = inspect.signature(fn).parameters
+    if "window_size" not in params:
+        return None
+    return fn, "enable_gqa" in params
+
+
+@functools.lru_cache(maxsize=1)
+def _flex():
+    try:
+        mod = importlib.import_module("torch.nn.attention.flex_attention")
+        return mod.flex_attention, mod.create_block_mask
+    except (ImportError, AttributeError):
+        return None
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+    """Backends that can run attention on this device and dtype (besides ``auto``)."""
+    dev = torch.device(device)
+    out = ["math", "sdpa"]
+    if _flex() is not None:
+        out.append("flex")
+    if dev.type == "cuda" and dtype in HALF:
+        if _varlen_attn() is not None:
+            out.append("varlen")
+        if flash_attn_available():
+            out.append("flash_attn")
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, window: int | None,
+                    packed: bool) -> str:
+    """The concrete backend for ``backend`` (``auto`` or a name); raises if it cannot run here."""
+    if backend not in BACKENDS:
+        raise AttentionBackendError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    avail = available_backends(device, dtype)
+    if backend == "auto":
+        if device.type != "cuda":
+            return "math"
+        if "flash_attn" in avail:
+            return "flash_attn"
+        if window is None and not packed:
+            return "sdpa"
+        return "flex" if "flex" in avail else "sdpa"
+    if backend not in avail:
+        why = {"flash_attn": "needs the flash_attn package, a CUDA device and fp16/bf16 inputs",
+               "varlen": "needs torch.nn.attention.varlen.varlen_attn with window_size, CUDA and fp16/bf16",
+               "flex": "needs torch.nn.attention.flex_attention"}.get(backend, "")
+        raise AttentionBackendError(
+            f"attention backend {backend!r} is not available for {dtype} on {device.type} ({why}); "
+            f"available: {', '.join(avail)}"
+        )
+    return backend
+
+
+# ---------------------------------------------------------------------------------------------- masks
+def causal_mask(T: int, device, *, window: int | None = None, cu_seqlens: torch.Tensor | None = None):
+    """Boolean ``[T, T]``: True where query i may attend key j."""
+    i = torch.arange(T, device=device)
+    allowed = i[:, None] >= i[None, :]
+    if window is not None:
+        allowed &= (i[:, None] - i[None, :]) < window
+    if cu_seqlens is not None:
+        doc = torch.searchsorted(cu_seqlens.to(device=device, dtype=torch.long)[1:], i, right=True)
+        allowed &= doc[:, None] == doc[None, :]
+    return allowed
+
+
+# ------------------------------------------------------------------------------------------ backends
+def _math(q, k, v, allowed, scale):
+    """q [B,T,H,D], k/v [B,L,G,D], allowed broadcastable to [B,T,L]. fp32 softmax; rows with no key -> 0."""
+    H, G = q.shape[2], k.shape[2]
+    with torch.autocast(q.device.type, enabled=False):
+        qf, kf, vf = (x.float().transpose(1, 2) for x in (q, k, v))  # [B, *, T, D]
+        if G != H:
+            kf, vf = kf.repeat_interleave(H // G, dim=1), vf.repeat_interleave(H // G, dim=1)
+        s = (qf @ kf.transpose(-1, -2)) * scale
+        allowed = allowed.unsqueeze(1) if allowed.dim() == 3 else allowed
+        s = s.masked_fill(~allowed, float("-inf"))
+        any_key = allowed.any(-1, keepdim=True)
+        s = torch.where(any_key, s, torch.zeros_like(s))
+        p = torch.softmax(s, dim=-1) * any_key
+        o = p @ vf
+    return o.transpose(1, 2).to(q.dtype)
+
+
+def _sdpa_context(device: torch.device, dtype: torch.dtype):
+    if device.type != "cuda" or dtype not in HALF:
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+             SDPBackend.MATH]
+    try:
+        return sdpa_kernel(order, set_priority=True)
+    except TypeError:  # torch without set_priority
+        return sdpa_kernel(order)
+
+
+def _sdpa(q, k, v, scale, *, allowed=None, is_causal=False):
+    H, G = q.shape[2], k.shape[2]
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    mask = None
+    if allowed is not None:
+        mask = allowed.unsqueeze(1) if allowed.dim() == 3 else allowed
+    with _sdpa_context(q.device, q.dtype):
+        o = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=is_causal, scale=scale,
+                                           enable_gqa=G != H)
+    return o.transpose(1, 2)
+
+
+_compiled_flex = None
+
+
+def _flex_fn(device):
+    global _compiled_flex
+    flex_attention, _ = _flex()
+    if device.type != "cuda":
+        return flex_attention
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex
+
+
+@functools.lru_cache(maxsize=32)
+def _flex_block_mask(T: int, window: int | None, device_str: str):
+    _, create_block_mask = _flex()
+
+    def mask_mod(b, h, qi, ki):
+        ok = qi >= ki
+        if window is not None:
+            ok = ok & (qi - ki < window)
+        return ok
+
+    return create_block_mask(mask_mod, None, None, T, T, device=device_str)
+
+
+def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
+    H, G = q.shape[2], k.shape[2]
+    T = q.shape[1]
+    if cu_seqlens is None:
+        bm = _flex_block_mask(T, window, str(q.device))
+    else:
+        _, create_block_mask = _flex()
+        i = torch.arange(T, device=q.device)
+        doc = torch.searchsorted(cu_seqlens.to(device=q.device, dtype=torch.long)[1:], i, right=True)
+
+        def mask_mod(b, h, qi, ki):
+            ok = (qi >= ki) & (doc[qi] == doc[ki])
+            if window is not None:
+                ok = ok & (qi - ki < window)
+            return ok
+
+        bm = create_block_mask(mask_mod, None, None, T, T, device=str(q.device))
+    qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
+    o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
+    return o.transpose(1, 2)
+
+
+def _flash(q, k, v, scale, *, window, cu_seqlens):
+    fa = _flash_attn()
+    ws = (window - 1, 0) if window is not None else (-1, -1)
+    if cu_seqlens is None:
+        return fa.flash_attn_func(q, k, v, softmax_scale=scale, causal=True, window_size=ws)
+    cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+    maxlen = int((cu[1:] - cu[:-1]).max().item())
+    o = fa.flash_attn_varlen_func(q[0], k[0], v[0], cu, cu, maxlen, maxlen, softmax_scale=scale, causal=True,
+                                  window_size=ws)
+    return o.unsqueeze(0)
+
+
+def _torch_varlen(q, k, v, scale, *, window, cu_seqlens):
+    fn, has_gqa = _varlen_attn()
+    B, T, H, D = q.shape
+    G = k.shape[2]
+    if cu_seqlens is None:
+        cu = torch.arange(0, (B + 1) * T, T, device=q.device, dtype=torch.int32)
+        maxlen = T
+    else:
+        cu = cu_seqlens.to(device=q.device, dtype=torch.int32)
+        maxlen = int((cu[1:] - cu[:-1]).max().item())
+    qp, kp, vp = q.reshape(B * T, H, D), k.reshape(B * T, G, D), v.reshape(B * T, G, D)
+    kw = {}
+    if G != H:
+        if has_gqa:
+            kw["enable_gqa"] = True
+        else:
+            kp, vp = kp.repeat_interleave(H // G, dim=1), vp.repeat_interleave(H // G, dim=1)
+    ws = (window - 1, 0) if window is not None else (-1, 0)
+    o = fn(qp, kp, vp, cu, cu, maxlen, maxlen, scale=scale, window_size=ws, **kw)
+    return o.reshape(B, T, H, D)
+
+
+# ------------------------------------------------------------------------------------------- public
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: int | None = None,
+                     cu_seqlens: torch.Tensor | None = None, scale: float | None = None,
+                     backend: str = "auto") -> torch.Tensor:
+    """Causal (optionally sliding-window, optionally packed) attention. Returns ``[B, T, H, D]``."""
+    if q.dim() != 4 or k.dim() != 4 or k.shape != v.shape or q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"causal_attention: expected q [B,T,H,D] and k, v [B,T,G,D]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[2] % k.shape[2]:
+        raise ValueError(f"query heads ({q.shape[2]}) must be a multiple of key/value heads ({k.shape[2]})")
+    if cu_seqlens is not None and q.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens the batch dimension must be 1, got {q.shape[0]}")
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    which = resolve_backend(backend, q.device, q.dtype, window=window, packed=cu_seqlens is not None)
+    T = q.shape[1]
+    if which == "math":
+        return _math(q, k, v, causal_mask(T, q.device, window=window, cu_seqlens=cu_seqlens), scale)
+    if which == "sdpa":
+        if window is None and cu_seqlens is None:
+            return _sdpa(q, k, v, scale, is_causal=True)
+        return _sdpa(q, k, v, scale, allowed=causal_mask(T, q.device, window=window, cu_seqlens=cu_seqlens))
+    if which == "flex":
+        return _flex_attention(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
+    if which == "flash_attn":
+        return _flash(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
+    return _torch_varlen(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
+
+
+def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, *,
+                     scale: float | None = None, backend: str = "auto") -> torch.Tensor:
+    """Attention with an explicit boolean mask ``allowed [B, Tq, L]``; a query with no allowed key gets 0."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    which = resolve_backend(backend, q.device, q.dtype, window=None, packed=False)
+    if which == "math":
+        return _math(q, k, v, allowed, scale)
+    any_key = allowed.any(-1, keepdim=True)
+    o = _sdpa(q, k, v, scale, allowed=allowed | ~any_key)
+    return o * any_key.unsqueeze(-1).to(o.dtype)

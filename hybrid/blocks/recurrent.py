@@ -1,0 +1,170 @@
+"""The CARVE layer and its GDN-2 baseline (one class, ``kind`` picks the write gate and the content term).
+
+x -> q, k, v projections -> causal short conv + SiLU -> L2-norm(q), L2-norm(k)
+g = -exp(A_log) * softplus(f_proj(x) + dt_bias)    (fp32, per key channel; f_proj low rank)
+a = b_proj(x)                                      (erase logits, d -> H*K)
+w = sigmoid(w_proj(x))                             (CARVE: d -> H, one scalar per head; GDN-2: d -> H*V)
+o = carve(q, k, v, g, a, w, U_down, U_up)          (hybrid.kernels; U only for CARVE with content on)
+y = o_proj(RMSNorm_head(o) * SiLU(out_gate(x)))    (out_gate low rank d -> R -> H*V)
+
+Padded batches (``valid`` has False entries): the real tokens of every row are packed into one
+sequence per row and run with ``cu_seqlens``; pads never touch the convolution state, the recurrent
+state, or its chunk position/mean, so a left-padded row equals the same row run alone.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hybrid.kernels import CarveState, carve, carve_decode
+
+from . import init
+from .cache import RecurrentCacheLayer
+from .conv import short_conv
+from .norms import GatedHeadRMSNorm
+
+
+class RecurrentMixer(nn.Module):
+    """CARVE (``kind='carve'``) or GDN-2 (``kind='gdn2'``) token mixer for a normalised block dict."""
+
+    def __init__(self, block: dict, d_model: int, norm_eps: float = 1e-6):
+        super().__init__()
+        self.kind = block["kind"]
+        self.H, self.K, self.V = block["heads"], block["head_dim"], block["value_dim"]
+        self.chunk_size = block["chunk_size"]
+        self.conv_size = block["conv_size"]
+        R = block["gate_rank"]
+        H, K, V = self.H, self.K, self.V
+        self.content = self.kind == "carve" and block["content"] == "self"
+        self.content_grad = block.get("content_grad", "full")
+        self.operator_backend = "auto"
+
+        self.q_proj = nn.Linear(d_model, H * K, bias=False)
+        self.k_proj = nn.Linear(d_model, H * K, bias=False)
+        self.v_proj = nn.Linear(d_model, H * V, bias=False)
+        self.conv_weight = nn.Parameter(torch.empty(2 * H * K + H * V, self.conv_size))
+        self.f_proj = nn.Sequential(nn.Linear(d_model, R, bias=False), nn.Linear(R, H * K, bias=False))
+        self.A_log = nn.Parameter(torch.empty(H))
+        self.dt_bias = nn.Parameter(torch.empty(H * K))
+        self.b_proj = nn.Linear(d_model, H * K, bias=False)
+        self.w_proj = nn.Linear(d_model, H if self.kind == "carve" else H * V, bias=False)
+        if self.content:
+            r = block["content_rank"]
+            self.u_down = nn.Parameter(torch.empty(H, r, V))
+            self.u_up = nn.Parameter(torch.empty(H, K, r))
+        self.g_proj = nn.Sequential(nn.Linear(d_model, R, bias=False), nn.Linear(R, H * V, bias=False))
+        self.o_norm = GatedHeadRMSNorm(V, eps=norm_eps)
+        self.o_proj = nn.Linear(H * V, d_model, bias=False)
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------------------------------ init
+    def linear_layers(self) -> list[nn.Linear]:
+        return [m for m in self.modules() if isinstance(m, nn.Linear)]
+
+    @torch.no_grad()
+    def reset_parameters(self, n_layers: int = 1):
+        """GDN-2 style init: Xavier-uniform (gain 2^-2.5) linears, o_proj also scaled by 1/sqrt(2 n_layers);
+        A_log ~ log U(1, 16); dt_bias = softplus^-1(dt), dt log-uniform in [1e-3, 0.1]; U_up = 0."""
+        gain = 2 ** -2.5
+        for lin in self.linear_layers():
+            g = gain / math.sqrt(2 * n_layers) if lin is self.o_proj else gain
+            init.xavier_uniform_(lin.weight, gain=g)
+        bound = 1.0 / math.sqrt(self.conv_size)
+        init.uniform_(self.conv_weight, -bound, bound)
+        init.copy_(self.A_log, torch.empty(self.H).uniform_(1, 16).log())
+        dt = torch.exp(torch.empty(self.H * self.K).uniform_(math.log(1e-3), math.log(0.1)))
+        inv = dt + torch.log(-torch.expm1(-dt))
+        init.copy_(self.dt_bias, inv)
+        if self.content:
+            init.normal_(self.u_down, mean=0.0, std=self.V ** -0.5)
+            init.zeros_(self.u_up)
+        init.ones_(self.o_norm.weight)
+
+    # --------------------------------------------------------------------------------------- forward
+    def gates(self, x: torch.Tensor):
+        """g (fp32, <= 0), a, w for inputs ``x [B, T, d]``."""
+        B, T, _ = x.shape
+        H, K = self.H, self.K
+        f = self.f_proj(x).view(B, T, H, K).float() + self.dt_bias.float().view(H, K)
+        g = -torch.exp(self.A_log.float()).view(H, 1) * F.softplus(f)
+        a = self.b_proj(x).view(B, T, H, K)
+        w = torch.sigmoid(self.w_proj(x))
+        w = w.view(B, T, H) if self.kind == "carve" else w.view(B, T, H, self.V)
+        return g, a, w
+
+    def _core(self, x, *, cu_seqlens=None, conv_state=None, state: CarveState | None = None,
+              want_state=False, decode=False):
+        """Mix ``x [B, T, d]`` (one sequence per row, or packed with cu_seqlens). Returns y and new states."""
+        B, T, _ = x.shape
+        H, K, V = self.H, self.K, self.V
+        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+        qkv, new_conv = short_conv(qkv, self.conv_weight, cu_seqlens=cu_seqlens, initial_state=conv_state,
+                                   output_final_state=want_state)
+        qkv = F.silu(qkv)
+        q, k, v = torch.split(qkv, [H * K, H * K, H * V], dim=-1)
+        q = F.normalize(q.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(x.dtype)
+        k = F.normalize(k.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(x.dtype)
+        v = v.reshape(B, T, H, V)
+        g, a, w = self.gates(x)
+        u_down = self.u_down if self.content else None
+        u_up = self.u_up if self.content else None
+        with torch.autocast(x.device.type, enabled=False):
+            if decode:
+                if state is None:
+                    state = CarveState.zeros(B, H, K, V, device=x.device)
+                o, new_state = carve_decode(q[:, 0], k[:, 0], v[:, 0], g[:, 0], a[:, 0], w[:, 0], u_down, u_up,
+                                            state, chunk_size=self.chunk_size, content_grad=self.content_grad,
+                                            backend=self.operator_backend)
+                o = o.unsqueeze(1)
+            else:
+                o, new_state = carve(q, k, v, g, a, w, u_down, u_up, chunk_size=self.chunk_size,
+                                     content_grad=self.content_grad, initial_state=state,
+                                     output_final_state=want_state, cu_seqlens=cu_seqlens,
+                                     backend=self.operator_backend)
+        gate = self.g_proj(x).view(B, T, H, V)
+        y = self.o_norm(o.to(gate.dtype), gate).reshape(B, T, H * V)
+        return self.o_proj(y), new_conv, new_state
+
+    def forward(self, x: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None,
+                valid: torch.Tensor | None = None, cache_layer: RecurrentCacheLayer | None = None,
+                **_unused) -> torch.Tensor:
+        """x ``[B, T, d]``; ``valid [B, T]`` bool (None = every token real); ``cache_layer`` to read/update."""
+        want = cache_layer is not None
+        conv0 = cache_layer.conv_state if want else None
+        st0 = cache_layer.state if want else None
+        if valid is None:
+            decode = want and x.shape[1] == 1 and cu_seqlens is None
+            y, conv1, st1 = self._core(x, cu_seqlens=cu_seqlens, conv_state=conv0, state=st0, want_state=want,
+                                       decode=decode)
+        else:
+            y, conv1, st1 = self._padded(x, valid, conv0, st0, want)
+        if want:
+            cache_layer.conv_state, cache_layer.state = conv1, st1
+        return y
+
+    def _padded(self, x, valid, conv0, st0, want):
+        """Run only the real tokens: pack each row's real tokens as one sequence (cu_seqlens)."""
+        B, T, d = x.shape
+        lens = valid.sum(1)
+        rows = torch.nonzero(lens > 0).squeeze(1)  # rows with at least one real token
+        flat = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        cu = F.pad(torch.cumsum(lens[rows], 0), (1, 0))
+        xp = x.reshape(B * T, d)[flat].unsqueeze(0)
+        conv_r = conv0[rows] if conv0 is not None else None
+        st_r = st0.index_select(rows) if st0 is not None else None
+        yp, conv_p, st_p = self._core(xp, cu_seqlens=cu, conv_state=conv_r, state=st_r, want_state=want)
+        y = x.new_zeros(B * T, yp.shape[-1]).index_copy(0, flat, yp[0].to(x.dtype)).view(B, T, -1)
+        if not want:
+            return y, None, None
+        H, K, V = self.H, self.K, self.V
+        conv1 = conv0.clone() if conv0 is not None else x.new_zeros(B, conv_p.shape[1], conv_p.shape[2])
+        conv1[rows] = conv_p.to(conv1.dtype)
+        st1 = st0 if st0 is not None else CarveState.zeros(B, H, K, V, device=x.device)
+        st1 = CarveState(*(t.clone() for t in (st1.S, st1.m_prev, st1.o_sum, st1.pos)))
+        st1.S[rows], st1.m_prev[rows], st1.o_sum[rows] = st_p.S, st_p.m_prev, st_p.o_sum
+        st1.pos[rows] = st_p.pos
+        return y, conv1, st1
