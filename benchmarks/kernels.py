@@ -1,0 +1,185 @@
+"""Kernel benchmark on one GPU: CARVE (Triton) against fla's chunk kernels and SDPA attention.
+
+B*T = 32768 tokens, H = 16, K = V = 128, bf16, T in {2048, 4096, 8192, 16384}. Times are medians of
+triton.testing.do_bench (ms); fwd is the forward alone, fwd+bwd a forward and a backward; peak is the
+peak allocated memory of one fwd+bwd above what the inputs already hold (MiB). Prints a table of
+ratios to fla ``chunk_gdn2`` and writes JSON.
+
+    PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json
+
+fla (``fla-core`` / ``flash-linear-attention`` 0.6.0) is optional; without it only CARVE and SDPA run.
+fla refuses its gated backward on Hopper with Triton < 3.7.1; the script bypasses that guard for
+TIMING ONLY (its gradients there are not trustworthy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+
+def _fla():
+    try:
+        import fla.ops.common.chunk_o as chunk_o
+        from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+        from fla.ops.gdn2 import chunk_gdn2
+        from fla.ops.kda import chunk_kda
+    except Exception as exc:  # noqa: BLE001 - any import failure means "not available"
+        print(f"fla not available: {exc!r}", file=sys.stderr)
+        return None
+    chunk_o.TRITON_ABOVE_3_7_1 = True  # timing only, see the module docstring
+    import fla
+
+    return dict(chunk_gdn2=chunk_gdn2, chunk_kda=chunk_kda, chunk_gated_delta_rule=chunk_gated_delta_rule,
+                version=getattr(fla, "__version__", "?"))
+
+
+def make(B, T, H, K, V, *, dev="cuda", dt=torch.bfloat16, seed=0):
+    g0 = torch.Generator(device=dev)
+    g0.manual_seed(seed)
+    r = lambda *s: torch.randn(*s, device=dev, generator=g0)
+    q = F.normalize(r(B, T, H, K), dim=-1).to(dt)
+    k = F.normalize(r(B, T, H, K), dim=-1).to(dt)
+    v = r(B, T, H, V).to(dt)
+    g = (-F.softplus(r(B, T, H, K) - 2.0)).to(dt)  # log-decay, typical block values (mean about -0.13)
+    a = r(B, T, H, K).to(dt)
+    w_s = torch.sigmoid(r(B, T, H)).to(dt)
+    w_v = torch.sigmoid(r(B, T, H, V)).to(dt)
+    ud = (r(H, 16, V) / V**0.5).to(dt)
+    uu = (r(H, K, 16) / 4).to(dt)
+    return dict(q=q, k=k, v=v, g=g, a=a, w_s=w_s, w_v=w_v, ud=ud, uu=uu)
+
+
+def variants(x, fla, B, T, H, K):
+    from hybrid.kernels.triton_carve import carve_triton
+
+    out = {}
+    out["carve_content"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], x["ud"], x["uu"],
+                                                 scale=None, chunk_size=64)[0],
+                            ["q", "k", "v", "g", "a", "w_s", "ud", "uu"])
+    out["carve_nocontent"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], None, None,
+                                                   scale=None, chunk_size=64)[0],
+                              ["q", "k", "v", "g", "a", "w_s"])
+    out["carve_gdn2_mode"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_v"], None, None,
+                                                   scale=None, chunk_size=64)[0],
+                              ["q", "k", "v", "g", "a", "w_v"])
+    if fla is not None:
+        out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
+                                                           x["w_v"])[0],
+                                 ["q", "k", "v", "g", "a", "w_v"])
+        out["fla_chunk_kda"] = (lambda: fla["chunk_kda"](x["q"], x["k"], x["v"], x["g"], x["w_s"])[0],
+                                ["q", "k", "v", "g", "w_s"])
+        out["fla_chunk_gdn"] = (lambda: fla["chunk_gated_delta_rule"](x["q"], x["k"], x["v"], x["g"][..., 0],
+                                                                      x["w_s"])[0],
+                                ["q", "k", "v", "g", "w_s"])
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    qa, ka, va = (x[n].transpose(1, 2) for n in ("q", "k", "v"))
+
+    def sdpa(backend):
+        def f():
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qa, ka, va, is_causal=True)
+        return f
+
+    out["sdpa_cudnn"] = (sdpa(SDPBackend.CUDNN_ATTENTION), ["q", "k", "v"])
+    out["sdpa_flash"] = (sdpa(SDPBackend.FLASH_ATTENTION), ["q", "k", "v"])
+    return out
+
+
+def bench_one(fn, names, x):
+    import triton.testing as tt
+
+    leaves = [x[n] for n in names]
+    for t in leaves:
+        t.requires_grad_(True)
+    o = fn()
+    do = torch.randn_like(o)
+
+    def fwd():
+        return fn()
+
+    def fwdbwd():
+        fn().backward(do)
+
+    fwdbwd()
+    torch.cuda.synchronize()
+    t_f = tt.do_bench(fwd, warmup=25, rep=100, return_mode="median")
+    t_fb = tt.do_bench(fwdbwd, warmup=25, rep=150, grad_to_none=leaves, return_mode="median")
+    for t in leaves:
+        t.grad = None
+    del o
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fwdbwd()
+    torch.cuda.synchronize()
+    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
+    for t in leaves:
+        t.grad = None
+        t.requires_grad_(False)
+    return dict(fwd_ms=t_f, fwdbwd_ms=t_fb, peak_mib=peak)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--json", default="kernels.json")
+    ap.add_argument("--T", type=int, nargs="*", default=[2048, 4096, 8192, 16384])
+    ap.add_argument("--tokens", type=int, default=32768)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    args = ap.parse_args()
+    import triton
+
+    fla = _fla()
+    H, K, V = 16, 128, 128
+    try:
+        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,name", "--format=csv,noheader"],
+                                capture_output=True, text=True).stdout.strip()
+    except OSError:
+        driver = "?"
+    info = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), device=torch.cuda.get_device_name(),
+                driver=driver, torch=torch.__version__, triton=triton.__version__,
+                fla=fla["version"] if fla else None, python=platform.python_version(),
+                shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), results={})
+    for T in args.T:
+        B = args.tokens // T
+        x = make(B, T, H, K, V)
+        res = {}
+        for name, (fn, names) in variants(x, fla, B, T, H, K).items():
+            if args.only and name not in args.only:
+                continue
+            try:
+                res[name] = bench_one(fn, names, x)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                res[name] = dict(error=repr(exc)[:300])
+            print(T, name, res[name], flush=True)
+        info["results"][str(T)] = res
+        del x
+        torch.cuda.empty_cache()
+        with open(args.json, "w") as f:
+            json.dump(info, f, indent=1)
+    print(f"\n{info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
+    print("median ms (ratio to fla chunk_gdn2), peak MiB above inputs")
+    for T, res in info["results"].items():
+        ref = res.get("fla_chunk_gdn2", {})
+        print(f"T={T} (B={args.tokens // int(T)})")
+        for name, r in res.items():
+            if "error" in r:
+                print(f"  {name:18s} ERROR {r['error'][:120]}")
+                continue
+            rf = r["fwd_ms"] / ref["fwd_ms"] if "fwd_ms" in ref else float("nan")
+            rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
+            print(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
+                  f"  peak {r['peak_mib']:8.0f}")
+
+
+if __name__ == "__main__":
+    main()
