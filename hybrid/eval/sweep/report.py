@@ -1,0 +1,222 @@
+"""One report for a sweep: markdown + JSON + plots (score vs attention share per length, score vs cost)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import OrderedDict
+from pathlib import Path
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    vals = [v for v in values if v is not None and not math.isnan(v)]
+    if not vals:
+        return float("nan"), float("nan")
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+
+
+def _pm(values: list[float], spread: bool) -> str:
+    m, s = _ms(values)
+    if math.isnan(m):
+        return "-"
+    return f"{m:.1f} ± {s:.1f}" if spread else f"{m:.1f}"
+
+
+def aggregate(results: list[dict]) -> list[dict]:
+    """Group the per-seed results by variant; means and standard deviations over seeds."""
+    groups: OrderedDict[str, list[dict]] = OrderedDict()
+    for r in results:
+        groups.setdefault(r["name"], []).append(r)
+    out = []
+    for name, rs in groups.items():
+        first = rs[0]
+        lengths = first["lengths"]
+        tasks = first["ruler"]["tasks"]
+        scores = {t: {str(n): [r["ruler"]["scores"][t][str(n)] for r in rs] for n in lengths} for t in tasks}
+        means = {str(n): [r["ruler"]["mean"][str(n)] for r in rs] for n in lengths}
+        out.append({
+            "name": name, "variant": first["variant"], "layout": first["layout"], "n_layers": first["n_layers"],
+            "attention_layers": first["attention_layers"], "attention_share": first["attention_share"],
+            "params": first["params"], "seeds": [r["seed"] for r in rs], "train_length": first["train_length"],
+            "lengths": lengths, "tasks": tasks, "scores": scores, "mean": means,
+            "train_tokens_per_s": [r["train"]["tokens_per_s"] for r in rs],
+            "train_final_loss": [r["train"]["final_loss"] for r in rs],
+            "train_wall_s": [r["train"]["wall_time_s"] for r in rs],
+            "decode_ms_per_token": [r["decode"]["ms_per_token"] for r in rs],
+            "decode_context": first["decode"]["context"], "analytic": first["analytic"],
+            "ruler_like_tasks": first["ruler"].get("ruler_like_tasks", []), "haystack": first["ruler"].get("haystack"),
+            "device": first.get("device"),
+        })
+    return out
+
+
+def largest_gap(variants: list[dict]) -> dict | None:
+    """The (task, length) where the variants' mean scores differ most."""
+    best = None
+    if len(variants) < 2:
+        return None
+    for t in variants[0]["tasks"]:
+        for n in variants[0]["lengths"]:
+            vals = [(_ms(v["scores"][t][str(n)])[0], v["name"]) for v in variants]
+            vals = [x for x in vals if not math.isnan(x[0])]
+            if len(vals) < 2:
+                continue
+            hi, lo = max(vals), min(vals)
+            if best is None or hi[0] - lo[0] > best["gap"]:
+                best = {"task": t, "length": n, "gap": hi[0] - lo[0], "best": hi[1], "best_score": hi[0],
+                        "worst": lo[1], "worst_score": lo[0]}
+    return best
+
+
+def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = variants[0]["tasks"] + ["mean"]
+    lengths = variants[0]["lengths"]
+    train = variants[0]["train_length"]
+    cols = min(3, len(tasks))
+    rows = math.ceil(len(tasks) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    order = sorted(variants, key=lambda v: v["attention_share"])
+    for k, t in enumerate(tasks):
+        ax = axes[k // cols][k % cols]
+        for j, n in enumerate(lengths):
+            xs, ys, es = [], [], []
+            for v in order:
+                vals = v["mean"][str(n)] if t == "mean" else v["scores"][t][str(n)]
+                m, s = _ms(vals)
+                xs.append(v["attention_share"])
+                ys.append(m)
+                es.append(s)
+            label = f"{n} ({n / train:g}x)" if train else str(n)
+            ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, lw=1.2, label=label, color=f"C{j}")
+        ax.set_title(t + (" *" if t in variants[0]["ruler_like_tasks"] else ""), fontsize=9)
+        ax.set_ylim(-3, 103)
+        ax.set_xlabel("attention share of layers")
+        ax.set_ylabel("score (x100)")
+        ax.grid(alpha=0.3)
+    for k in range(len(tasks), rows * cols):
+        axes[k // cols][k % cols].axis("off")
+    axes[0][0].legend(title="eval length", fontsize=7, title_fontsize=7)
+    seeds = len(variants[0]["seeds"])
+    fig.suptitle(f"RULER score vs attention share ({seeds} seed{'s' if seeds > 1 else ''}; bars: std over seeds; "
+                 "same-share variants are separate points)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_frontier(variants: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    longest = str(variants[0]["lengths"][-1])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, label in ((axes[0], "decode_ms_per_token", f"decode ms per token at {variants[0]['decode_context']} "
+                            "context (measured, batch 1)"),
+                           (axes[1], "train_tokens_per_s", "training tokens/s (measured)")):
+        for i, v in enumerate(variants):
+            x, xs = _ms(v[key])
+            y, ys = _ms(v["mean"][longest])
+            ax.errorbar([x], [y], xerr=[xs], yerr=[ys], marker="o", color=f"C{i % 10}", capsize=3)
+            ax.annotate(f"{v['name']}\n{v['layout']}", (x, y), fontsize=6, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(label)
+        ax.set_ylabel(f"mean RULER score at {longest} tokens")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("quality vs decoding cost (up-left is better)", fontsize=9)
+    axes[1].set_title("quality vs training throughput (up-right is better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(b) < 1024:
+            return f"{b:.0f} {unit}" if unit == "B" else f"{b:.1f} {unit}"
+        b /= 1024
+    return f"{b:.1f} TB"
+
+
+def markdown(variants: list[dict], meta: dict) -> str:
+    v0 = variants[0]
+    lengths, tasks, train = v0["lengths"], v0["tasks"], v0["train_length"]
+    spread = any(len(v["seeds"]) > 1 for v in variants)
+    ruler_like = bool(v0["ruler_like_tasks"])
+    L = [f"# Hybrid-ratio sweep: {meta.get('name', '')}", ""]
+    L.append(f"Sweep file `{meta.get('sweep')}`; {len(variants)} variants x {len(v0['seeds'])} seed(s); trained at "
+             f"{train} tokens on the RULER-format mixture, evaluated at {', '.join(map(str, lengths))} tokens "
+             f"({', '.join(f'{n / train:g}x' for n in lengths)}); device {v0.get('device')}.")
+    L.append("")
+    if ruler_like:
+        L.append(f"**RULER-like**: tasks marked * ({', '.join(v0['ruler_like_tasks'])}) use the essay haystack "
+                 f"{v0['haystack']}, not Paul Graham's essays; their scores are not comparable with published RULER "
+                 "numbers. All scores are in-format scores of small models trained on RULER-format data.")
+        L.append("")
+    L.append("## Summary")
+    L.append("")
+    head = ["variant", "layout", "attn share"] + [f"mean @{n}" for n in lengths] + [
+        "train tok/s", f"decode ms/tok @{v0['decode_context']}", "params", f"pred. cache @{lengths[-1]}",
+        f"pred. decode GFLOP/tok @{lengths[-1]}"]
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|" + "---|" * len(head))
+    for v in variants:
+        a = v["analytic"].get("by_length", {}).get(str(lengths[-1]), {})
+        cache = _fmt_bytes(a["cache_bytes"]) if "cache_bytes" in a else "-"
+        dfl = f"{a['decode_flops_per_token'] / 1e9:.3f}" if "decode_flops_per_token" in a else "-"
+        tps = _ms(v["train_tokens_per_s"])[0]
+        dms = _ms(v["decode_ms_per_token"])[0]
+        row = [v["name"], f"`{v['layout']}`", f"{v['attention_share']:.3f}"]
+        row += [_pm(v["mean"][str(n)], spread) for n in lengths]
+        row += [f"{tps:,.0f}", f"{dms:.2f}", f"{v['params'] / 1e6:.2f}M", cache, dfl]
+        L.append("| " + " | ".join(row) + " |")
+    L.append("")
+    gap = largest_gap(variants)
+    if gap:
+        L.append(f"Largest difference between variants: **{gap['task']} at {gap['length']} tokens** "
+                 f"({gap['length'] / train:g}x the training length): {gap['best']} scores {gap['best_score']:.1f}, "
+                 f"{gap['worst']} scores {gap['worst_score']:.1f}.")
+        L.append("")
+    L.append("## Scores per task and length" + (" (mean ± std over seeds)" if spread else ""))
+    L.append("")
+    head = ["variant"] + [f"{t}{' *' if t in v0['ruler_like_tasks'] else ''} @{n}" for t in tasks for n in lengths]
+    L.append("| " + " | ".join(head) + " |")
+    L.append("|" + "---|" * len(head))
+    for v in variants:
+        L.append("| " + " | ".join([v["name"]] + [_pm(v["scores"][t][str(n)], spread) for t in tasks
+                                                   for n in lengths]) + " |")
+    L.append("")
+    L.append("## Plots")
+    L.append("")
+    L.append("![score vs attention share](score_vs_ratio.png)")
+    L.append("")
+    L.append("![score vs cost](frontier.png)")
+    L.append("")
+    L.append("Costs: training tokens/s and decode ms per token are measured on the device above (decode: greedy, "
+             f"batch 1, at {v0['decode_context']} tokens of context). `pred.` columns come from `hybrid.analytic` "
+             "(cache = recurrent states + KV cache in bf16, batch 1).")
+    L.append("")
+    return "\n".join(L)
+
+
+def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, Path]:
+    out = Path(out)
+    variants = aggregate(results)
+    if not variants:
+        raise ValueError("no finished runs to report")
+    paths = {"md": out / "report.md", "json": out / "report.json", "ratio_png": out / "score_vs_ratio.png",
+             "frontier_png": out / "frontier.png"}
+    plot_score_vs_ratio(variants, paths["ratio_png"])
+    plot_frontier(variants, paths["frontier_png"])
+    paths["md"].write_text(markdown(variants, meta))
+    paths["json"].write_text(json.dumps({"meta": meta, "largest_gap": largest_gap(variants), "variants": variants},
+                                        indent=2, default=str))
+    return paths

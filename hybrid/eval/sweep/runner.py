@@ -1,0 +1,148 @@
+"""``hybrid sweep``: train every variant of a sweep file, evaluate each on RULER at the lengths of
+its ``eval:`` section (default 1x, 2x, 4x the training length), measure its cost, and write one report.
+
+Layout of the output folder::
+
+    OUT/sweep.json                      the sweep file, variants and seeds of this run
+    OUT/runs/VARIANT/seedS/model/       the trained model (``hybrid train`` output)
+    OUT/runs/VARIANT/seedS/ruler/       results.json, predictions.jsonl, heatmap.png
+    OUT/runs/VARIANT/seedS/result.json  written last: this (variant, seed) is done
+    OUT/report.md, OUT/report.json, OUT/*.png
+
+A (variant, seed) with a ``result.json`` is never redone; ``--resume`` continues an interrupted
+sweep from there (a half-trained model resumes from its last checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class SweepError(RuntimeError):
+    """A sweep cannot start or continue (message meant for the user)."""
+
+
+@dataclass
+class VariantRun:
+    recipe: object
+    seed: int
+    dir: Path
+
+    @property
+    def done(self) -> bool:
+        return (self.dir / "result.json").is_file()
+
+
+def _write_json(path: Path, data) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+def attention_share(layers: list[dict]) -> float:
+    return sum(b["kind"] == "attention" for b in layers) / max(len(layers), 1)
+
+
+def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -> list[VariantRun]:
+    from hybrid.recipes import load_sweep
+
+    recipes = load_sweep(sweep_path, overrides)
+    runs = [VariantRun(r, s, out / "runs" / r.name / f"seed{s}") for r in recipes for s in range(seeds)]
+    meta = out / "sweep.json"
+    done = [r for r in runs if r.done]
+    if meta.is_file() and not resume:
+        earlier = json.loads(meta.read_text())
+        if any((out / "runs").glob("*/*/result.json")) or earlier.get("variants"):
+            raise SweepError(f"{out} already holds a sweep ({len(done)} of {len(runs)} runs done); pass --resume to "
+                             "continue it, or choose another --out")
+    if meta.is_file() and resume:
+        earlier = json.loads(meta.read_text())
+        gone = sorted(set(earlier.get("variants", [])) - {r.name for r in recipes})
+        if gone:
+            raise SweepError(f"{out} was started from a different sweep (variants {', '.join(gone)} are not in "
+                             f"{sweep_path}); use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(meta, {"sweep": str(sweep_path), "variants": [r.name for r in recipes], "seeds": seeds,
+                       "overrides": list(overrides or []), "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+    return runs
+
+
+def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, train_fn=None) -> dict:
+    """Train, evaluate and time one (variant, seed); returns and saves its result dict."""
+    from hybrid.eval.config import EvalConfig
+    from hybrid.eval.ruler.checkpoint import load_checkpoint
+    from hybrid.eval.ruler.report import save
+    from hybrid.eval.ruler.runner import evaluate
+    from hybrid.train import TrainConfig
+
+    from .analytic import predictions
+    from .cost import decode_ms_per_token
+
+    rec = vr.recipe
+    model_dir = vr.dir / "model"
+    base_seed = TrainConfig.from_dict(rec.train).seed
+    overrides = [f"train.seed={base_seed + vr.seed}"]
+    if train_fn is None:
+        from hybrid.train import run_training as train_fn
+    resume = (model_dir / "checkpoints" / "latest").is_file()
+    if (model_dir / "config.json").is_file() and (model_dir / "summary.json").is_file():
+        train = json.loads((model_dir / "summary.json").read_text())
+    else:
+        res = train_fn(rec, str(model_dir), device=device, overrides=overrides, progress=progress, resume=resume)
+        train = res.to_dict()
+    cfg = TrainConfig.from_dict(rec.train)
+    ev = EvalConfig.from_dict(rec.eval)
+    lengths = ev.resolved_lengths(cfg.seq_len)
+    model, tok, _ = load_checkpoint(model_dir, device)
+    run = evaluate(model, tok, list(ev.tasks), lengths, ev.samples, batch_size=ev.batch_size, seed=ev.seed,
+                   haystack=ev.haystack, data={"qa_1": ev.squad, "qa_2": ev.hotpotqa}, progress=progress,
+                   label=f"RULER {rec.name} s{vr.seed}")
+    save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len}, title=rec.name)
+    decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
+    result = {
+        "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
+        "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
+        "attention_layers": [i for i, b in enumerate(rec.layers) if b["kind"] == "attention"],
+        "attention_share": attention_share(rec.layers),
+        "params": sum(p.numel() for p in model.parameters()),
+        "train": {k: train.get(k) for k in ("steps", "final_loss", "eval_loss", "tokens_per_s", "wall_time_s",
+                                            "tokens_seen", "mfu", "flops_per_token")},
+        "train_length": cfg.seq_len, "lengths": lengths,
+        "ruler": run.to_dict(), "decode": decode,
+        "analytic": predictions(rec, lengths),
+        "device": str(model.device),
+    }
+    _write_json(vr.dir / "result.json", result)
+    del model
+    return result
+
+
+def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool = False, overrides=None,
+              device: str | None = None, progress: bool = True, console=None, train_fn=None,
+              stop_after: int | None = None) -> list[dict]:
+    """Run (or continue) a sweep; returns the result dicts of every finished (variant, seed).
+    ``stop_after``: stop after this many newly finished runs (for tests of interruption)."""
+    out = Path(out)
+    runs = plan(sweep_path, out, seeds, resume, overrides)
+    results, fresh = [], 0
+    for i, vr in enumerate(runs):
+        tag = f"[{i + 1}/{len(runs)}] {vr.recipe.name} seed {vr.seed}"
+        if vr.done:
+            if console:
+                console.print(f"{tag}: done earlier, kept")
+            results.append(json.loads((vr.dir / "result.json").read_text()))
+            continue
+        if stop_after is not None and fresh >= stop_after:
+            break
+        if console:
+            console.print(f"[bold]{tag}[/]: {vr.recipe.letters}")
+        t0 = time.perf_counter()
+        results.append(run_one(vr, device=device, progress=progress, console=console, train_fn=train_fn))
+        fresh += 1
+        if console:
+            m = results[-1]["ruler"]["mean"]
+            console.print(f"{tag}: {time.perf_counter() - t0:.0f} s; mean score by length "
+                          + ", ".join(f"{k}: {v:.1f}" for k, v in m.items()))
+    return results
