@@ -35,7 +35,10 @@ def fit_units(build: Callable[[int], object], count: Callable[[object], int], bu
     per_unit = max((tokens(probe) - tokens(min_units)) / max(probe - min_units, 1), 1e-3)
     guess = int(min_units + (budget - tokens(min_units)) / per_unit)
     guess = max(min_units, min(max_units, guess))
-    step = max(1, guess // 64)
+    if guess > probe:  # one secant step over the whole range sharpens the estimate
+        per_unit = max((tokens(guess) - tokens(min_units)) / (guess - min_units), 1e-3)
+        guess = max(min_units, min(max_units, int(min_units + (budget - tokens(min_units)) / per_unit)))
+    step = max(1, guess // 256)
     if fits(guess):
         lo, hi = guess, None
         while hi is None:
