@@ -106,6 +106,15 @@ class HybridPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["HybridBlock"]
     _is_stateful = True
 
+    def _initialize_weights(self, module, *args, **kwargs):
+        # Our `_init_weights` uses transformers.initialization, which skips tensors loaded from a checkpoint,
+        # so the "custom code" shortcut of the base class (which skips modules without direct parameters,
+        # e.g. the attention mixer) is not wanted here.
+        if getattr(module, "_is_hf_initialized", False):
+            return
+        self._init_weights(module)
+        module._is_hf_initialized = True
+
     @torch.no_grad()
     def _init_weights(self, module):
         cfg = self.config
