@@ -1,0 +1,99 @@
+"""``hybrid frontier RECIPE``: the predicted cost / recall-capacity frontier over attention fractions."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+NAME = "frontier"
+HELP = "predict the cost vs recall-capacity Pareto frontier over attention fractions (table + PNG)"
+DESCRIPTION = """Re-lay out a recipe at several attention fractions f (layout.ratio = (1-f):f, same block
+templates and placement), predict each variant's cost and its recall capacity (docs/analytic.md), and
+show the Pareto frontier as a table and a plot. With --facts F the predicted optimum is marked: the
+cheapest fraction whose capacity is at least F facts. Nothing is built or trained; compare the
+prediction with a measured RULER ratio sweep (recipes/sweep-ratios.yaml).
+
+Capacity proxy: attention covering the context reads all length/tokens-per-fact facts; a recurrent
+layer holds about heads x head_dim associations; a sliding window adds the facts of its last W tokens.
+
+examples:
+  hybrid frontier recipes/carve-3to1.yaml --ratios 0,1/8,1/4,1/2,1 --length 8192 --facts 600
+  hybrid frontier recipes/carve-3to1.yaml --ratios 1:0,7:1,3:1,1:1,0:1 --cost cache-memory --length 131072
+"""
+
+
+def add_arguments(p) -> None:
+    from hybrid.analytic.frontier import COSTS
+
+    p.add_argument("recipe", help="recipe YAML file (its templates and placement are reused)")
+    p.add_argument("--ratios", default="0,1/8,1/4,1/2,1",
+                   help="attention fractions (0,1/8,0.25,1) or recurrent:attention ratios (7:1,3:1)")
+    p.add_argument("--length", type=int, default=None, help="context length (default: train.seq_len)")
+    p.add_argument("--facts", type=float, default=None, help="recall demand: facts the model must retrieve")
+    p.add_argument("--tokens-per-fact", type=int, default=8, help="context tokens one fact takes (default 8)")
+    p.add_argument("--cost", default="train-flops", choices=list(COSTS), help="cost axis (default train-flops)")
+    p.add_argument("--batch", type=int, default=1, help="batch for --cost step-time")
+    p.add_argument("--device", default="H200",
+                   help="rates for --cost step-time: H200 (table), cpu or cuda (measured now)")
+    p.add_argument("--dtype-bytes", type=int, default=2, choices=(2, 4), help="bytes per activation (2 = bf16)")
+    p.add_argument("--out", default=None, help="folder for frontier.png and frontier.json "
+                                               "(default runs/frontier-RECIPE)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def main(args) -> int:
+    from hybrid.analytic.frontier import frontier, parse_fractions, plot
+    from hybrid.analytic.report import fmt
+    from hybrid.recipes import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        fractions = parse_fractions(args.ratios)
+    except (RecipeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    length = args.length or int(recipe.train.get("seq_len", 2048))
+    if length < 1 or args.tokens_per_fact < 1:
+        print("error: --length and --tokens-per-fact must be >= 1", file=sys.stderr)
+        return 2
+    rates = None
+    if args.cost == "step-time":
+        from hybrid.analytic.rates import KNOWN, rates_for
+
+        rates = KNOWN.get(args.device) or rates_for(args.device)
+    try:
+        res = frontier(recipe, fractions, length, facts=args.facts, tokens_per_fact=args.tokens_per_fact,
+                       cost=args.cost, batch=args.batch, b=args.dtype_bytes, rates=rates)
+    except RecipeError as e:
+        print(f"error: cannot re-lay out the recipe: {e}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join("runs", f"frontier-{recipe.name}")
+    os.makedirs(out, exist_ok=True)
+    png = plot(res, os.path.join(out, "frontier.png"))
+    with open(os.path.join(out, "frontier.json"), "w") as fh:
+        json.dump(res, fh, indent=2)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{recipe.name}: predicted frontier at {length:,} tokens ({res['cost_label']})")
+    for col in ("fraction", "ratio", "attention layers", "layout", res["cost_label"], "capacity (facts)",
+                "on frontier"):
+        t.add_column(col, justify="left" if col == "layout" else "right")
+    for p in res["points"]:
+        mark = " *" if p["ratio"] == res["optimum"] else ""
+        t.add_row(p["fraction"], p["ratio"] + mark, f"{p['n_attention']}/{p['n_layers']}", p["layout"],
+                  fmt(p["cost"], res["cost_unit"]), f"{p['capacity']:,.0f}", "yes" if p["pareto"] else "")
+    console = Console()
+    console.print(t)
+    console.print(f"facts in context: {res['facts_in_context']:,.0f} ({args.tokens_per_fact} tokens per fact)")
+    if args.facts is not None:
+        if res["optimum"]:
+            console.print(f"predicted optimum for {args.facts:g} facts: ratio {res['optimum']} (marked *)")
+        else:
+            console.print(f"[yellow]no fraction reaches {args.facts:g} facts at this length[/yellow]")
+    console.print(f"wrote {png} and {os.path.join(out, 'frontier.json')}")
+    return 0
