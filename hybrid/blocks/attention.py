@@ -1,9 +1,10 @@
 """Softmax attention layer: GQA, RoPE, causal full or sliding-window attention, KV cache.
 
-Without padding and without a cache to read, the layer calls ``causal_attention`` (the fast
-backends; packed documents via ``cu_seqlens``). With a non-empty cache or a padded batch it builds an
-explicit mask from per-token RoPE positions and validity: key j is visible to query i iff j is a real
-token, ``pos_j <= pos_i`` and (sliding window) ``pos_i - pos_j < window``.
+Without a cache to read, the layer calls ``causal_attention`` (the fast backends; packed documents
+via ``cu_seqlens``; a padded batch is packed row by row, so pads cost nothing and need no T x T mask).
+With a non-empty cache it builds an explicit mask from the cached per-token RoPE positions and
+validity: key j is visible to query i iff j is a real token, ``pos_j <= pos_i`` and (sliding window)
+``pos_i - pos_j < window``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import init
@@ -65,24 +67,34 @@ class AttentionMixer(nn.Module):
         cos, sin = rope_angles(positions, self.D, self.theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         has_past = cache_layer is not None and cache_layer.keys is not None
-        if not has_past and valid is None:
-            o = causal_attention(q, k, v, window=self.window, cu_seqlens=cu_seqlens, backend=self.backend)
+        if not has_past:
+            if valid is None:
+                o = causal_attention(q, k, v, window=self.window, cu_seqlens=cu_seqlens, backend=self.backend)
+            else:
+                if cu_seqlens is not None:
+                    raise ValueError("cu_seqlens cannot be combined with a padded batch")
+                o = self._packed(q, k, v, valid)
             if cache_layer is not None:
                 ones = torch.ones(B, T, dtype=torch.bool, device=x.device)
-                cache_layer.update(k.transpose(1, 2), v.transpose(1, 2), positions, ones)
+                cache_layer.update(k.transpose(1, 2), v.transpose(1, 2), positions, ones if valid is None else valid)
         else:
             if cu_seqlens is not None:
-                raise ValueError("cu_seqlens cannot be combined with a padded batch or a non-empty cache")
+                raise ValueError("cu_seqlens cannot be combined with a non-empty cache")
             valid_q = valid if valid is not None else torch.ones(B, T, dtype=torch.bool, device=x.device)
-            if cache_layer is not None:
-                kk, vv, pos_k, valid_k = cache_layer.update(k.transpose(1, 2), v.transpose(1, 2), positions,
-                                                            valid_q)
-                kk, vv = kk.transpose(1, 2), vv.transpose(1, 2)
-            else:
-                kk, vv, pos_k, valid_k = k, v, positions, valid_q
+            kk, vv, pos_k, valid_k = cache_layer.update(k.transpose(1, 2), v.transpose(1, 2), positions, valid_q)
+            kk, vv = kk.transpose(1, 2), vv.transpose(1, 2)
             dpos = positions.unsqueeze(2) - pos_k.unsqueeze(1)  # [B, T, L]
             allowed = valid_k.unsqueeze(1) & (dpos >= 0) & valid_q.unsqueeze(2)
             if self.window is not None:
                 allowed &= dpos < self.window
             o = masked_attention(q, kk, vv, allowed, backend=self.backend)
         return self.o_proj(o.reshape(B, T, self.H * self.D))
+
+    def _packed(self, q, k, v, valid):
+        """Padded batch without a past: pack each row's real tokens as one document (exact, no T x T mask)."""
+        B, T = valid.shape
+        flat = torch.nonzero(valid.reshape(-1)).squeeze(1)
+        cu = F.pad(torch.cumsum(valid.sum(1), 0), (1, 0))
+        pick = lambda t: t.reshape(B * T, *t.shape[2:])[flat].unsqueeze(0)
+        op = causal_attention(pick(q), pick(k), pick(v), window=self.window, cu_seqlens=cu, backend=self.backend)
+        return q.new_zeros(B * T, self.H, self.D).index_copy(0, flat, op[0]).view(B, T, self.H, self.D)

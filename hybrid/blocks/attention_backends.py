@@ -196,23 +196,30 @@ def _flex_block_mask(T: int, window: int | None, device_str: str):
     return create_block_mask(mask_mod, None, None, T, T, device=device_str)
 
 
+@functools.lru_cache(maxsize=8)
+def _flex_doc_block_mask(cu: tuple, window: int | None, device_str: str):
+    """Block mask for packed documents; cached so that the attention layers of one step share it."""
+    _, create_block_mask = _flex()
+    T = cu[-1]
+    i = torch.arange(T, device=device_str)
+    doc = torch.searchsorted(torch.tensor(cu[1:], device=device_str), i, right=True)
+
+    def mask_mod(b, h, qi, ki):
+        ok = (qi >= ki) & (doc[qi] == doc[ki])
+        if window is not None:
+            ok = ok & (qi - ki < window)
+        return ok
+
+    return create_block_mask(mask_mod, None, None, T, T, device=device_str)
+
+
 def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
     H, G = q.shape[2], k.shape[2]
     T = q.shape[1]
     if cu_seqlens is None:
         bm = _flex_block_mask(T, window, str(q.device))
     else:
-        _, create_block_mask = _flex()
-        i = torch.arange(T, device=q.device)
-        doc = torch.searchsorted(cu_seqlens.to(device=q.device, dtype=torch.long)[1:], i, right=True)
-
-        def mask_mod(b, h, qi, ki):
-            ok = (qi >= ki) & (doc[qi] == doc[ki])
-            if window is not None:
-                ok = ok & (qi - ki < window)
-            return ok
-
-        bm = create_block_mask(mask_mod, None, None, T, T, device=str(q.device))
+        bm = _flex_doc_block_mask(tuple(cu_seqlens.tolist()), window, str(q.device))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
     return o.transpose(1, 2)
