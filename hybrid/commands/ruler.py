@@ -57,7 +57,7 @@ def main(args) -> int:
     from hybrid.blocks.spec import SpecError
     from hybrid.eval.ruler.errors import RulerError
 
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     try:
         return _run(args)
     except (RulerError, SpecError) as e:

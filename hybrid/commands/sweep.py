@@ -49,7 +49,7 @@ def main(args) -> int:
     from hybrid.eval.sweep.runner import SweepError, run_sweep
     from hybrid.recipes import RecipeError
 
-    console, err = Console(), Console(stderr=True)
+    console, err = Console(), Console(stderr=True, soft_wrap=True)
     if args.seeds < 1:
         err.print("[bold red]error:[/] --seeds must be >= 1")
         return 2

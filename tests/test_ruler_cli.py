@@ -1,0 +1,74 @@
+"""``hybrid ruler`` end to end on a tiny randomly initialised model, and its input errors."""
+
+import json
+
+import pytest
+
+from hybrid.cli import main as cli
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from hybrid.blocks import HybridConfig, HybridForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny")
+    tok = AutoTokenizer.from_pretrained("hybrid/data/tokenizer")
+    cfg = HybridConfig(vocab_size=len(tok), d_model=32, mlp={"kind": "swiglu", "hidden": 64},
+                       layers=[{"kind": "carve", "heads": 2, "head_dim": 16, "chunk_size": 16, "gate_rank": 8,
+                                "content_rank": 4},
+                               {"kind": "attention", "heads": 2, "head_dim": 16}],
+                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    HybridForCausalLM(cfg).save_pretrained(str(d))
+    tok.save_pretrained(str(d))
+    (d / "train_config.json").write_text(json.dumps({"seq_len": 320}))
+    return d
+
+
+def test_ruler_end_to_end(tiny_model, tmp_path, capsys):
+    out = tmp_path / "r"
+    rc = cli(["ruler", str(tiny_model), "--tasks", "niah_single_1,niah_multikey_1", "--lengths", "1x", "400",
+              "--samples", "3", "--batch-size", "2", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["lengths"] == [320, 400] and res["ruler_like_tasks"] == ["niah_multikey_1"]
+    assert set(res["scores"]) == {"niah_single_1", "niah_multikey_1"}
+    assert all(0 <= v <= 100 for t in res["scores"].values() for v in t.values())
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(preds) == 2 * 2 * 3
+    assert all(p["prompt_tokens"] + 128 <= p["length"] for p in preds)
+    assert (out / "heatmap.png").stat().st_size > 1000
+    text = capsys.readouterr().out
+    assert "niah_multikey_1 *" in text and "RULER-like" in text
+
+
+def test_ruler_scores_match_predictions(tiny_model, tmp_path):
+    """The reported score is recomputed from the saved predictions (RULER's string_match_all)."""
+    out = tmp_path / "r"
+    assert cli(["ruler", str(tiny_model), "--tasks", "vt", "--lengths", "512", "--samples", "2", "--out", str(out),
+                "--no-progress"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    expect = 100 * sum(sum(a.lower() in p["prediction"].lower() for a in p["answers"]) / len(p["answers"])
+                       for p in preds) / len(preds)
+    assert res["scores"]["vt"]["512"] == pytest.approx(expect)
+
+
+def test_ruler_input_errors(tiny_model, tmp_path, capsys):
+    assert cli(["ruler", str(tmp_path / "nope"), "--lengths", "512"]) == 2
+    assert "checkpoint folder not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli(["ruler", str(tmp_path / "empty"), "--lengths", "512"]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert cli(["ruler", str(tiny_model), "--tasks", "niah_multikye_2", "--lengths", "512"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'niah_multikey_2'" in err and "known" in err
+    assert cli(["ruler", str(tiny_model), "--tasks", "niah_single_1", "--lengths", "200", "--no-progress"]) == 2
+    assert "length too short" in capsys.readouterr().err
+    assert cli(["ruler", str(tiny_model), "--tasks", "qa_1", "--lengths", "512"]) == 2
+    assert "--squad FILE" in capsys.readouterr().err
+    assert cli(["ruler", str(tiny_model), "--lengths", "twice"]) == 2
+    assert "--lengths[0]" in capsys.readouterr().err
