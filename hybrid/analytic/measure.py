@@ -103,4 +103,6 @@ def prefill_cache_bytes(model, length: int, batch: int = 1, seed: int = 0) -> in
     cache = HybridCache(model.config)
     with _autocast(device):
         model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1)
-    return tensor_bytes(list(cache.layers))
+    # counted layer by layer: after a prefill the attention layers share one position tensor, which the
+    # first decode step replaces by a copy per layer; the per-layer sum is the steady-state footprint
+    return sum(tensor_bytes(layer) for layer in cache.layers)

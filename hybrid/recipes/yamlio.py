@@ -75,22 +75,35 @@ def _convert(loader, node, path: tuple, locs: Locs, filename: str, override: str
             out.append(_convert(loader, child, path + (i,), locs, filename, override))
         return out
     if isinstance(node, MappingNode):
-        loader.flatten_mapping(node)  # resolves '<<' merge keys
-        out: dict = {}
-        for key_node, value_node in node.value:
+        explicit: dict = {}
+        for key_node, _ in node.value:  # duplicates among the keys written here are errors
             line = key_node.start_mark.line + 1
             if not isinstance(key_node, ScalarNode):
                 raise RecipeError(Loc(filename, line, override), key_str(path),
                                   "mapping keys must be plain names, not lists or mappings")
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            if key_node.value in explicit:
+                raise RecipeError(Loc(filename, line, override), key_str(path + (key_node.value,)),
+                                  f"duplicate key (first written on line {explicit[key_node.value]})")
+            explicit[key_node.value] = line
+        loader.flatten_mapping(node)  # resolves '<<' merge keys: merged entries first, written ones win
+        out: dict = {}
+        for key_node, value_node in node.value:
+            line = key_node.start_mark.line + 1
             key = key_node.value
-            if key in out:
-                raise RecipeError(Loc(filename, line, override), key_str(path + (key,)),
-                                  f"duplicate key (first written on line {locs[path + (key,)].line})")
+            _drop_prefix(locs, path + (key,))
             locs[path + (key,)] = Loc(filename, line, override)
             out[key] = _convert(loader, value_node, path + (key,), locs, filename, override)
         return out
     raise RecipeError(Loc(filename, node.start_mark.line + 1, override), key_str(path),
                       f"unsupported YAML node {type(node).__name__}")
+
+
+def _drop_prefix(locs: Locs, prefix: tuple) -> None:
+    n = len(prefix)
+    for k in [k for k in locs if k[:n] == prefix]:
+        del locs[k]
 
 
 def parse_value(text: str, override: str) -> object:
