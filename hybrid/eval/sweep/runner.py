@@ -92,6 +92,8 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     else:
         res = train_fn(rec, str(model_dir), device=device, overrides=overrides, progress=progress, resume=resume)
         train = res.to_dict()
+        if train.get("interrupted"):  # Ctrl-C inside training: its checkpoint is kept for --resume
+            raise KeyboardInterrupt
     cfg = TrainConfig.from_dict(rec.train)
     ev = EvalConfig.from_dict(rec.eval)
     lengths = ev.resolved_lengths(cfg.seq_len)

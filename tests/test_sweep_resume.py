@@ -1,0 +1,93 @@
+"""``hybrid sweep`` on a 2-variant micro sweep: report files, an interruption, and --resume."""
+
+import json
+
+import pytest
+
+from hybrid.cli import main as cli
+from hybrid.eval.sweep.runner import SweepError, run_sweep
+
+BASE = """name: micro
+model: {d_model: 32, n_layers: 2, vocab_size: 4096, mlp: {kind: swiglu, hidden: 64}, max_position_embeddings: 1024}
+blocks:
+  C: {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content_rank: 4}
+  A: {kind: attention, heads: 2, head_dim: 16}
+layout: {ratio: "1:1"}
+train:
+  seq_len: 320
+  batch_size: 2
+  steps: 2
+  warmup_steps: 1
+  eval_every: 0
+  eval_batches: 1
+  save_every: 1
+  data: {kind: ruler_mix, tasks: [niah_single_1]}
+eval: {tasks: [niah_single_1], lengths: [1x, 2x], samples: 2, batch_size: 2}
+"""
+SWEEP = """name: micro-sweep
+sweep:
+  base: base.yaml
+  vary:
+    layout.ratio: ["1:0", "1:1"]
+  name: "micro-{layout.ratio}"
+"""
+
+
+@pytest.fixture()
+def sweep_file(tmp_path):
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "sweep.yaml").write_text(SWEEP)
+    return tmp_path / "sweep.yaml"
+
+
+def test_interrupted_sweep_resumes(sweep_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    first = run_sweep(str(sweep_file), out, progress=False, stop_after=1)
+    assert [r["name"] for r in first] == ["micro-1to0"]
+    done = out / "runs" / "micro-1to0" / "seed0" / "result.json"
+    stamp = done.stat().st_mtime_ns
+    assert not (out / "runs" / "micro-1to1" / "seed0" / "result.json").exists()
+    # without --resume an existing sweep folder is refused, nothing is touched
+    with pytest.raises(SweepError, match="--resume"):
+        run_sweep(str(sweep_file), out, progress=False)
+    assert cli(["sweep", str(sweep_file), "--out", str(out), "--resume", "--no-progress"]) == 0
+    assert done.stat().st_mtime_ns == stamp  # the finished variant was kept, not retrained
+    assert "done earlier, kept" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    names = [v["name"] for v in report["variants"]]
+    assert names == ["micro-1to0", "micro-1to1"]
+    v = report["variants"][1]
+    assert v["layout"] == "CA" and v["attention_share"] == 0.5 and v["lengths"] == [320, 640]
+    assert v["train_tokens_per_s"][0] > 0 and v["decode_ms_per_token"][0] > 0
+    assert v["analytic"]["by_length"]["640"]["cache_bytes"] > report["variants"][0]["analytic"]["by_length"]["640"][
+        "cache_bytes"]  # a KV cache grows with context, a recurrent state does not
+    md = (out / "report.md").read_text()
+    assert "| micro-1to1 | `CA` | 0.500 |" in md and "niah_single_1 @640" in md
+    for png in ("score_vs_ratio.png", "frontier.png"):
+        assert (out / png).stat().st_size > 1000
+
+
+def test_sweep_errors(sweep_file, tmp_path, capsys):
+    assert cli(["sweep", str(tmp_path / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SWEEP.replace("layout.ratio", "layout.ratoi"))
+    assert cli(["sweep", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert "ratoi" in capsys.readouterr().err
+
+
+def test_training_interrupted_midway_resumes_from_checkpoint(sweep_file, tmp_path):
+    from hybrid.train import run_training
+
+    out = tmp_path / "out"
+
+    def stop_early(*a, **kw):
+        return run_training(*a, **kw, _stop_after=1)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(str(sweep_file), out, progress=False, train_fn=stop_early)
+    model = out / "runs" / "micro-1to0" / "seed0" / "model"
+    assert (model / "checkpoints" / "latest").is_file() and not (out / "runs/micro-1to0/seed0/result.json").exists()
+    results = run_sweep(str(sweep_file), out, progress=False, resume=True)
+    assert [r["name"] for r in results] == ["micro-1to0", "micro-1to1"]
+    assert results[0]["train"]["steps"] == 2
