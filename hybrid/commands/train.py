@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -29,15 +30,34 @@ examples:
 """
 
 
-def add_arguments(p) -> None:
-    p.add_argument("recipe", help="recipe YAML file")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides, e.g. train.lr=1e-3 train.data.kind=assoc_recall layout.ratio=1:1")
+def _options(p) -> None:
     p.add_argument("--out", "-o", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides train.steps)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("recipe", help="recipe YAML file")
+    # everything after the recipe: overrides and options in any order (parsed again in main)
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="recipe overrides, e.g. train.lr=1e-3 train.data.kind=assoc_recall layout.ratio=1:1")
+    _options(p)
+
+
+def _reparse(args) -> None:
+    """Options may follow the recipe and be mixed with overrides; pick them out of the remainder."""
+    p = argparse.ArgumentParser(prog="hybrid train", add_help=False)
+    p.add_argument("overrides", nargs="*")
+    _options(p)
+    defaults = {a.dest: a.default for a in p._actions if a.dest != "overrides"}
+    rest = p.parse_intermixed_args(args.overrides)
+    for dest, default in defaults.items():
+        value = getattr(rest, dest)
+        if value != default:
+            setattr(args, dest, value)
+    args.overrides = rest.overrides
 
 
 def main(args) -> int:
@@ -48,6 +68,7 @@ def main(args) -> int:
     from hybrid.train.textfiles import DataFileError
 
     rank = int(os.environ.get("RANK", "0"))
+    _reparse(args)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: override {bad[0]!r} is not KEY=VALUE (e.g. train.lr=1e-3)", file=sys.stderr)

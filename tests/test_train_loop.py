@@ -1,0 +1,185 @@
+"""The training loop on CPU with a very small real model: learning, exact resume, atomic saves,
+Ctrl-C, NaN stops, the output folder, and clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hybrid.recipes import recipe_from_dict
+from hybrid.train import run_training
+from hybrid.train.checkpoint import find_latest, load_checkpoint
+from hybrid.train.loop import TrainingDiverged
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def small_recipe(**train):
+    t = {"steps": 6, "batch_size": 2, "seq_len": 64, "lr": 3e-3, "warmup_steps": 2, "eval_every": 3,
+         "eval_batches": 1, "save_every": 0, "log_every": 1, "dtype": "fp32"}
+    t.update(train)
+    return recipe_from_dict({
+        "name": "test-small",
+        "model": {"d_model": 32, "n_layers": 2, "vocab_size": 4096, "mlp": {"kind": "swiglu", "hidden": 64}},
+        "blocks": {"C": {"kind": "carve", "heads": 2, "head_dim": 16, "chunk_size": 16, "gate_rank": 8,
+                         "content_rank": 4},
+                   "A": {"kind": "attention", "heads": 2, "head_dim": 16}},
+        "layout": {"pattern": "CA"},
+        "train": t,
+    })
+
+
+def losses(out: Path) -> list[float]:
+    recs = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if r["kind"] == "train"]
+
+
+def test_text_training_learns_and_writes_outputs(tmp_path):
+    res = run_training(small_recipe(steps=25, eval_every=0, eval_batches=2, lr=1e-2, warmup_steps=3),
+                       tmp_path / "run", progress=False)
+    ls = losses(tmp_path / "run")
+    assert len(ls) == 25 and all(map(lambda v: v == v, ls))
+    assert sum(ls[-5:]) / 5 < ls[0] - 1.5  # from ~ln(4096)=8.3 down towards the unigram entropy
+    assert res.eval_loss is not None and res.eval_loss < ls[0] - 1.0
+    assert res.flops_source == "6*params" or res.flops_source.startswith("hybrid.analytic")
+    out = tmp_path / "run"
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "metrics.jsonl", "loss_curve.png",
+                 "summary.json", "train_config.json", "recipe.json"):
+        assert (out / name).exists(), name
+    from hybrid.blocks import HybridForCausalLM
+
+    model = HybridForCausalLM.from_pretrained(str(out))
+    ids = torch.randint(0, 4096, (1, 16))
+    with torch.no_grad():
+        assert model(ids).logits.shape == (1, 16, 4096)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 25 and summary["baselines"]["unigram_entropy_nats"] > 5
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    recipe = small_recipe(steps=6, save_every=2, grad_accum=2)
+    run_training(recipe, tmp_path / "full", progress=False)
+    full = losses(tmp_path / "full")
+
+    part = run_training(recipe, tmp_path / "part", progress=False, _stop_after=3)
+    assert part.interrupted and part.steps == 3
+    assert find_latest(tmp_path / "part" / "checkpoints").name == "step_000003"
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_training(recipe, tmp_path / "part", progress=False)
+    res = run_training(recipe, tmp_path / "part", progress=False, resume=True)
+    assert res.steps == 6
+    resumed = losses(tmp_path / "part")
+    assert len(resumed) == len(full) == 6
+    assert resumed == pytest.approx(full, abs=1e-6, rel=0)
+    a = torch.load(tmp_path / "full" / "checkpoints" / "step_000006" / "optimizer.pt", weights_only=False)
+    b = torch.load(tmp_path / "part" / "checkpoints" / "step_000006" / "optimizer.pt", weights_only=False)
+    for k in a["state"]:
+        assert torch.allclose(a["state"][k]["exp_avg"], b["state"][k]["exp_avg"], atol=1e-7)
+
+
+def test_crash_while_saving_keeps_last_good_checkpoint(tmp_path):
+    recipe = small_recipe(steps=4, save_every=2, eval_every=0)
+    calls = {"n": 0}
+
+    def crash_on_second_save(tmp_dir):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("simulated crash in the middle of writing a checkpoint")
+
+    with pytest.raises(OSError, match="simulated crash"):
+        run_training(recipe, tmp_path / "run", progress=False, _save_hook=crash_on_second_save)
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / "latest").read_text().strip() == "step_000002"
+    assert (root / ".tmp-step_000004").exists()  # the half-written one, never renamed into place
+    assert not (root / "step_000004").exists()
+    good = find_latest(root)
+    assert good.name == "step_000002"
+    from hybrid.blocks import HybridConfig, HybridForCausalLM
+
+    model = HybridForCausalLM(HybridConfig(**recipe.model_config_kwargs()))
+    state = load_checkpoint(good, model=model)
+    assert state["step"] == 2
+    res = run_training(recipe, tmp_path / "run", progress=False, resume=True)  # and training goes on from it
+    assert res.steps == 4 and not (root / ".tmp-step_000004").exists()
+
+
+def test_ctrl_c_saves_and_exits(tmp_path, monkeypatch):
+    from hybrid.train import text_source
+
+    orig = text_source.TextSource.batch
+
+    def batch(self, step, micro):
+        if step == 2 and micro == 0:
+            os.kill(os.getpid(), signal.SIGINT)  # a real Ctrl-C, delivered during step 3
+        return orig(self, step, micro)
+
+    monkeypatch.setattr(text_source.TextSource, "batch", batch)
+    res = run_training(small_recipe(steps=6, eval_every=0), tmp_path / "run", progress=False)
+    assert res.interrupted and res.steps == 3
+    assert find_latest(tmp_path / "run" / "checkpoints").name == "step_000003"
+
+
+def test_nan_loss_stops_with_message(tmp_path, monkeypatch):
+    from hybrid.train import loop
+
+    orig = loop._forward
+    calls = {"n": 0}
+
+    def forward(model, batch):
+        loss, logits = orig(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] > 4 and model.training else loss), logits
+
+    monkeypatch.setattr(loop, "_forward", forward)
+    with pytest.raises(TrainingDiverged, match=r"loss became nan .* step 5; the last good checkpoint is .*step_000004"):
+        run_training(small_recipe(steps=8, save_every=4, eval_every=0), tmp_path / "run", progress=False)
+    assert find_latest(tmp_path / "run" / "checkpoints").name == "step_000004"
+
+
+def test_assoc_recall_runs(tmp_path):
+    r = small_recipe(steps=3, eval_every=0, data={"kind": "assoc_recall", "num_kv_pairs": 4, "vocab_size": 256})
+    res = run_training(r, tmp_path / "run", progress=False)
+    assert res.steps == 3 and res.final_loss > 0
+    assert res.baselines["chance_value_nats"] == pytest.approx(torch.log(torch.tensor(128.0)).item())
+    assert not (tmp_path / "run" / "tokenizer.json").exists()
+
+
+def test_cli_clear_errors(tmp_path, capsys):
+    from hybrid.cli import main
+
+    recipe = str(ROOT / "recipes" / "tiny-cpu.yaml")
+    cases = [
+        (["train.data.files=/nonexistent/corpus.txt"], "'/nonexistent/corpus.txt' does not exist"),
+        ([f"train.data.files={tmp_path / 'empty.txt'}"], "is empty"),
+        (["train.stpes=3"], "did you mean 'steps'"),
+        (["--resume"], "no checkpoint"),
+        (["notanoverride"], "not KEY=VALUE"),
+    ]
+    (tmp_path / "empty.txt").write_text("")
+    for i, (extra, msg) in enumerate(cases):
+        rc = main(["train", recipe, "--out", str(tmp_path / f"o{i}"), "--no-progress", *extra])
+        err = capsys.readouterr().err
+        assert rc == 2 and msg in err, (extra, err)
+
+
+@pytest.mark.slow
+def test_cli_subprocess_end_to_end(tmp_path):
+    """The real command line, options after overrides, a short run, then --resume to more steps."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text((ROOT / "recipes" / "tiny-cpu.yaml").read_text())
+    cmd = [sys.executable, "-m", "hybrid", "train", str(recipe), "train.seq_len=64", "train.batch_size=2",
+           "--out", str(tmp_path / "o"), "--no-progress", "--steps", "2"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "done: 2 steps" in p.stdout and "unigram entropy" in p.stdout
+    p = subprocess.run(cmd[:-1] + ["3", "--resume"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "done: 3 steps" in p.stdout
