@@ -26,30 +26,35 @@ from .reference import content_term
 SUB_BLOCK = 16
 
 
-def decayed_products(x: torch.Tensor, y: torch.Tensor, G: torch.Tensor, include_diag: bool) -> torch.Tensor:
-    """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (or s <= r); zero above.
+def decayed_products(xs: list[torch.Tensor], y: torch.Tensor, G: torch.Tensor) -> list[torch.Tensor]:
+    """For each x in ``xs``: D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s <= r, zero above.
 
-    x, y, G: [..., L, K] with G non-increasing along L. Returns [..., L, L]."""
-    L = x.shape[-2]
-    out = x.new_zeros(*x.shape[:-1], L)
+    x, y, G: [..., L, K] with G non-increasing along L. Returns [..., L, L] per x. The decay factors
+    are computed once and shared by every x (the caller masks the diagonal where it needs s < r)."""
+    L = y.shape[-2]
+    outs = [y.new_zeros(*y.shape[:-1], L) for _ in xs]
     starts = list(range(0, L, SUB_BLOCK))
     for ia, ra in enumerate(starts):
         ea = min(ra + SUB_BLOCK, L)
-        xa, Ga = x[..., ra:ea, :], G[..., ra:ea, :]
+        Ga, ya = G[..., ra:ea, :], y[..., ra:ea, :]
         # diagonal block: exact pairwise differences, masked before exp
         diff = Ga.unsqueeze(-2) - Ga.unsqueeze(-3)  # [..., la, la, K], (r, s)
         n = ea - ra
-        mask = torch.ones(n, n, dtype=torch.bool, device=x.device).tril(0 if include_diag else -1)
-        diff = torch.where(mask.unsqueeze(-1), diff, torch.full_like(diff, float("-inf")))
-        blk = (xa.unsqueeze(-2) * y[..., ra:ea, :].unsqueeze(-3) * torch.exp(diff)).sum(-1)
-        out[..., ra:ea, ra:ea] = blk
+        mask = torch.ones(n, n, dtype=torch.bool, device=y.device).tril()
+        decay = torch.exp(torch.where(mask.unsqueeze(-1), diff, torch.full_like(diff, float("-inf"))))
+        ydec = ya.unsqueeze(-3) * decay  # [..., r, s, K]
+        xa = torch.stack([x[..., ra:ea, :] for x in xs], dim=-1)  # [..., r, K, len(xs)]
+        blk = ydec @ xa  # [..., r, s, len(xs)]: one batched product for every x
+        for j, out in enumerate(outs):
+            out[..., ra:ea, ra:ea] = blk[..., j]
         for rb in starts[:ia]:
             eb = rb + SUB_BLOCK
             ref = G[..., eb - 1 : eb, :]  # cumulative decay at the end of the earlier block
-            left = xa * torch.exp(Ga - ref)
-            right = y[..., rb:eb, :] * torch.exp(ref - G[..., rb:eb, :])
-            out[..., ra:ea, rb:eb] = left @ right.transpose(-1, -2)
-    return out
+            left = torch.exp(Ga - ref)
+            right = (y[..., rb:eb, :] * torch.exp(ref - G[..., rb:eb, :])).transpose(-1, -2)
+            for x, out in zip(xs, outs):
+                out[..., ra:ea, rb:eb] = (x[..., ra:ea, :] * left) @ right
+    return outs
 
 
 def _segment(q, k, v, g, a, w, u_down, u_up, S0, m_prev, scale, content_grad):
@@ -59,8 +64,8 @@ def _segment(q, k, v, g, a, w, u_down, u_up, S0, m_prev, scale, content_grad):
     b = torch.sigmoid(a if c is None else a + c.unsqueeze(2))
     e = b * k
     G = torch.cumsum(g, dim=2)
-    M = decayed_products(e, k, G, include_diag=False)
-    P = decayed_products(q, k, G, include_diag=True)
+    M, P = decayed_products([e, q], k, G)
+    M = M.tril(-1)  # the coupling is strictly lower triangular
     gam = torch.exp(G)
     z = (w.unsqueeze(-1) if w.dim() == 3 else w) * v
     rhs = z - (gam * e) @ S0
