@@ -340,6 +340,9 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
         while step < cfg.steps:
             micro = [source.batch(step, m) for m in range(cfg.grad_accum)]
             n_targets = sum(b.num_targets for b in micro)
+            # weight every micro-batch by its share of the global target count, so the gradient is the
+            # token-mean over all ranks and micro-batches (DDP then averages: hence the world factor)
+            n_global = dist_.all_reduce_sum([n_targets])[0] if dist_.enabled else n_targets
             loss_sum = 0.0
             for m, b in enumerate(micro):
                 b = b.to(dev)
@@ -348,7 +351,7 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
                 with ctx:
                     with autocast():
                         loss, _ = _forward(fwd_model, b)
-                    (loss * (b.num_targets / max(n_targets, 1))).backward()
+                    (loss * (b.num_targets * dist_.world_size / max(n_global, 1))).backward()
                 loss_sum += float(loss.detach()) * b.num_targets
                 tok_window += b.num_tokens * dist_.world_size
                 tokens_seen += b.num_tokens * dist_.world_size
