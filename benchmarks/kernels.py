@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -70,6 +71,17 @@ def variants(x, fla, B, T, H, K):
     out["carve_gdn2_mode"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_v"], None, None,
                                                    scale=None, chunk_size=64)[0],
                               ["q", "k", "v", "g", "a", "w_v"])
+    def warps8(f):
+        def g():
+            os.environ["HYBRID_CARVE_NUM_WARPS"] = "8"
+            try:
+                return f()
+            finally:
+                os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
+        return g
+
+    out["carve_content_w8"] = (warps8(out["carve_content"][0]), out["carve_content"][1])
+    out["carve_nocontent_w8"] = (warps8(out["carve_nocontent"][0]), out["carve_nocontent"][1])
     if fla is not None:
         out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
                                                            x["w_v"])[0],
@@ -132,7 +144,7 @@ def bench_one(fn, names, x):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", default="kernels.json")
-    ap.add_argument("--T", type=int, nargs="*", default=[2048, 4096, 8192, 16384])
+    ap.add_argument("--T", type=int, nargs="*", default=[4096, 2048, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
     args = ap.parse_args()

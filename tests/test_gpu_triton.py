@@ -38,13 +38,27 @@ CASES = {
     "varlen_gdn2_state": dict(lengths=[100, 33, 0, 190], init_state=True, final_grad=True, decay=1.0,
                               content=False, vec_w=True, oracle="chunked"),
     "detach_T500": dict(B=2, T=500, decay=1.0, content_grad="detach", oracle="chunked"),
+    # 8 warps per program (the faster setting, when it is correct)
+    "T1000_decay1_w8": dict(B=2, T=1000, decay=1.0, oracle="chunked", num_warps=8),
+    "gdn2_T1000_w8": dict(B=2, T=1000, decay=1.0, content=False, vec_w=True, oracle="chunked", num_warps=8),
     # other dtypes and head sizes
+    "K48_V80_T150": dict(B=2, T=150, decay=1.0, K=48, V=80, r=8, oracle="chunked", init_state=True,
+                         final_grad=True),
     "fp16_T300": dict(B=2, T=300, decay=1.0, dtype=torch.float16, oracle="chunked"),
     "fp32_T300": dict(B=2, T=300, decay=1.0, dtype=torch.float32, oracle="chunked"),
     "K256_V256_T200": dict(B=1, T=200, decay=1.0, K=256, V=256, oracle="chunked"),
-    "K48_V80_T150": dict(B=2, T=150, decay=1.0, K=48, V=80, r=8, oracle="chunked", init_state=True,
-                         final_grad=True),
 }
+
+
+def _record(name, errs):
+    """Appends the errors to $OUT/gpu-errors.jsonl (or ./out) so that a killed run still reports."""
+    import json
+    import os
+
+    d = os.environ.get("OUT", "out")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "gpu-errors.jsonl"), "a") as f:
+        f.write(json.dumps({"case": name, **errs}) + "\n")
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -54,6 +68,7 @@ def test_triton_matches_float64(name):
     cfg = {**BASE, **CASES[name]}
     errs = run_case(**cfg)
     print(name, {k: f"{v:.2e}" for k, v in errs.items()})
+    _record(name, errs)
     tight = cfg["dtype"] == torch.float32
     for key, val in errs.items():
         if key.endswith("_ok"):

@@ -99,7 +99,6 @@ def _couplings(q, k, g, a, uu, low, tok, rmask, hh, H, K: tl.constexpr, R: tl.co
     Pd = tl.zeros((NB, 16, 16), dtype=tl.float32)
     Md = tl.zeros((NB, 16, 16), dtype=tl.float32)
     li = tl.arange(0, 16)
-    incl = (li[:, None] >= li[None, :])[None, :, :, None]
     for kk in range(0, K, BKS):
         q_s, k_s, G_s, e_s, b_s = _gates_slice(q, k, g, a, uu, low, tok, rmask, kk, hh, H, K, R, BKS, BR,
                                                HAS_CONTENT)
@@ -114,15 +113,22 @@ def _couplings(q, k, g, a, uu, low, tok, rmask, hh, H, K: tl.constexpr, R: tl.co
             Poff += tl.dot(q_s * fl, tl.trans(rk), input_precision=PREC)
             if NEED_M:
                 Moff += tl.dot(e_s * fl, tl.trans(rk), input_precision=PREC)
+        # diagonal sub-blocks: one column s (= j inside every block) at a time, exact exp(G_r - G_s)
         G3 = tl.reshape(G_s, (NB, 16, BKS))
         k3 = tl.reshape(k_s, (NB, 16, BKS))
         q3 = tl.reshape(q_s, (NB, 16, BKS))
-        E4 = tl.exp(tl.where(incl, G3[:, :, None, :] - G3[:, None, :, :], float("-inf")))
-        KE = k3[:, None, :, :] * E4
-        Pd += tl.sum(q3[:, :, None, :] * KE, axis=3)
         if NEED_M:
             e3 = tl.reshape(e_s, (NB, 16, BKS))
-            Md += tl.sum(e3[:, :, None, :] * KE, axis=3)
+        for jc in tl.static_range(16):
+            sel = (li == jc)[None, :, None]
+            Gs = tl.sum(tl.where(sel, G3, 0.0), axis=1)  # [NB, BKS]
+            ks = tl.sum(tl.where(sel, k3, 0.0), axis=1)
+            ok = (li >= jc)[None, :, None]
+            KE = ks[:, None, :] * tl.exp(tl.where(ok, G3 - Gs[:, None, :], float("-inf")))
+            colsel = (li == jc)[None, None, :]
+            Pd += tl.where(colsel, tl.sum(q3 * KE, axis=2)[:, :, None], 0.0)
+            if NEED_M:
+                Md += tl.where(colsel, tl.sum(e3 * KE, axis=2)[:, :, None], 0.0)
     P = Poff + _expand_blockdiag(Pd, NB, C)
     strict = (li[:, None] > li[None, :])[None, :, :]
     Md = tl.where(strict, Md, 0.0)
@@ -303,7 +309,6 @@ def carve_bwd_kernel(
     i = tl.arange(0, C)
     li = tl.arange(0, 16)
     bvv = tl.arange(0, BV)
-    incl = (li[:, None] >= li[None, :])[None, :, :, None]
     # K-sized gradients go to [tokens, H, NPROG_V, K] fp32 planes, summed afterwards when V is split
 
     # dS after the last chunk -> slot NS % 2
@@ -463,15 +468,31 @@ def carve_bwd_kernel(
                 dkM += fr * tl.dot(tl.trans(dM), e_s * fl, input_precision=PREC)
             # diagonal sub-blocks, exact pairwise decay
             G3 = tl.reshape(G_s, (NB, 16, BKS))
-            E4 = tl.exp(tl.where(incl, G3[:, :, None, :] - G3[:, None, :, :], float("-inf")))
             k3 = tl.reshape(k_s, (NB, 16, BKS))
             q3 = tl.reshape(q_s, (NB, 16, BKS))
             e3 = tl.reshape(e_s, (NB, 16, BKS))
-            KE = k3[:, None, :, :] * E4
-            dqP += tl.reshape(tl.sum(dP3[:, :, :, None] * KE, axis=2), (C, BKS))
-            deM += tl.reshape(tl.sum(dM3[:, :, :, None] * KE, axis=2), (C, BKS))
-            dkP += tl.reshape(tl.sum((dP3[:, :, :, None] * q3[:, :, None, :]) * E4, axis=1), (C, BKS))
-            dkM += tl.reshape(tl.sum((dM3[:, :, :, None] * e3[:, :, None, :]) * E4, axis=1), (C, BKS))
+            dq3 = tl.zeros((NB, 16, BKS), dtype=tl.float32)
+            de3 = tl.zeros((NB, 16, BKS), dtype=tl.float32)
+            dkp3 = tl.zeros((NB, 16, BKS), dtype=tl.float32)
+            dkm3 = tl.zeros((NB, 16, BKS), dtype=tl.float32)
+            for jc in tl.static_range(16):
+                sel = (li == jc)[None, :, None]
+                Gs = tl.sum(tl.where(sel, G3, 0.0), axis=1)  # [NB, BKS]: row s = jc of every block
+                ks = tl.sum(tl.where(sel, k3, 0.0), axis=1)
+                ok = (li >= jc)[None, :, None]
+                E = tl.exp(tl.where(ok, G3 - Gs[:, None, :], float("-inf")))  # [NB, r, BKS]
+                csel = (li == jc)[None, None, :]
+                dPc = tl.sum(tl.where(csel, dP3, 0.0), axis=2)  # [NB, r]: dP[r, s]
+                dMc = tl.sum(tl.where(csel, dM3, 0.0), axis=2)
+                KE = ks[:, None, :] * E
+                dq3 += dPc[:, :, None] * KE
+                de3 += dMc[:, :, None] * KE
+                dkp3 += tl.where(sel, tl.sum(dPc[:, :, None] * q3 * E, axis=1)[:, None, :], 0.0)
+                dkm3 += tl.where(sel, tl.sum(dMc[:, :, None] * e3 * E, axis=1)[:, None, :], 0.0)
+            dqP += tl.reshape(dq3, (C, BKS))
+            deM += tl.reshape(de3, (C, BKS))
+            dkP += tl.reshape(dkp3, (C, BKS))
+            dkM += tl.reshape(dkm3, (C, BKS))
             dq_s = gam * dGq + dqP
             de_s = gam * dGe + deM
             dk_s = dkP + dkM + kdec * dKt

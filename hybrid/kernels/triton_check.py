@@ -61,17 +61,20 @@ def rel(x, ref) -> float:
 
 def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False, decay=1.0,
              dtype=torch.float32, device="cpu", init_state=False, lengths=None, final_grad=False,
-             content_grad="full", oracle="reference", seed=0, backward=True, v_split=None) -> dict:
+             content_grad="full", oracle="reference", seed=0, backward=True, v_split=None, num_warps=None) -> dict:
     """Runs one case. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths))."""
     from . import triton_carve
 
     if v_split is not None:
         os.environ["HYBRID_CARVE_V_SPLIT"] = str(v_split)
+    if num_warps is not None:
+        os.environ["HYBRID_CARVE_NUM_WARPS"] = str(num_warps)
     try:
         return _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths,
                          final_grad, content_grad, oracle, seed, backward, triton_carve)
     finally:
         os.environ.pop("HYBRID_CARVE_V_SPLIT", None)
+        os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
 
 
 def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths, final_grad,
