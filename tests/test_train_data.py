@@ -128,7 +128,7 @@ def test_tokenizer_bad_path(tmp_path):
 # ---- text files and packing -------------------------------------------------------------------------------
 
 def test_text_packing_respects_documents(tmp_path, tok):
-    docs = [f"document number {i}. " + "word " * (5 + 7 * i) for i in range(6)]
+    docs = [f"document number {i}. " + "word " * (2 + 3 * i) for i in range(9)]
     (tmp_path / "a.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
     src = TextSource(tokenizer=tok, files=[str(tmp_path / "a.jsonl")], seq_len=32, batch_size=2, grad_accum=1,
                      val_fraction=0.0)
@@ -138,6 +138,12 @@ def test_text_packing_respects_documents(tmp_path, tok):
     bos_pos = (ids == tok.bos_token_id).nonzero().flatten().tolist()
     assert set(bos_pos) <= set(cu)  # every document start is a segment start
     assert all(lab[s] == IGNORE for s in cu[:-1])  # nothing is predicted across a boundary
+    # rows without an inside boundary come as a plain (B, T) batch
+    (tmp_path / "long.txt").write_text("the quick brown fox jumps over the lazy dog. " * 100)
+    plain = TextSource(tokenizer=tok, files=[str(tmp_path / "long.txt")], seq_len=32, batch_size=2, grad_accum=1,
+                       val_fraction=0.0).batch(1, 0)
+    assert plain.cu_seqlens is None and plain.input_ids.shape == (2, 32)
+    assert (plain.labels[:, 0] == IGNORE).all() and (plain.labels[:, 1:] != IGNORE).all()
     # an epoch visits every row exactly once
     rows = [src._row_index(g) for g in range(src.n_rows)]
     assert sorted(rows) == list(range(src.n_rows))
