@@ -32,14 +32,15 @@ def peak_flops(device: torch.device, bf16: bool) -> float | None:
 
 
 def flops_per_token(model: torch.nn.Module, recipe, seq_len: int) -> tuple[float, str]:
-    """Training FLOPs per token (forward + backward). Uses ``hybrid.analytic`` when it provides a
-    training-FLOPs estimate, else 6 * (number of parameters). Returns (flops, source)."""
+    """Training FLOPs per token (forward + backward) at context ``seq_len``: the analytic model
+    (``hybrid.analytic.costs.ModelCosts.train_flops_per_token``: matmuls x3 plus the attention and
+    recurrent cores) when it is importable, else 6 * (number of parameters). Returns (flops, source).
+    For packed batches the attention core is counted at the full row length, an upper bound."""
     try:
-        from hybrid import analytic  # noqa: F401
+        from hybrid.analytic.costs import ModelCosts
 
-        fn = getattr(analytic, "train_flops_per_token", None)
-        if fn is not None:
-            return float(fn(recipe, seq_len)), "hybrid.analytic.train_flops_per_token"
+        return float(ModelCosts(recipe.model_config_kwargs()).train_flops_per_token(seq_len)["total"]), \
+            "analytic"
     except Exception:  # noqa: BLE001 - the analytic model is optional here
         pass
     n = sum(p.numel() for p in model.parameters())
