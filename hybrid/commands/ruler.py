@@ -33,13 +33,16 @@ writes OUT/results.json, OUT/predictions.jsonl and OUT/heatmap.png (default OUT:
 
 def add_arguments(p) -> None:
     p.add_argument("checkpoint", help="model folder written by `hybrid train` (config.json, weights, tokenizer)")
-    p.add_argument("--tasks", nargs="+", default=["all"], metavar="TASK",
-                   help="task names or groups, space or comma separated (default: all = the 11 offline tasks)")
+    p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
+                   help="task names or groups, space or comma separated (default: the eval: section of the "
+                        "model's recipe, else all = the 11 offline tasks)")
     p.add_argument("--lengths", nargs="+", default=None, metavar="LEN",
                    help="target lengths: tokens (1024, 4k) or multiples of the training length (2x); "
                         "default 1x 2x 4x when the training length is recorded, else required")
-    p.add_argument("--samples", type=int, default=20, metavar="N", help="samples per task and length (default 20)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="B", help="prompts decoded together (default 8)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="samples per task and length (default: the recipe's eval: section, else 20)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="B",
+                   help="prompts decoded together (default: the recipe's eval: section, else 8)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     p.add_argument("--haystack", default=None, metavar="FILE", help="essay text file for the essay tasks")
@@ -72,14 +75,19 @@ def _run(args) -> int:
 
     from hybrid.eval.config import parse_length, resolve_length
     from hybrid.eval.ruler import resolve_tasks
-    from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, training_length
+    from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, recipe_eval, training_length
     from hybrid.eval.ruler.errors import RulerError
     from hybrid.eval.ruler.haystack import essay_words
     from hybrid.eval.ruler.report import save, table
     from hybrid.eval.ruler.runner import evaluate
 
     console = Console()
-    tasks = resolve_tasks(args.tasks)
+    ckpt = check_model_dir(args.checkpoint)
+    ev = recipe_eval(ckpt)
+    tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))
+    args.samples = args.samples or (ev.samples if ev else 20)
+    args.batch_size = args.batch_size or (ev.batch_size if ev else 8)
+    args.haystack = args.haystack or (ev.haystack if ev else None)
     if args.samples < 1 or args.batch_size < 1:
         raise RulerError("--samples and --batch-size must be >= 1")
     data = {}
@@ -90,9 +98,8 @@ def _run(args) -> int:
             data[t] = getattr(args, opt)
     if args.haystack:
         essay_words(args.haystack)  # fail early on a missing or tiny file
-    ckpt = check_model_dir(args.checkpoint)
     train_len = training_length(ckpt)
-    raw = args.lengths or (["1x", "2x", "4x"] if train_len else None)
+    raw = args.lengths or ((list(ev.lengths) if ev else ["1x", "2x", "4x"]) if train_len else None)
     if raw is None:
         raise RulerError(f"{ckpt} does not record its training length; give --lengths in tokens, e.g. 1024 2048")
     lengths = []

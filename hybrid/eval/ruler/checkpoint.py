@@ -82,3 +82,20 @@ def training_length(path: str | Path) -> int | None:
                 if isinstance(v, int):
                     return v
     return None
+
+
+def recipe_eval(path: str | Path):
+    """The ``eval:`` section of the recipe saved next to a model (``recipe.json``), or None."""
+    f = Path(path) / "recipe.json"
+    if not f.is_file():
+        return None
+    try:
+        d = json.loads(f.read_text())
+    except json.JSONDecodeError:
+        return None
+    ev = d.get("eval") if isinstance(d, dict) else None
+    if not ev:
+        return None
+    from hybrid.eval.config import EvalConfig
+
+    return EvalConfig.from_dict(ev, path=f"{f}: eval")

@@ -185,6 +185,15 @@ def markdown(variants: list[dict], meta: dict) -> str:
                  f"({gap['length'] / train:g}x the training length): {gap['best']} scores {gap['best_score']:.1f}, "
                  f"{gap['worst']} scores {gap['worst_score']:.1f}.")
         L.append("")
+    L.append("How to read it: a recurrent layer keeps a fixed-size state whatever the length (the `pred. cache` of "
+             "an all-recurrent model does not grow), so it must compress every key-value pair it may be asked "
+             "about; an attention layer keeps every token in its KV cache and looks the pair up. Tasks whose number "
+             "of distinct facts grows with the length (niah_multikey_2/3: every haystack line is a needle) are "
+             "where this should show, more at 2x and 4x the training length; a passkey in repeated noise "
+             "(niah_single_1) costs a state almost nothing. Models trained at one length can also fail to "
+             "extrapolate (RoPE attention beyond its training positions), which the 1x column separates from "
+             "retrieval failures. These are expectations; the tables above are the measurement.")
+    L.append("")
     L.append("## Scores per task and length" + (" (mean ± std over seeds)" if spread else ""))
     L.append("")
     head = ["variant"] + [f"{t}{' *' if t in v0['ruler_like_tasks'] else ''} @{n}" for t in tasks for n in lengths]
