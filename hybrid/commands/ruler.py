@@ -118,6 +118,6 @@ def _run(args) -> int:
     d = run.to_dict()["decode"]
     console.print(f"decode: {d['generated_tokens']} tokens in {d['seconds']:.1f} s "
                   f"({d['ms_per_generated_token']:.2f} ms per generated token, batch {args.batch_size})")
-    console.print(f"wrote {paths['json']}, {paths['predictions']}, {paths['png']}")
+    console.print("wrote " + ", ".join(str(p) for p in paths.values()))
     sys.stdout.flush()
     return 0

@@ -72,6 +72,6 @@ def main(args) -> int:
     meta = {"name": name, "sweep": args.sweep, "seeds": args.seeds, "overrides": args.overrides,
             "wall_s_this_invocation": time.perf_counter() - t0}
     paths = write_report(results, out, meta)
-    console.print(f"sweep done in {time.perf_counter() - t0:.0f} s; report: {paths['md']} "
-                  f"(+ {paths['json'].name}, {paths['ratio_png'].name}, {paths['frontier_png'].name})")
+    others = ", ".join(p.name for k, p in paths.items() if k != "md")
+    console.print(f"sweep done in {time.perf_counter() - t0:.0f} s; report: {paths['md']} (+ {others})")
     return 0

@@ -78,5 +78,8 @@ def save(run: RulerRun, out: str | Path, extra: dict | None = None, title: str =
     with open(paths["predictions"], "w") as f:
         for p in run.predictions:
             f.write(json.dumps(p) + "\n")
-    heatmap(run, paths["png"], title)
+    try:
+        heatmap(run, paths["png"], title)
+    except ImportError:  # matplotlib missing: the table and JSON are the results
+        paths.pop("png")
     return paths

@@ -223,9 +223,17 @@ def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, 
         raise ValueError("no finished runs to report")
     paths = {"md": out / "report.md", "json": out / "report.json", "ratio_png": out / "score_vs_ratio.png",
              "frontier_png": out / "frontier.png"}
-    plot_score_vs_ratio(variants, paths["ratio_png"])
-    plot_frontier(variants, paths["frontier_png"])
-    paths["md"].write_text(markdown(variants, meta))
+    try:
+        plot_score_vs_ratio(variants, paths["ratio_png"])
+        plot_frontier(variants, paths["frontier_png"])
+    except ImportError as e:  # matplotlib missing (e.g. a bare GPU box): tables and JSON still get written
+        meta = dict(meta, plots_skipped=f"{e}; pip install matplotlib and re-run with --resume to draw them")
+        paths.pop("ratio_png")
+        paths.pop("frontier_png")
+    text = markdown(variants, meta)
+    if "plots_skipped" in meta:
+        text += f"\nPlots skipped: {meta['plots_skipped']}\n"
+    paths["md"].write_text(text)
     paths["json"].write_text(json.dumps({"meta": meta, "largest_gap": largest_gap(variants), "variants": variants},
                                         indent=2, default=str))
     return paths
