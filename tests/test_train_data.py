@@ -217,3 +217,16 @@ def test_ruler_mix_answer_loss(tok):
     assert torch.equal(src.batch(0, 0).input_ids, b.input_ids)
     assert not torch.equal(src.eval_batch(0).input_ids, b.input_ids)
     assert np.all(b.labels.numpy() < 4096)
+
+
+def test_prefetch_workers_give_the_same_stream():
+    from hybrid.train.prefetch import Prefetcher
+
+    src = MQARSource(vocab_size=256, seq_len=32, batch_size=2, num_kv_pairs=4)
+    pf = Prefetcher(src, steps=5, accum=2, workers=2)
+    try:
+        for step in range(5):
+            for m in range(2):
+                assert torch.equal(pf.get(step, m).input_ids, src.batch(step, m).input_ids)
+    finally:
+        pf.close()

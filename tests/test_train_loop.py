@@ -4,6 +4,7 @@ Ctrl-C, NaN stops, the output folder, and clear errors."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -19,6 +20,17 @@ from hybrid.train.checkpoint import find_latest, load_checkpoint
 from hybrid.train.loop import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+DDP_RECIPE = """name: ddp-test
+model: {d_model: 32, n_layers: 2, vocab_size: 4096, mlp: {kind: swiglu, hidden: 64}}
+blocks:
+  C: {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content_rank: 4}
+  A: {kind: attention, heads: 2, head_dim: 16}
+layout: {pattern: CA}
+train: {steps: 5, batch_size: BATCH, seq_len: 64, lr: 3.0e-3, warmup_steps: 2, eval_every: 0, eval_batches: 1,
+        save_every: 0, log_every: 1, dtype: fp32}
+"""
 
 
 def small_recipe(**train):
@@ -174,9 +186,9 @@ def test_cli_subprocess_end_to_end(tmp_path):
     """The real command line, options after overrides, a short run, then --resume to more steps."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     recipe = tmp_path / "r.yaml"
-    recipe.write_text((ROOT / "recipes" / "tiny-cpu.yaml").read_text())
-    cmd = [sys.executable, "-m", "hybrid", "train", str(recipe), "train.seq_len=64", "train.batch_size=2",
-           "--out", str(tmp_path / "o"), "--no-progress", "--steps", "2"]
+    recipe.write_text(DDP_RECIPE.replace("BATCH", "2"))
+    cmd = [sys.executable, "-m", "hybrid", "train", str(recipe), "train.lr=1e-3", "--out", str(tmp_path / "o"),
+           "--no-progress", "--steps", "2"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     assert "done: 2 steps" in p.stdout and "unigram entropy" in p.stdout
@@ -185,15 +197,6 @@ def test_cli_subprocess_end_to_end(tmp_path):
     assert "done: 3 steps" in p.stdout
 
 
-DDP_RECIPE = """name: ddp-test
-model: {d_model: 32, n_layers: 2, vocab_size: 4096, mlp: {kind: swiglu, hidden: 64}}
-blocks:
-  C: {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content_rank: 4}
-  A: {kind: attention, heads: 2, head_dim: 16}
-layout: {pattern: CA}
-train: {steps: 5, batch_size: BATCH, seq_len: 64, lr: 3.0e-3, warmup_steps: 2, eval_every: 0, eval_batches: 1,
-        save_every: 0, log_every: 1, dtype: fp32}
-"""
 
 
 @pytest.mark.slow
@@ -226,3 +229,12 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
     a = HybridForCausalLM.from_pretrained(str(tmp_path / "ddp")).state_dict()
     b = HybridForCausalLM.from_pretrained(str(tmp_path / "single")).state_dict()
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
+def test_ruler_mix_trains_with_prefetch_workers(tmp_path):
+    pytest.importorskip("hybrid.eval.ruler")
+    r = small_recipe(steps=2, seq_len=320, batch_size=1, eval_every=0, data_workers=1,
+                     data={"kind": "ruler_mix", "tasks": ["niah_single_1"]})
+    res = run_training(r, tmp_path / "run", progress=False)
+    assert res.steps == 2 and res.eval_loss is not None and math.isfinite(res.final_loss)
+    assert (tmp_path / "run" / "tokenizer.json").exists()

@@ -188,6 +188,7 @@ class TrainConfig:
     dtype: str = "auto"
     log_every: int = 10
     decay_embeddings: bool = False
+    data_workers: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
 
     DOCS = {
@@ -209,6 +210,7 @@ class TrainConfig:
         "dtype": "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
         "log_every": "steps between metric lines in metrics.jsonl",
         "decay_embeddings": "apply weight decay to token embeddings / tied head too",
+        "data_workers": "processes generating batches ahead; null = auto (RULER mixture on GPU only)",
         "data": "data source mapping: kind = assoc_recall | ruler_mix | text",
     }
 
@@ -250,6 +252,8 @@ class TrainConfig:
                 out.betas = (_float(v[0], kp + "[0]", 0.0, 1.0), _float(v[1], kp + "[1]", 0.0, 1.0))
             elif key in ("compile", "decay_embeddings"):
                 setattr(out, key, _bool(v, kp))
+            elif key == "data_workers":
+                out.data_workers = None if v is None else _int(v, kp, 0)
             elif key == "dtype":
                 out.dtype = _choice(v, kp, DTYPES)
             elif key == "data":

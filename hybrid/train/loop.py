@@ -261,6 +261,22 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
     model = _build_model(rec, cfg, tokenizer)
     vocab = model.config.vocab_size
     source = make_source(cfg, vocab_size=vocab, tokenizer=tokenizer, rank=dist_.rank, world_size=dist_.world_size)
+    from hybrid.train.prefetch import Prefetcher, auto_workers
+
+    workers = cfg.data_workers if cfg.data_workers is not None else auto_workers(
+        cfg.data.kind, dev.type, dist_.world_size)
+    prefetch = Prefetcher(source, steps=cfg.steps, accum=cfg.grad_accum, workers=workers)  # before CUDA init
+    try:
+        return _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, latest,
+                      progress=progress, resume=resume, save_hook=save_hook, stop_after=stop_after)
+    finally:
+        prefetch.close()
+
+
+def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, latest, *, progress, resume,
+           save_hook, stop_after):
+    dev = dist_.device
+    main = dist_.is_main
     model.to(dev)
     raw_model = model
     groups, (decay_names, no_decay_names) = param_groups(raw_model, cfg.weight_decay, cfg.decay_embeddings)
@@ -338,7 +354,7 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
     step = start_step
     with _StopFlag() as stop:
         while step < cfg.steps:
-            micro = [source.batch(step, m) for m in range(cfg.grad_accum)]
+            micro = [prefetch.get(step, m) for m in range(cfg.grad_accum)]
             n_targets = sum(b.num_targets for b in micro)
             # weight every micro-batch by its share of the global target count, so the gradient is the
             # token-mean over all ranks and micro-batches (DDP then averages: hence the world factor)

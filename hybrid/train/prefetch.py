@@ -1,0 +1,73 @@
+"""Generate micro-batches ahead of the training step in worker processes.
+
+Every batch is a pure function of (step, micro-batch), so workers can compute them in any order and
+the stream is identical to computing them inline (resume stays exact). Used for the RULER mixture,
+whose prompt generation and tokenization cost more CPU time than a small model's GPU step.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from concurrent.futures import ProcessPoolExecutor
+
+_SOURCE = None
+
+
+def _init(source):
+    global _SOURCE
+    _SOURCE = source
+
+
+def _make(step: int, micro: int):
+    return _SOURCE.batch(step, micro)
+
+
+def auto_workers(kind: str, device_type: str, world_size: int) -> int:
+    """0 (inline) unless the data is the RULER mixture on GPUs with spare CPU cores."""
+    if kind != "ruler_mix" or device_type != "cuda":
+        return 0
+    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 1
+    return max(0, min(6, cores // max(world_size, 1) - 1))
+
+
+class Prefetcher:
+    """``get(step, micro)`` returns ``source.batch(step, micro)``; with workers > 0 the next
+    ``2 * workers`` micro-batches are already being generated in a process pool."""
+
+    def __init__(self, source, *, steps: int, accum: int, workers: int = 0):
+        self.source, self.steps, self.accum, self.workers = source, steps, accum, workers
+        self.pending: dict[tuple[int, int], object] = {}
+        self.pool = None
+        if workers > 0:
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,))
+
+    def _keys_after(self, step: int, micro: int, n: int):
+        s, m = step, micro
+        for _ in range(n):
+            m += 1
+            if m == self.accum:
+                s, m = s + 1, 0
+            if s >= self.steps:
+                return
+            yield s, m
+
+    def get(self, step: int, micro: int):
+        if self.pool is None:
+            return self.source.batch(step, micro)
+        want = [(step, micro), *self._keys_after(step, micro, 2 * self.workers)]
+        for key in want:
+            if key not in self.pending:
+                self.pending[key] = self.pool.submit(_make, *key)
+        for key in [k for k in self.pending if k not in want]:  # e.g. after a jump
+            self.pending.pop(key).cancel()
+        return self.pending.pop((step, micro)).result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            for f in self.pending.values():
+                f.cancel()
+            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pool = None
