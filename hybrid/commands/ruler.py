@@ -55,12 +55,11 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
-    from rich.console import Console
-
     from hybrid.blocks.spec import SpecError
+    from hybrid.eval.console import console as make_console
     from hybrid.eval.ruler.errors import RulerError
 
-    err = Console(stderr=True, soft_wrap=True)
+    err = make_console(stderr=True)
     try:
         return _run(args)
     except (RulerError, SpecError) as e:
@@ -71,9 +70,8 @@ def main(args) -> int:
 def _run(args) -> int:
     from pathlib import Path
 
-    from rich.console import Console
-
     from hybrid.eval.config import parse_length, resolve_length
+    from hybrid.eval.console import console as make_console
     from hybrid.eval.ruler import resolve_tasks
     from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, recipe_eval, training_length
     from hybrid.eval.ruler.errors import RulerError
@@ -81,7 +79,7 @@ def _run(args) -> int:
     from hybrid.eval.ruler.report import save, table
     from hybrid.eval.ruler.runner import evaluate
 
-    console = Console()
+    console = make_console()
     ckpt = check_model_dir(args.checkpoint)
     ev = recipe_eval(ckpt)
     tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))

@@ -41,15 +41,14 @@ def main(args) -> int:
     import time
     from pathlib import Path
 
-    from rich.console import Console
-
     from hybrid.blocks.spec import SpecError
+    from hybrid.eval.console import console as make_console
     from hybrid.eval.ruler.errors import RulerError
     from hybrid.eval.sweep.report import write_report
     from hybrid.eval.sweep.runner import SweepError, run_sweep
     from hybrid.recipes import RecipeError
 
-    console, err = Console(), Console(stderr=True, soft_wrap=True)
+    console, err = make_console(), make_console(stderr=True)
     if args.seeds < 1:
         err.print("[bold red]error:[/] --seeds must be >= 1")
         return 2

@@ -17,8 +17,26 @@ def fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 
+def plain_table(run: RulerRun, title: str = "RULER") -> str:
+    from .haystack import essay_label
+
+    rows = [["task", *map(str, run.lengths)]]
+    rows += [[t + (" *" if t in run.ruler_like else ""), *(fmt(run.scores.get(t, {}).get(n)) for n in run.lengths)]
+             for t in run.tasks]
+    rows.append(["mean", *(fmt(run.mean(n)) for n in run.lengths)])
+    w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [title] + ["  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+    if run.ruler_like:
+        lines.append(RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack)))
+    return "\n".join(lines)
+
+
 def table(run: RulerRun, title: str = "RULER"):
-    from rich.table import Table
+    """A rich table (task x length, mean row); plain text when rich is not installed."""
+    try:
+        from rich.table import Table
+    except ImportError:
+        return plain_table(run, title)
 
     from .haystack import essay_label
 

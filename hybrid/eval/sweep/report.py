@@ -146,6 +146,13 @@ def _fmt_bytes(b: float) -> str:
     return f"{b:.1f} TB"
 
 
+def _fmt_flops(f: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if f >= scale:
+            return f"{f / scale:.2f} {unit}"
+    return f"{f:.0f}"
+
+
 def markdown(variants: list[dict], meta: dict) -> str:
     v0 = variants[0]
     lengths, tasks, train = v0["lengths"], v0["tasks"], v0["train_length"]
@@ -165,13 +172,13 @@ def markdown(variants: list[dict], meta: dict) -> str:
     L.append("")
     head = ["variant", "layout", "attn share"] + [f"mean @{n}" for n in lengths] + [
         "train tok/s", f"decode ms/tok @{v0['decode_context']}", "params", f"pred. cache @{lengths[-1]}",
-        f"pred. decode GFLOP/tok @{lengths[-1]}"]
+        f"pred. decode FLOP/tok @{lengths[-1]}"]
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for v in variants:
         a = v["analytic"].get("by_length", {}).get(str(lengths[-1]), {})
         cache = _fmt_bytes(a["cache_bytes"]) if "cache_bytes" in a else "-"
-        dfl = f"{a['decode_flops_per_token'] / 1e9:.3f}" if "decode_flops_per_token" in a else "-"
+        dfl = _fmt_flops(a["decode_flops_per_token"]) if "decode_flops_per_token" in a else "-"
         tps = _ms(v["train_tokens_per_s"])[0]
         dms = _ms(v["decode_ms_per_token"])[0]
         row = [v["name"], f"`{v['layout']}`", f"{v['attention_share']:.3f}"]
@@ -180,7 +187,10 @@ def markdown(variants: list[dict], meta: dict) -> str:
         L.append("| " + " | ".join(row) + " |")
     L.append("")
     gap = largest_gap(variants)
-    if gap:
+    if gap and gap["gap"] == 0:
+        L.append("No difference between variants: every variant has the same score in every (task, length) cell.")
+        L.append("")
+    elif gap:
         L.append(f"Largest difference between variants: **{gap['task']} at {gap['length']} tokens** "
                  f"({gap['length'] / train:g}x the training length): {gap['best']} scores {gap['best_score']:.1f}, "
                  f"{gap['worst']} scores {gap['worst_score']:.1f}.")

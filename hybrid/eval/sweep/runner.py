@@ -103,6 +103,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
                    label=f"RULER {rec.name} s{vr.seed}")
     save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len}, title=rec.name)
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
+    decode["via"] = "model forward with cache, batch 1"
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
