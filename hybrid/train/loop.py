@@ -443,7 +443,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
         if interrupted:
             print(f"\nstopped at step {step}: checkpoint saved in {last_ckpt}; continue with --resume")
         else:
-            raw_model.save_pretrained(str(out))
+            _save_pretrained_quietly(raw_model, out)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(out))
         plot_path = plot_loss(metrics.read(), out / "loss_curve.png",
@@ -461,6 +461,22 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
         summary["eval_acc"] = ev.get("eval_acc")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
+
+
+def _save_pretrained_quietly(model, out: Path) -> None:
+    """``save_pretrained`` without transformers' own progress bar."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        was = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        hf_logging, was = None, False
+    try:
+        model.save_pretrained(str(out))
+    finally:
+        if hf_logging is not None and was:
+            hf_logging.enable_progress_bar()
 
 
 def _jsonable(x):
