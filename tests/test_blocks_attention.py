@@ -101,6 +101,12 @@ def test_unavailable_backend_is_a_clear_error():
         causal_attention(q, k[:, :, :1].expand(1, 4, 3, 8), v[:, :, :1].expand(1, 4, 3, 8), backend="math")
 
 
+def test_flex_refuses_small_head_dim_on_cuda_only():
+    assert "flex" not in available_backends("cuda", torch.bfloat16, 8)
+    assert "flex" in available_backends("cuda", torch.bfloat16, 16)
+    assert "flex" in available_backends("cpu", torch.float32, 8)
+
+
 def test_rope_relative():
     """RoPE scores depend only on the position difference."""
     q, k, _ = _inputs(1, 1, 1, 1, 16)
@@ -122,7 +128,7 @@ GPU_BACKENDS = ["sdpa", "flex", "varlen", "flash_attn", "auto"]
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cuda_backends_match_math(case, backend, dtype):
     B, T, H, G, D, window, cu = case
-    if backend not in available_backends("cuda", dtype) + ["auto"]:
+    if backend not in available_backends("cuda", dtype, D) + ["auto"]:
         pytest.skip(f"{backend} not available here")
     q, k, v = _inputs(B, T, H, G, D, device="cuda", dtype=dtype)
     cu_t = torch.tensor(cu, device="cuda") if cu is not None else None

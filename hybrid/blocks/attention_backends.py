@@ -75,11 +75,15 @@ def _flex():
         return None
 
 
-def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[str]:
+FLEX_MIN_HEAD_DIM_CUDA = 16  # torch's compiled FlexAttention kernel refuses smaller head dims
+
+
+def available_backends(device: torch.device | str, dtype: torch.dtype, head_dim: int | None = None) -> list[str]:
     """Backends that can run attention on this device and dtype (besides ``auto``)."""
     dev = torch.device(device)
     out = ["math", "sdpa"]
-    if _flex() is not None:
+    flex_ok = dev.type != "cuda" or head_dim is None or head_dim >= FLEX_MIN_HEAD_DIM_CUDA
+    if _flex() is not None and flex_ok:
         out.append("flex")
     if dev.type == "cuda" and dtype in HALF:
         if _varlen_attn() is not None:
@@ -90,11 +94,11 @@ def available_backends(device: torch.device | str, dtype: torch.dtype) -> list[s
 
 
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, window: int | None,
-                    packed: bool) -> str:
+                    packed: bool, head_dim: int | None = None) -> str:
     """The concrete backend for ``backend`` (``auto`` or a name); raises if it cannot run here."""
     if backend not in BACKENDS:
         raise AttentionBackendError(f"unknown attention backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-    avail = available_backends(device, dtype)
+    avail = available_backends(device, dtype, head_dim)
     if backend == "auto":
         if device.type != "cuda":
             return "math"
@@ -106,7 +110,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, w
     if backend not in avail:
         why = {"flash_attn": "needs the flash_attn package, a CUDA device and fp16/bf16 inputs",
                "varlen": "needs torch.nn.attention.varlen.varlen_attn with window_size, CUDA and fp16/bf16",
-               "flex": "needs torch.nn.attention.flex_attention"}.get(backend, "")
+               "flex": f"needs torch.nn.attention.flex_attention, and head_dim >= {FLEX_MIN_HEAD_DIM_CUDA} "
+                       "on CUDA"}.get(backend, "")
         raise AttentionBackendError(
             f"attention backend {backend!r} is not available for {dtype} on {device.type} ({why}); "
             f"available: {', '.join(avail)}"
@@ -272,7 +277,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
     if cu_seqlens is not None and q.shape[0] != 1:
         raise ValueError(f"with cu_seqlens the batch dimension must be 1, got {q.shape[0]}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    which = resolve_backend(backend, q.device, q.dtype, window=window, packed=cu_seqlens is not None)
+    which = resolve_backend(backend, q.device, q.dtype, window=window, packed=cu_seqlens is not None,
+                            head_dim=q.shape[-1])
     T = q.shape[1]
     if which == "math":
         return _math(q, k, v, causal_mask(T, q.device, window=window, cu_seqlens=cu_seqlens), scale)
