@@ -1,0 +1,35 @@
+"""Sweep report aggregation over seeds: means, spreads, the largest-gap sentence and the plots."""
+
+import json
+
+from hybrid.eval.sweep.report import aggregate, largest_gap, write_report
+
+
+def result(name, share, seed, s512, s1024, tps=1000.0, dms=2.0):
+    return {
+        "name": name, "variant": {"layout.pattern": name}, "seed": seed, "layout": name, "n_layers": 2,
+        "attention_layers": [], "attention_share": share, "params": 1000, "train_length": 512, "lengths": [512, 1024],
+        "train": {"tokens_per_s": tps, "final_loss": 1.0, "wall_time_s": 1.0},
+        "decode": {"ms_per_token": dms, "context": 1024},
+        "analytic": {"by_length": {"1024": {"cache_bytes": 2048.0, "decode_flops_per_token": 3.5e6}}},
+        "ruler": {"tasks": ["niah_multikey_2"], "ruler_like_tasks": [], "haystack": "default",
+                  "scores": {"niah_multikey_2": {"512": s512, "1024": s1024}}, "mean": {"512": s512, "1024": s1024}},
+        "device": "cpu",
+    }
+
+
+def test_aggregate_and_report(tmp_path):
+    rs = [result("CC", 0.0, 0, 80, 10), result("CC", 0.0, 1, 90, 30), result("CA", 0.5, 0, 100, 90, dms=3.0),
+          result("CA", 0.5, 1, 100, 70, dms=3.0)]
+    vs = aggregate(rs)
+    assert [v["name"] for v in vs] == ["CC", "CA"] and vs[0]["seeds"] == [0, 1]
+    gap = largest_gap(vs)
+    assert (gap["task"], gap["length"], gap["best"], gap["worst"]) == ("niah_multikey_2", 1024, "CA", "CC")
+    assert gap["gap"] == 80 - 20
+    paths = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})
+    md = paths["md"].read_text()
+    assert "| CC | 85.0 ± 7.1 | 20.0 ± 14.1 |" in md  # per-task row: mean ± std over the two seeds
+    assert "| CA | `CA` | 0.500 | 100.0 ± 0.0 | 80.0 ± 14.1 |" in md and "niah_multikey_2 at 1024 tokens" in md and "3.50 M" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["largest_gap"]["best"] == "CA"
+    assert paths["ratio_png"].stat().st_size > 1000 and paths["frontier_png"].stat().st_size > 1000
