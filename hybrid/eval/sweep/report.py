@@ -128,6 +128,7 @@ def plot_frontier(variants: list[dict], path: Path) -> Path:
             ax.errorbar([x], [y], xerr=[xs], yerr=[ys], marker="o", color=f"C{i % 10}", capsize=3)
             ax.annotate(f"{v['name']}\n{v['layout']}", (x, y), fontsize=6, xytext=(4, 4), textcoords="offset points")
         ax.set_xlabel(label)
+        ax.set_ylim(-3, 103)
         ax.set_ylabel(f"mean RULER score at {longest} tokens")
         ax.grid(alpha=0.3)
     axes[0].set_title("quality vs decoding cost (up-left is better)", fontsize=9)
