@@ -25,9 +25,10 @@ Lengths: tokens (4096, 4k) or multiples of the model's training length (1x 2x 4x
 Samples are reproducible: sample i of a task at a length depends only on (--seed, task, length, i).
 
 examples:
-  hybrid ruler runs/tiny-cpu --tasks niah_single_1,vt --lengths 256 512 1024 --samples 20
+  hybrid ruler runs/tiny-cpu --tasks niah_single_1,vt --lengths 512 1024 2048 --samples 20
   hybrid ruler runs/model --tasks all --lengths 1x 2x 4x --samples 100 --batch-size 16 --out runs/model/ruler
 writes OUT/results.json, OUT/predictions.jsonl and OUT/heatmap.png (default OUT: CHECKPOINT/ruler).
+More in docs/ruler.md.
 """
 
 
