@@ -69,17 +69,17 @@ def test_triton_matches_float64(name):
     errs = run_case(**cfg)
     print(name, {k: f"{v:.2e}" for k, v in errs.items()})
     _record(name, errs)
-    # fp32 inputs still run the large products in tf32 (HYBRID_CARVE_DOT_PRECISION, default tf32), whose
-    # 10-bit mantissa is fp16's: their error floor is fp16's (H200, 2026-11-28: fp32 1.12e-3, fp16 1.13e-3
-    # on outputs), so they get a tighter bound than bf16 but not a full-fp32 one.
-    tight = cfg["dtype"] == torch.float32
+    # Every input dtype gets the project's bounds (O_TOL on outputs and states, G_TOL on gradients): fp32
+    # inputs still run the large products in tf32 (HYBRID_CARVE_DOT_PRECISION, default tf32), whose 10-bit
+    # mantissa is fp16's. Measured on the H200, 2026-11-28, fp32_T300: outputs 1.12e-3, gradients up to
+    # 3.3e-3 (dU_down), like fp16_T300 (1.13e-3 / 3.2e-3).
     for key, val in errs.items():
         if key.endswith("_ok"):
             assert val == 1.0, (key, errs)
         elif key.startswith("d"):
-            assert val <= (2e-3 if tight else G_TOL), (key, errs)
+            assert val <= G_TOL, (key, errs)
         else:
-            assert val <= (2e-3 if tight else O_TOL), (key, errs)
+            assert val <= O_TOL, (key, errs)
     assert {"dq", "dk", "dv", "dg", "da", "dw"} <= set(errs)
 
 
