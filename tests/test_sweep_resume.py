@@ -91,3 +91,10 @@ def test_training_interrupted_midway_resumes_from_checkpoint(sweep_file, tmp_pat
     results = run_sweep(str(sweep_file), out, progress=False, resume=True)
     assert [r["name"] for r in results] == ["micro-1to0", "micro-1to1"]
     assert results[0]["train"]["steps"] == 2
+
+
+def test_resume_refuses_changed_settings(sweep_file, tmp_path):
+    out = tmp_path / "out"
+    run_sweep(str(sweep_file), out, progress=False, stop_after=0)
+    with pytest.raises(SweepError, match="other settings"):
+        run_sweep(str(sweep_file), out, progress=False, resume=True, overrides=["train.steps=3"])

@@ -59,6 +59,9 @@ def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -
                              "continue it, or choose another --out")
     if meta.is_file() and resume:
         earlier = json.loads(meta.read_text())
+        if list(earlier.get("overrides", [])) != list(overrides or []) or earlier.get("seeds", seeds) > seeds:
+            raise SweepError(f"{out} was started with other settings (overrides {earlier.get('overrides')}, seeds "
+                             f"{earlier.get('seeds')}); resume it with the same --set/--seeds, or use another --out")
         gone = sorted(set(earlier.get("variants", [])) - {r.name for r in recipes})
         if gone:
             raise SweepError(f"{out} was started from a different sweep (variants {', '.join(gone)} are not in "
