@@ -7,6 +7,8 @@ import json
 import os
 import sys
 
+from hybrid.commands._mixed_args import reparse_mixed
+
 NAME = "build"
 HELP = "check a recipe, build its model, and report analytic predictions next to measured costs"
 DESCRIPTION = """Check a recipe completely (nothing is allocated when it is wrong), build the model, and print
@@ -51,22 +53,10 @@ def add_arguments(p) -> None:
     _options(p)
 
 
-def _reparse(args) -> None:
-    p = argparse.ArgumentParser(prog="hybrid build", add_help=False)
-    p.add_argument("overrides", nargs="*")
-    _options(p)
-    defaults = {a.dest: a.default for a in p._actions if a.dest != "overrides"}
-    rest = p.parse_intermixed_args(args.overrides or [])
-    for dest, default in defaults.items():
-        if getattr(rest, dest) != default:
-            setattr(args, dest, getattr(rest, dest))
-    args.overrides = rest.overrides
-
-
 def main(args) -> int:
     from hybrid.recipes import RecipeError, load_recipe
 
-    _reparse(args)
+    reparse_mixed(args, "hybrid build", _options)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: {bad[0]!r} is not an override KEY=VALUE (e.g. layout.ratio=1:1)", file=sys.stderr)

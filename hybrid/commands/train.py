@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from hybrid.commands._mixed_args import reparse_mixed
+
 NAME = "train"
 HELP = "train a recipe's model (synthetic recall, RULER mixture or local text); resumable; torchrun for DDP"
 DESCRIPTION = """Train the model a recipe describes, using the recipe's `train:` section.
@@ -46,20 +48,6 @@ def add_arguments(p) -> None:
     _options(p)
 
 
-def _reparse(args) -> None:
-    """Options may follow the recipe and be mixed with overrides; pick them out of the remainder."""
-    p = argparse.ArgumentParser(prog="hybrid train", add_help=False)
-    p.add_argument("overrides", nargs="*")
-    _options(p)
-    defaults = {a.dest: a.default for a in p._actions if a.dest != "overrides"}
-    rest = p.parse_intermixed_args(args.overrides)
-    for dest, default in defaults.items():
-        value = getattr(rest, dest)
-        if value != default:
-            setattr(args, dest, value)
-    args.overrides = rest.overrides
-
-
 def main(args) -> int:
     from hybrid.blocks.spec import SpecError
     from hybrid.recipes import RecipeError, load_recipe
@@ -68,7 +56,7 @@ def main(args) -> int:
     from hybrid.train.textfiles import DataFileError
 
     rank = int(os.environ.get("RANK", "0"))
-    _reparse(args)
+    reparse_mixed(args, "hybrid train", _options)
     bad = [o for o in args.overrides if "=" not in o]
     if bad:
         print(f"error: override {bad[0]!r} is not KEY=VALUE (e.g. train.lr=1e-3)", file=sys.stderr)
