@@ -1,0 +1,213 @@
+"""CARVE Triton kernels, version 2: ``carve_triton_v2`` with the contract of ``carve_triton`` (v1).
+
+Kernels in :mod:`hybrid.kernels.triton_v2_kernels`; design and status in docs/kernels.md ("v2").
+The K x V state lives in registers of one program per (sequence, head) through the sequential sweeps;
+the content-independent work (cumulative decays, P) and the decayed-product gradients run in parallel
+launches over (chunk, head). Head dims above 128 fall back to v1 (the state would not fit in registers).
+
+Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
+- ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big products in the input dtype for
+  bf16/fp16 inputs, fp32 accumulation; tf32 for fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
+- ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products, ``ieee`` (default) or ``tf32x3``.
+- ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8); the parallel ones use 4.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from . import triton_carve as v1
+from .chunked import carve_chunked
+from .inputs import CarveInputError, CarveState, default_scale, validate
+from .triton_v2_kernels import (
+    carve_v2_bwd_kernel,
+    carve_v2_fwd_kernel,
+    carve_v2_post_kernel,
+    carve_v2_prep_kernel,
+)
+
+SUPPORTED_CHUNKS = (16, 32, 64)
+MAX_REGISTER_DIM = 128  # K and V above this fall back to v1
+
+
+def _empty(*shape, device, dtype):
+    if v1.POISON:  # the test harness poisons kernel outputs through v1's flag
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+    return torch.empty(*shape, device=device, dtype=dtype)
+
+
+def _p2(x: int) -> int:
+    return max(16, triton.next_power_of_2(x))
+
+
+def _settings(dtype):
+    """(LOWP, PREC, PREC_INV) for the kernels."""
+    if v1._interpreting():
+        return False, "ieee", "ieee"
+    mode = os.environ.get("HYBRID_CARVE_V2_DOT", "input")
+    inv = os.environ.get("HYBRID_CARVE_V2_INV", "ieee")
+    if mode == "input":
+        return dtype in (torch.bfloat16, torch.float16), "tf32", inv
+    return False, mode, inv
+
+
+def _seq_warps() -> int:
+    return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
+
+
+class CarveTritonV2Fn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g, a, w, u_down, u_up, S0, m0, os0, meta):
+        N, H, K, V, R, C = meta.N, meta.H, meta.K, meta.V, meta.R, meta.C
+        dev = q.device
+        f32 = torch.float32
+        qc, kc, vc, gc, ac, wc = (x.contiguous() for x in (q, k, v, g, a, w))
+        content = u_down is not None
+        udc = u_down.contiguous().float() if content else torch.zeros(1, device=dev, dtype=f32)
+        uuc = u_up.contiguous().float() if content else torch.zeros(1, device=dev, dtype=f32)
+        TT = q.shape[0] * q.shape[1]
+        has_init = S0 is not None
+        dummy = torch.zeros(1, device=dev, dtype=f32)
+        Gb = _empty(TT, H, K, device=dev, dtype=f32)
+        Pb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        o = _empty(q.shape[0], q.shape[1], H, V, device=dev, dtype=q.dtype)
+        hbuf = _empty(meta.total, H, K, V, device=dev, dtype=f32)
+        mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
+        abuf = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        osf = _empty(N, H, V, device=dev, dtype=f32)
+        common = dict(K=K, C=C, NB=C // 16, BK=meta.BK, HAS_INIT=has_init)
+        if meta.n_chunks > 0:
+            carve_v2_prep_kernel[(meta.n_chunks, H)](
+                qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
+                PREC=meta.prec, num_warps=4, **common)
+        carve_v2_fwd_kernel[(N, H)](
+            qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
+            S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
+            os0.contiguous() if has_init else dummy, meta.pos,
+            hbuf, mbuf, abuf, osf, meta.starts, meta.lens, meta.offs, meta.scale, H,
+            V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w,
+            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, **common)
+        fidx = meta.offs + meta.ns
+        S_f = hbuf.index_select(0, fidx)
+        m_f = mbuf.index_select(0, fidx)
+        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
+        ctx.meta = meta
+        ctx.has_init = has_init
+        ctx.content = content
+        ctx.g_dtype = g.dtype
+        return o, S_f, m_f, osf
+
+    @staticmethod
+    def backward(ctx, do, dS_f, dm_f, dos_f):
+        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf = ctx.saved_tensors
+        meta = ctx.meta
+        N, H, K, V, R, C = meta.N, meta.H, meta.K, meta.V, meta.R, meta.C
+        dev = qc.device
+        f32 = torch.float32
+        content = ctx.content
+        TT = qc.shape[0] * qc.shape[1]
+        if do is None:
+            do = torch.zeros(qc.shape[0], qc.shape[1], H, V, device=dev, dtype=qc.dtype)
+        do = do.contiguous()
+        dummy = torch.zeros(1, device=dev, dtype=f32)
+        dqb = _empty(TT, H, K, device=dev, dtype=f32)
+        dkb = _empty(TT, H, K, device=dev, dtype=f32)
+        dGb = _empty(meta.total, H, C, K, device=dev, dtype=f32)
+        dPb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
+        dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
+        dw = _empty(*wc.shape, device=dev, dtype=wc.dtype)
+        if content:
+            dcb = torch.zeros(meta.total, H, K, device=dev, dtype=f32)
+            dlowb = torch.zeros(meta.total, H, R, device=dev, dtype=f32)
+        else:
+            dcb = dlowb = dummy
+        dS0 = _empty(N, H, K, V, device=dev, dtype=f32)
+        dm0 = _empty(N, H, V, device=dev, dtype=f32)
+        dos0 = _empty(N, H, V, device=dev, dtype=f32)
+        common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, BK=meta.BK, BV=meta.BV, BR=meta.BR,
+                      HAS_INIT=ctx.has_init, HAS_CONTENT=content)
+        carve_v2_bwd_kernel[(N, H)](
+            qc, kc, vc, ac, wc, udc, uuc, do, Gb, Pb,
+            meta.pos, hbuf, mbuf, abuf,
+            dS_f.contiguous().float() if dS_f is not None else dummy,
+            dm_f.contiguous().float() if dm_f is not None else dummy,
+            dos_f.contiguous().float() if dos_f is not None else dummy,
+            dqb, dkb, dGb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
+            meta.starts, meta.lens, meta.offs, meta.scale, H,
+            FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
+            HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None,
+            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.num_warps, **common)
+        dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
+        dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
+        dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
+        if meta.n_chunks > 0:
+            carve_v2_post_kernel[(meta.n_chunks, H)](
+                qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, dGb, dq, dk, dg,
+                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
+                PREC=meta.prec, num_warps=4, **common)
+        dud = duu = None
+        if content:
+            low = torch.einsum("hrv,chv->chr", udc, mbuf)
+            duu = torch.einsum("chk,chr->hkr", dcb, low).to(meta.uu_dtype)
+            dud = torch.einsum("chr,chv->hrv", dlowb, mbuf).to(meta.ud_dtype)
+        if not ctx.has_init:
+            dS0 = dm0 = dos0 = None
+        return dq, dk, dv, dg, da, dw, dud, duu, dS0, dm0, dos0, None
+
+
+def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chunk_size=64, content_grad="full",
+                    initial_state: CarveState | None = None, output_final_state=False, cu_seqlens=None):
+    """CARVE with the v2 Triton kernels. Same contract as :func:`hybrid.kernels.triton_carve.carve_triton`."""
+    shp = validate(q, k, v, g, a, w, u_down, u_up, chunk_size=chunk_size, content_grad=content_grad,
+                   initial_state=initial_state, cu_seqlens=cu_seqlens)
+    kw = dict(scale=scale, chunk_size=chunk_size, content_grad=content_grad, initial_state=initial_state,
+              output_final_state=output_final_state, cu_seqlens=cu_seqlens)
+    if q.dtype == torch.float64:  # the kernels compute in fp32; float64 is the oracles' dtype
+        return carve_chunked(q, k, v, g, a, w, u_down, u_up, **kw)
+    if chunk_size not in SUPPORTED_CHUNKS:
+        raise CarveInputError(f"the Triton CARVE kernels support chunk_size in {SUPPORTED_CHUNKS}, got {chunk_size}")
+    if shp.K > MAX_REGISTER_DIM or shp.V > MAX_REGISTER_DIM:
+        return v1.carve_triton(q, k, v, g, a, w, u_down, u_up, **kw)  # documented fallback
+    dt = q.dtype
+    k, v, a, w = (x.to(dt) for x in (k, v, a, w))
+    if g.dtype not in (torch.float32, dt):
+        g = g.float()
+    C = chunk_size
+    starts, lens, pos, ns, offs, total = v1._layout(shp, q, cu_seqlens, initial_state, C)
+    meta = v1._Meta()
+    meta.N, meta.H, meta.K, meta.V, meta.R, meta.C = shp.n_seq, shp.H, shp.K, shp.V, shp.r, C
+    meta.starts, meta.lens, meta.pos, meta.ns, meta.offs, meta.total = starts, lens, pos, ns, offs, total
+    n_chunks = total - shp.n_seq
+    meta.n_chunks = n_chunks
+    if n_chunks > 0:
+        seqs = torch.arange(shp.n_seq, device=q.device, dtype=torch.int64)
+        meta.cseq = torch.repeat_interleave(seqs, ns)
+        first = torch.cumsum(ns, 0) - ns
+        meta.cj = torch.arange(n_chunks, device=q.device, dtype=torch.int64) - first[meta.cseq]
+    else:
+        meta.cseq = meta.cj = None
+    meta.scale = default_scale(shp.K, scale)
+    meta.vec_w = shp.vector_w
+    meta.content_grad = content_grad
+    meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
+    meta.num_warps = _seq_warps()
+    meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
+    meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))
+    meta.ud_dtype = u_down.dtype if u_down is not None else None
+    meta.uu_dtype = u_up.dtype if u_up is not None else None
+    if initial_state is not None:
+        S0 = initial_state.S.float()
+        m0 = initial_state.m_prev.float()
+        os0 = initial_state.o_sum.float()
+    else:
+        S0 = m0 = os0 = None
+    o, S_f, m_f, os_f = CarveTritonV2Fn.apply(q, k, v, g, a, w, u_down, u_up, S0, m0, os0, meta)
+    final = None
+    if output_final_state:
+        final = CarveState(S_f, m_f, os_f, (pos + lens) % C)
+    return o, final
