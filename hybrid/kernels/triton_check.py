@@ -61,8 +61,11 @@ def rel(x, ref) -> float:
 
 def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False, decay=1.0,
              dtype=torch.float32, device="cpu", init_state=False, lengths=None, final_grad=False,
-             content_grad="full", oracle="reference", seed=0, backward=True, v_split=None, num_warps=None) -> dict:
-    """Runs one case. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths))."""
+             content_grad="full", oracle="reference", seed=0, backward=True, v_split=None, num_warps=None,
+             impl="v1") -> dict:
+    """Runs one case. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths)).
+
+    ``impl`` picks the kernels: "v1" (``carve_triton``) or "v2" (``carve_triton_v2``)."""
     from . import triton_carve
 
     if v_split is not None:
@@ -71,14 +74,20 @@ def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False
         os.environ["HYBRID_CARVE_NUM_WARPS"] = str(num_warps)
     try:
         return _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths,
-                         final_grad, content_grad, oracle, seed, backward, triton_carve)
+                         final_grad, content_grad, oracle, seed, backward, triton_carve, impl)
     finally:
         os.environ.pop("HYBRID_CARVE_V_SPLIT", None)
         os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
 
 
 def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths, final_grad,
-              content_grad, oracle, seed, backward, triton_carve):
+              content_grad, oracle, seed, backward, triton_carve, impl="v1"):
+    if impl == "v1":
+        kernel_fn = triton_carve.carve_triton
+    elif impl == "v2":
+        from .triton_v2 import carve_triton_v2 as kernel_fn
+    else:
+        raise ValueError(f"impl must be 'v1' or 'v2', got {impl!r}")
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     cu = None
@@ -97,7 +106,7 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
                           st.o_sum.clone().requires_grad_(backward), st.pos.clone())
     triton_carve.POISON = True
     try:
-        o, fin = triton_carve.carve_triton(*leaves, scale=None, chunk_size=C, content_grad=content_grad,
+        o, fin = kernel_fn(*leaves, scale=None, chunk_size=C, content_grad=content_grad,
                                            initial_state=st_t, output_final_state=need_state, cu_seqlens=cu)
     finally:
         triton_carve.POISON = False
