@@ -66,40 +66,95 @@ def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
     return G, gl
 
 
+FAST_SPAN = tl.constexpr(64.0)  # diagonal sub-blocks factor through their first row when the in-block decay span is below this
+
+
 @triton.jit
-def _off_fwd(x, y, G, C: tl.constexpr, NB: tl.constexpr, PREC: tl.constexpr):
-    """Block-strictly-lower part of D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) (16-row sub-blocks)."""
+def _rows(x3, NB: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """[NB, BK] per-sub-block values -> [C, BK], repeated over the 16 rows of each sub-block."""
+    return tl.reshape(tl.broadcast_to(x3[:, None, :], (NB, 16, BK)), (C, BK))
+
+
+@triton.jit
+def _factors(G, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr):
+    """Per-chunk decay factors, all exponents <= 0 except rdiag (<= exp(span), used only when span <= FAST_SPAN).
+
+    Gs3/Ge3 [NB, BK]: G at the first / last row of each 16-row sub-block (G is non-increasing).
+    left = exp(G - Gs_row), rend = exp(Ge_row - G), rdiag = exp(Gs_row - G); span = max in-block decay."""
+    G3 = tl.reshape(G, (NB, 16, BK))
+    Gs3 = tl.max(G3, axis=1)
+    Ge3 = tl.min(G3, axis=1)
+    span = tl.max(tl.max(Gs3 - Ge3, axis=1), axis=0)
+    Gs_row = _rows(Gs3, NB, C, BK)
+    left = tl.exp(G - Gs_row)
+    rend = tl.exp(_rows(Ge3, NB, C, BK) - G)
+    rdiag = tl.exp(tl.minimum(Gs_row - G, FAST_SPAN))
+    return Gs3, Ge3, span, left, rend, rdiag
+
+
+@triton.jit
+def _mid_rows(Gs3, Ge3, b: tl.constexpr, NB: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
+    """exp(Gs_a - Ge_b) for the rows of every later sub-block a > b, 0 for a <= b (exponent <= 0)."""
+    ib = tl.arange(0, NB)
+    Geb = tl.sum(tl.where((ib == b)[:, None], Ge3, 0.0), axis=0)
+    mid3 = tl.exp(tl.where((ib > b)[:, None], Gs3 - Geb[None, :], float("-inf")))
+    return _rows(mid3, NB, C, BK)
+
+
+@triton.jit
+def _dec_fwd(x, y, G, Gs3, Ge3, span, left, rend, rdiag, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr,
+             STRICT: tl.constexpr, PREC: tl.constexpr):
+    """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
+
+    Off-diagonal sub-blocks (a > b): exp(G_r - G_s) = left_r * exp(Gs_a - Ge_b) * rend_s, three factors
+    <= 1, one product per b. Diagonal sub-blocks: left_r * rdiag_s when the in-block span is small
+    (one product for all of them), else exact pairwise differences."""
     i = tl.arange(0, C)
+    xl = x * left
     acc = tl.zeros((C, C), dtype=tl.float32)
-    for beta in tl.static_range(NB - 1):
-        last = beta * 16 + 15
-        ref = tl.sum(tl.where((i == last)[:, None], G, 0.0), axis=0)
-        later = (i > last)[:, None]
-        inblk = ((i >= beta * 16) & (i <= last))[:, None]
-        fl = tl.where(later, tl.exp(tl.where(later, G - ref[None, :], 0.0)), 0.0)
-        fr = tl.where(inblk, tl.exp(tl.where(inblk, ref[None, :] - G, 0.0)), 0.0)
-        acc += tl.dot(x * fl, tl.trans(y * fr), input_precision=PREC)
-    return acc
+    yr = y * rend
+    for b in tl.static_range(NB - 1):
+        inb = ((i >= b * 16) & (i < b * 16 + 16))[:, None]
+        mr = _mid_rows(Gs3, Ge3, b, NB, C, BK)
+        acc += tl.dot(xl * mr, tl.trans(tl.where(inb, yr, 0.0)), input_precision=PREC)
+    if STRICT:
+        keep = ((i[:, None] // 16) == (i[None, :] // 16)) & (i[:, None] > i[None, :])
+    else:
+        keep = ((i[:, None] // 16) == (i[None, :] // 16)) & (i[:, None] >= i[None, :])
+    if span <= FAST_SPAN:
+        dd = tl.dot(xl, tl.trans(y * rdiag), input_precision=PREC)
+    else:
+        dd = _blockdiag(_pair_fwd(x, y, G, C, NB, BK), NB, C)
+    return acc + tl.where(keep, dd, 0.0)
 
 
 @triton.jit
-def _off_bwd(dD, x, y, G, C: tl.constexpr, NB: tl.constexpr, PREC: tl.constexpr, NEED_DX: tl.constexpr,
-             NEED_DY: tl.constexpr):
-    """Gradients of _off_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (off-diagonal blocks)."""
+def _dec_bwd(dD, x, y, G, Gs3, Ge3, span, left, rend, rdiag, C: tl.constexpr, NB: tl.constexpr,
+             BK: tl.constexpr, PREC: tl.constexpr, NEED_DX: tl.constexpr, NEED_DY: tl.constexpr):
+    """Gradients of _dec_fwd for dD [C, C] already masked to the lower (or strictly lower) triangle."""
     i = tl.arange(0, C)
+    xl = x * left
+    yr = y * rend
     dx = tl.zeros(x.shape, dtype=tl.float32)
     dy = tl.zeros(x.shape, dtype=tl.float32)
-    for beta in tl.static_range(NB - 1):
-        last = beta * 16 + 15
-        ref = tl.sum(tl.where((i == last)[:, None], G, 0.0), axis=0)
-        later = (i > last)[:, None]
-        inblk = ((i >= beta * 16) & (i <= last))[:, None]
-        fl = tl.where(later, tl.exp(tl.where(later, G - ref[None, :], 0.0)), 0.0)
-        fr = tl.where(inblk, tl.exp(tl.where(inblk, ref[None, :] - G, 0.0)), 0.0)
+    for b in tl.static_range(NB - 1):
+        inb = ((i >= b * 16) & (i < b * 16 + 16))[:, None]
+        mr = _mid_rows(Gs3, Ge3, b, NB, C, BK)
         if NEED_DX:
-            dx += fl * tl.dot(dD, y * fr, input_precision=PREC)
+            dx += (left * mr) * tl.dot(dD, tl.where(inb, yr, 0.0), input_precision=PREC)
         if NEED_DY:
-            dy += fr * tl.dot(tl.trans(dD), x * fl, input_precision=PREC)
+            dy += tl.where(inb, rend * tl.dot(tl.trans(dD), xl * mr, input_precision=PREC), 0.0)
+    same = (i[:, None] // 16) == (i[None, :] // 16)
+    dDd = tl.where(same, dD, 0.0)
+    if span <= FAST_SPAN:
+        if NEED_DX:
+            dx += left * tl.dot(dDd, y * rdiag, input_precision=PREC)
+        if NEED_DY:
+            dy += rdiag * tl.dot(tl.trans(dDd), xl, input_precision=PREC)
+    else:
+        pdx, pdy = _pair_bwd(_diag_blocks(dD, NB), x, y, G, C, NB, BK, NEED_DY)
+        dx += pdx
+        dy += pdy
     return dx, dy
 
 
@@ -233,7 +288,8 @@ def carve_v2_prep_kernel(
     G = tl.where((t >= L)[:, None], gl[None, :], G)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
-    P = _off_fwd(q_t, k_t, G, C, NB, PREC) + _blockdiag(_pair_fwd(q_t, k_t, G, C, NB, BK), NB, C)
+    Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
+    P = _dec_fwd(q_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, False, PREC)
     cidx = ((off + j) * H + hh).to(tl.int64)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P)
 
@@ -281,8 +337,7 @@ def carve_v2_fwd_kernel(
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
                       other=0.0).to(tl.float32)
-    li = tl.arange(0, 16)
-    strict16 = (li[:, None] > li[None, :])[None, :, :]
+    same = (i[:, None] // 16) == (i[None, :] // 16)
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
@@ -297,8 +352,10 @@ def carve_v2_fwd_kernel(
         q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        Moff = _off_fwd(e, k_t, G, C, NB, PREC)
-        Md = tl.where(strict16, _pair_fwd(e, k_t, G, C, NB, BK), 0.0)
+        Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
+        M = _dec_fwd(e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, True, PREC)
+        Md = _diag_blocks(M, NB)
+        Moff = tl.where(same, 0.0, M)
         A = _inverse(Moff, Md, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A)
         P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
@@ -382,8 +439,6 @@ def carve_v2_bwd_kernel(
                       other=0.0).to(tl.float32)
     strict = i[:, None] > i[None, :]
     lower = i[:, None] >= i[None, :]
-    li = tl.arange(0, 16)
-    strict16 = (li[:, None] > li[None, :])[None, :, :]
     for jj in range(0, NS):
         j = NS - 1 - jj
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
@@ -445,9 +500,8 @@ def carve_v2_bwd_kernel(
         dgl = tl.sum(S0 * dS, axis=1)
         dS = egl[:, None] * dS + scale * tl.dot(tl.trans(_cast(gq, q, LOWP)), dOd, input_precision=PREC) - tl.dot(
             tl.trans(_cast(ge, q, LOWP)), dRd, input_precision=PREC)
-        deM, _unused = _off_bwd(dM, e, k_t, G, C, NB, PREC, True, False)
-        deMd, _unused2 = _pair_bwd(tl.where(strict16, _diag_blocks(dM, NB), 0.0), e, k_t, G, C, NB, BK, False)
-        deM += deMd
+        Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
+        deM, _unused = _dec_bwd(dM, e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True, False)
         de = gam * dge + deM
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
         dGp = gq * dgq + ge * dge - kt * dkt + e * deM
@@ -517,12 +571,10 @@ def carve_v2_post_kernel(
     e = b * k_t
     dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
-    dqP, dkP = _off_bwd(dP, q_t, k_t, G, C, NB, PREC, True, True)
-    dqPd, dkPd = _pair_bwd(_diag_blocks(dP, NB), q_t, k_t, G, C, NB, BK, True)
-    _u, dkM = _off_bwd(dM, e, k_t, G, C, NB, PREC, False, True)
-    _u2, dkMd = _pair_bwd(_diag_blocks(dM, NB), e, k_t, G, C, NB, BK, True)
-    dqP += dqPd
-    dkK = dkP + dkPd + dkM + dkMd
+    Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
+    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True, True)
+    _u, dkM = _dec_bwd(dM, e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, False, True)
+    dkK = dkP + dkM
     dG = tl.load(dGb + (cidx * C + i[:, None]) * K + rk[None, :], mask=km[None, :] & (i[:, None] >= 0), other=0.0)
     dG += q_t * dqP - k_t * dkK
     dgv = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG
