@@ -6,6 +6,7 @@ peak allocated memory of one fwd+bwd above what the inputs already hold (MiB). P
 ratios to fla ``chunk_gdn2`` and writes JSON.
 
     PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json
+    PYTHONPATH=. python3 benchmarks/kernels.py --impl v2 --T 4096 --json out/kernels-v2.json   # v2 kernels
 
 fla (``fla-core`` / ``flash-linear-attention`` 0.6.0) is optional; without it only CARVE and SDPA run.
 fla refuses its gated backward on Hopper with Triton < 3.7.1; the script bypasses that guard for
@@ -58,8 +59,11 @@ def make(B, T, H, K, V, *, dev="cuda", dt=torch.bfloat16, seed=0):
     return dict(q=q, k=k, v=v, g=g, a=a, w_s=w_s, w_v=w_v, ud=ud, uu=uu)
 
 
-def variants(x, fla, B, T, H, K):
-    from hybrid.kernels.triton_carve import carve_triton
+def variants(x, fla, B, T, H, K, impl="v1"):
+    if impl == "v2":
+        from hybrid.kernels.triton_v2 import carve_triton_v2 as carve_triton
+    else:
+        from hybrid.kernels.triton_carve import carve_triton
 
     out = {}
     out["carve_content"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], x["ud"], x["uu"],
@@ -71,17 +75,21 @@ def variants(x, fla, B, T, H, K):
     out["carve_gdn2_mode"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_v"], None, None,
                                                    scale=None, chunk_size=64)[0],
                               ["q", "k", "v", "g", "a", "w_v"])
-    def warps8(f):
+    # the other warp count of the sequential kernels: v1 defaults to 4 (variant: 8), v2 to 8 (variant: 4)
+    warps_env, warps, tag = (("HYBRID_CARVE_V2_NUM_WARPS", "4", "_w4") if impl == "v2"
+                             else ("HYBRID_CARVE_NUM_WARPS", "8", "_w8"))
+
+    def other_warps(f):
         def g():
-            os.environ["HYBRID_CARVE_NUM_WARPS"] = "8"
+            os.environ[warps_env] = warps
             try:
                 return f()
             finally:
-                os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
+                os.environ.pop(warps_env, None)
         return g
 
-    out["carve_content_w8"] = (warps8(out["carve_content"][0]), out["carve_content"][1])
-    out["carve_nocontent_w8"] = (warps8(out["carve_nocontent"][0]), out["carve_nocontent"][1])
+    out["carve_content" + tag] = (other_warps(out["carve_content"][0]), out["carve_content"][1])
+    out["carve_nocontent" + tag] = (other_warps(out["carve_nocontent"][0]), out["carve_nocontent"][1])
     if fla is not None:
         out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
                                                            x["w_v"])[0],
@@ -147,6 +155,8 @@ def main():
     ap.add_argument("--T", type=int, nargs="*", default=[4096, 2048, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--impl", choices=["v1", "v2"], default="v1",
+                    help="CARVE Triton kernels: v1 (triton_carve, the default) or v2 (triton_v2)")
     args = ap.parse_args()
     import triton
 
@@ -160,12 +170,12 @@ def main():
     info = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), device=torch.cuda.get_device_name(),
                 driver=driver, torch=torch.__version__, triton=triton.__version__,
                 fla=fla["version"] if fla else None, python=platform.python_version(),
-                shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), results={})
+                shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), impl=args.impl, results={})
     for T in args.T:
         B = args.tokens // T
         x = make(B, T, H, K, V)
         res = {}
-        for name, (fn, names) in variants(x, fla, B, T, H, K).items():
+        for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl).items():
             if args.only and name not in args.only:
                 continue
             try:
@@ -178,7 +188,7 @@ def main():
         torch.cuda.empty_cache()
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
-    print(f"\n{info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
+    print(f"\nCARVE kernels {args.impl} | {info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
     print("median ms (ratio to fla chunk_gdn2), peak MiB above inputs")
     for T, res in info["results"].items():
         ref = res.get("fla_chunk_gdn2", {})

@@ -71,13 +71,14 @@ def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False
     if v_split is not None:
         os.environ["HYBRID_CARVE_V_SPLIT"] = str(v_split)
     if num_warps is not None:
-        os.environ["HYBRID_CARVE_NUM_WARPS"] = str(num_warps)
+        os.environ["HYBRID_CARVE_NUM_WARPS" if impl == "v1" else "HYBRID_CARVE_V2_NUM_WARPS"] = str(num_warps)
     try:
         return _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths,
                          final_grad, content_grad, oracle, seed, backward, triton_carve, impl)
     finally:
         os.environ.pop("HYBRID_CARVE_V_SPLIT", None)
         os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
+        os.environ.pop("HYBRID_CARVE_V2_NUM_WARPS", None)
 
 
 def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths, final_grad,

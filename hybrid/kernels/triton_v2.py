@@ -6,8 +6,9 @@ the content-independent work (cumulative decays, P) and the decayed-product grad
 launches over (chunk, head). Head dims above 128 fall back to v1 (the state would not fit in registers).
 
 Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
-- ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big products in the input dtype for
-  bf16/fp16 inputs, fp32 accumulation; tf32 for fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
+- ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big state/value products in bf16 for
+  bf16 inputs, fp32 accumulation; tf32 for fp16/fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
+  The decayed products (M, P and their gradients) always take fp32 operands (PREC).
 - ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products, ``ieee`` (default) or ``tf32x3``.
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8); the parallel ones use 4.
 """
@@ -49,8 +50,8 @@ def _settings(dtype):
         return False, "ieee", "ieee"
     mode = os.environ.get("HYBRID_CARVE_V2_DOT", "input")
     inv = os.environ.get("HYBRID_CARVE_V2_INV", "ieee")
-    if mode == "input":
-        return dtype in (torch.bfloat16, torch.float16), "tf32", inv
+    if mode == "input":  # fp16 keeps fp32 operands: its range would clip decayed products and small gradients
+        return dtype == torch.bfloat16, "tf32", inv
     return False, mode, inv
 
 
