@@ -91,3 +91,19 @@ def test_triton_v2_equals_v1_forward_bf16():
     o1, s1 = carve_triton(*xs, output_final_state=True)
     o2, s2 = carve_triton_v2(*xs, output_final_state=True)
     assert rel(o2, o1) <= O_TOL and rel(s2.S, s1.S) <= O_TOL
+
+
+@pytest.mark.parametrize("name", ["T1000_decay0.05", "varlen_state"])
+def test_triton_v2_bf16_saved_states(name, monkeypatch):
+    """Chunk-start states kept in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE=bf16): same bounds."""
+    from hybrid.kernels.triton_check import run_case
+
+    monkeypatch.setenv("HYBRID_CARVE_V2_SAVE_STATE", "bf16")
+    errs = run_case(**{**BASE, **CASES[name]})
+    print(name, "bf16 states", {k: f"{v:.2e}" for k, v in errs.items()})
+    _record(name + "_bf16_states", errs)
+    for key, val in errs.items():
+        if key.endswith("_ok"):
+            assert val == 1.0, (key, errs)
+        else:
+            assert val <= (G_TOL if key.startswith("d") else O_TOL), (key, errs)

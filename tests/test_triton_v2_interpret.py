@@ -37,14 +37,29 @@ CASES = {
     "varlen_c64_no_state": dict(C=64, lengths=[70, 0, 9], K=16, V=16),
     "detach": dict(C=16, T=37, content_grad="detach"),
     "detach_state": dict(C=32, T=40, content_grad="detach", init_state=True, final_grad=True),
+    # chunk-start states saved in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE): own bound, below
+    "save_state_bf16": dict(C=64, T=300, K=32, V=32, decay=0.05, init_state=True, final_grad=True,
+                            env={"HYBRID_CARVE_V2_SAVE_STATE": "bf16"}),
 }
 TOL = 1e-4
+# bf16 chunk-start states: the forward is unchanged (fp32 here), the gradients that read the state lose
+# about 8 bits. Measured on this case: dq 1.2e-3, du_down 1.4e-3, dm0 1.5e-3 (fp32 states: <= 5.1e-7).
+TOL_BF16_STATE = 5e-3
 
 WORKER = """
 import json, sys
 from hybrid.kernels.triton_check import run_case
+import os
 cases = json.loads(sys.argv[1])
-out = {name: run_case(impl="v2", **cfg) for name, cfg in cases.items()}
+out = {}
+for name, cfg in cases.items():
+    env = cfg.pop("env", {})
+    os.environ.update(env)
+    try:
+        out[name] = run_case(impl="v2", **cfg)
+    finally:
+        for key in env:
+            os.environ.pop(key)
 print("RESULT" + json.dumps(out))
 """
 
@@ -63,9 +78,12 @@ def results():
 def test_triton_v2_interpreter_matches_reference(results, name):
     errs = results[name]
     assert errs, name
+    bf16_state = "env" in CASES[name]
     for key, val in errs.items():
         if key.endswith("_ok"):
             assert val == 1.0, (name, key)
+        elif bf16_state and key.startswith("d"):
+            assert val <= TOL_BF16_STATE, (name, key, val)
         else:
             assert val <= TOL, (name, key, val)  # NaN (unwritten output) fails too
     assert {"dq", "dk", "dv", "dg", "da", "dw"} <= set(errs), name

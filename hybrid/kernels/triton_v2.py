@@ -10,6 +10,8 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
   bf16 inputs, fp32 accumulation; tf32 for fp16/fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
   The decayed products (M, P and their gradients) always take fp32 operands (PREC).
 - ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products, ``ieee`` (default) or ``tf32x3``.
+- ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
+  for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8); the parallel ones use 4.
 """
 
@@ -55,6 +57,14 @@ def _settings(dtype):
     return False, mode, inv
 
 
+def _state_dtype() -> torch.dtype:
+    """dtype of the chunk-start states saved for the backward (the final state is always fp32)."""
+    name = os.environ.get("HYBRID_CARVE_V2_SAVE_STATE", "fp32")
+    if name not in ("fp32", "bf16"):
+        raise CarveInputError(f"HYBRID_CARVE_V2_SAVE_STATE must be fp32 or bf16, got {name!r}")
+    return torch.float32 if name == "fp32" else torch.bfloat16
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -75,7 +85,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
         Gb = _empty(TT, H, K, device=dev, dtype=f32)
         Pb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         o = _empty(q.shape[0], q.shape[1], H, V, device=dev, dtype=q.dtype)
-        hbuf = _empty(meta.total, H, K, V, device=dev, dtype=f32)
+        hbuf = _empty(meta.total, H, K, V, device=dev, dtype=meta.state_dtype)  # chunk-start states
+        S_f = _empty(N, H, K, V, device=dev, dtype=f32)
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
         abuf = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         osf = _empty(N, H, V, device=dev, dtype=f32)
@@ -88,12 +99,10 @@ class CarveTritonV2Fn(torch.autograd.Function):
             qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
-            hbuf, mbuf, abuf, osf, meta.starts, meta.lens, meta.offs, meta.scale, H,
+            hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, **common)
-        fidx = meta.offs + meta.ns
-        S_f = hbuf.index_select(0, fidx)
-        m_f = mbuf.index_select(0, fidx)
+        m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
         ctx.meta = meta
         ctx.has_init = has_init
@@ -197,6 +206,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.content_grad = content_grad
     meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
     meta.num_warps = _seq_warps()
+    meta.state_dtype = _state_dtype()
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))
     meta.ud_dtype = u_down.dtype if u_down is not None else None

@@ -298,7 +298,7 @@ def carve_v2_prep_kernel(
 def carve_v2_fwd_kernel(
     q, k, v, a, w, ud, uu, o, Gb, Pb,
     h0, m0, os0, pos0,
-    hbuf, mbuf, abuf, osf,
+    hbuf, mbuf, abuf, osf, sf,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
@@ -341,7 +341,7 @@ def carve_v2_fwd_kernel(
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
-        tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
+        tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
         if HAS_CONTENT:
             low = tl.sum(udt * m[None, :], axis=1)
@@ -381,7 +381,7 @@ def carve_v2_fwd_kernel(
         kt = k_t * tl.exp(gl[None, :] - G)
         S = tl.exp(gl)[:, None] * S + tl.dot(tl.trans(_cast(kt, q, LOWP)), Ud, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
-    tl.store(hbuf + fidx * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
+    tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
     tl.store(mbuf + fidx * V + cv, m, mask=vm)
     tl.store(osf + nh * V + cv, osum, mask=vm)
 
@@ -444,7 +444,7 @@ def carve_v2_bwd_kernel(
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = (j + 1) * C <= p + L
-        S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
+        S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0).to(tl.float32)
         if HAS_CONTENT:
             m = tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0)
             low = tl.sum(udt * m[None, :], axis=1)
