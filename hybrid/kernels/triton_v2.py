@@ -125,7 +125,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dummy = torch.zeros(1, device=dev, dtype=f32)
         dqb = _empty(TT, H, K, device=dev, dtype=f32)
         dkb = _empty(TT, H, K, device=dev, dtype=f32)
-        dGb = _empty(meta.total, H, C, K, device=dev, dtype=f32)
+        deb = _empty(TT, H, K, device=dev, dtype=f32)
+        dglb = _empty(meta.total, H, K, device=dev, dtype=f32)
         dPb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
@@ -147,7 +148,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             dS_f.contiguous().float() if dS_f is not None else dummy,
             dm_f.contiguous().float() if dm_f is not None else dummy,
             dos_f.contiguous().float() if dos_f is not None else dummy,
-            dqb, dkb, dGb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
+            dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None,
@@ -157,7 +158,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
             carve_v2_post_kernel[(meta.n_chunks, H)](
-                qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, dGb, dq, dk, dg,
+                qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, num_warps=4, **common)
         dud = duu = None

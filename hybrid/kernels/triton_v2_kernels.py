@@ -347,19 +347,22 @@ def carve_v2_fwd_kernel(
             low = tl.sum(udt * m[None, :], axis=1)
         else:
             low = tl.zeros((2,), dtype=tl.float32)
+        # content-dependent couplings and their inverse
         b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
-        q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
         Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
         M = _dec_fwd(e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, True, PREC)
-        Md = _diag_blocks(M, NB)
-        Moff = tl.where(same, 0.0, M)
-        A = _inverse(Moff, Md, C, NB, PREC_INV)
+        A = _inverse(tl.where(same, 0.0, M), _diag_blocks(M, NB), C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A)
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
-        gam = tl.exp(G)
+        # operands of the state products (in the operand dtype; G and the factors end here)
+        gam = left * _rows(tl.exp(Gs3), NB, C, BK)  # exp(G) as two factors <= 1
+        ge = _cast(gam * e, q, LOWP)
+        kt = _cast(k_t * (_rows(tl.exp(gl[None, :] - Ge3), NB, C, BK) * rend), q, LOWP)  # k exp(G_C - G)
+        gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
+        egl = tl.exp(gl)
+        # values
         v_t = _tile(v + hh * V, tok, rmask, cv, vm, H * V)
         if VEC_W:
             z = _tile(w + hh * V, tok, rmask, cv, vm, H * V) * v_t
@@ -367,19 +370,18 @@ def carve_v2_fwd_kernel(
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
             z = w_r[:, None] * v_t
         Sd = _cast(S, q, LOWP)
-        rhs = z - tl.dot(_cast(gam * e, q, LOWP), Sd, input_precision=PREC)
+        rhs = z - tl.dot(ge, Sd, input_precision=PREC)
         U = tl.dot(_cast(A, q, LOWP), _cast(rhs, q, LOWP), input_precision=PREC)
         Ud = _cast(U, q, LOWP)
-        O = scale * (tl.dot(_cast(gam * q_t, q, LOWP), Sd, input_precision=PREC)
-                     + tl.dot(_cast(P, q, LOWP), Ud, input_precision=PREC))
+        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
+        O = scale * (tl.dot(gq, Sd, input_precision=PREC) + tl.dot(_cast(P, q, LOWP), Ud, input_precision=PREC))
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
         osum = osum + tl.sum(tl.where(rmask[:, None], O, 0.0), axis=0)
         complete = (j + 1) * C <= p + L
         m = tl.where(complete, osum / C, m)
         osum = tl.where(complete, 0.0, osum)
-        kt = k_t * tl.exp(gl[None, :] - G)
-        S = tl.exp(gl)[:, None] * S + tl.dot(tl.trans(_cast(kt, q, LOWP)), Ud, input_precision=PREC)
+        S = egl[:, None] * S + tl.dot(tl.trans(kt), Ud, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
     tl.store(mbuf + fidx * V + cv, m, mask=vm)
@@ -391,7 +393,7 @@ def carve_v2_bwd_kernel(
     q, k, v, a, w, ud, uu, do, Gb, Pb,
     pos0, hbuf, mbuf, abuf,
     dht, dmf, dosf,
-    dqb, dkb, dGb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
+    dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
@@ -444,44 +446,41 @@ def carve_v2_bwd_kernel(
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = (j + 1) * C <= p + L
-        S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0).to(tl.float32)
         if HAS_CONTENT:
             m = tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0)
             low = tl.sum(udt * m[None, :], axis=1)
         else:
             low = tl.zeros((2,), dtype=tl.float32)
+        # operands of the products, in the operand dtype (recomputed in fp32 further down where needed)
         b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
-        q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
-        e = b * k_t
-        A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :])
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
         gam = tl.exp(G)
+        ge = _cast(gam * b * k_t, q, LOWP)
+        kt = _cast(k_t * tl.exp(gl[None, :] - G), q, LOWP)
+        gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
         egl = tl.exp(gl)
-        kdec = tl.exp(gl[None, :] - G)
-        kt = k_t * kdec
-        gq = gam * q_t
-        ge = gam * e
+        S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0).to(tl.float32)
+        dgl = tl.sum(S0 * dS, axis=1)  # gradient of exp(G_C) through exp(G_C) S0
+        S0d = _cast(S0, q, LOWP)
         v_t = _tile(v + hh * V, tok, rmask, cv, vm, H * V)
         if VEC_W:
             w_t = _tile(w + hh * V, tok, rmask, cv, vm, H * V)
         else:
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
             w_t = w_r[:, None] + tl.zeros((C, BV), dtype=tl.float32)
-        S0d = _cast(S0, q, LOWP)
-        rhs = w_t * v_t - tl.dot(_cast(ge, q, LOWP), S0d, input_precision=PREC)
-        U = tl.dot(_cast(A, q, LOWP), _cast(rhs, q, LOWP), input_precision=PREC)
+        A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :])
+        Ad = _cast(A, q, LOWP)
+        rhs = w_t * v_t - tl.dot(ge, S0d, input_precision=PREC)
+        Ud = _cast(tl.dot(Ad, _cast(rhs, q, LOWP), input_precision=PREC), q, LOWP)
         corr = tl.where(complete, dmn / C, dosv)
         dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V)
-        dO = tl.where(rmask[:, None] & vm[None, :], dO + corr[None, :], 0.0)
-        dOd = _cast(dO, q, LOWP)
+        dOd = _cast(tl.where(rmask[:, None] & vm[None, :], dO + corr[None, :], 0.0), q, LOWP)
         dSd = _cast(dS, q, LOWP)
-        Ud = _cast(U, q, LOWP)
+        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
         dU = scale * tl.dot(tl.trans(_cast(P, q, LOWP)), dOd, input_precision=PREC) + tl.dot(
-            _cast(kt, q, LOWP), dSd, input_precision=PREC)
-        dR = tl.dot(tl.trans(_cast(A, q, LOWP)), _cast(dU, q, LOWP), input_precision=PREC)
-        dRd = _cast(dR, q, LOWP)
+            kt, dSd, input_precision=PREC)
+        dR = tl.dot(tl.trans(Ad), _cast(dU, q, LOWP), input_precision=PREC)
         vmask = rmask[:, None] & vm[None, :]
         tl.store(dv + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], (w_t * dR).to(dv.dtype.element_ty),
                  mask=vmask)
@@ -490,31 +489,35 @@ def carve_v2_bwd_kernel(
                      (v_t * dR).to(dw.dtype.element_ty), mask=vmask)
         else:
             tl.store(dw + tok.to(tl.int64) * H + hh, tl.sum(v_t * dR, axis=1).to(dw.dtype.element_ty), mask=rmask)
+        dRd = _cast(dR, q, LOWP)
         dM = tl.where(strict, -tl.dot(dRd, tl.trans(Ud), input_precision=PREC), 0.0)
-        dP = tl.where(lower, scale * tl.dot(dOd, tl.trans(Ud), input_precision=PREC), 0.0)
         tl.store(dMb + cidx * C * C + i[:, None] * C + i[None, :], dM)
-        tl.store(dPb + cidx * C * C + i[:, None] * C + i[None, :], dP)
+        tl.store(dPb + cidx * C * C + i[:, None] * C + i[None, :],
+                 tl.where(lower, scale * tl.dot(dOd, tl.trans(Ud), input_precision=PREC), 0.0))
         dgq = scale * tl.dot(dOd, tl.trans(S0d), input_precision=PREC)
         dge = -tl.dot(dRd, tl.trans(S0d), input_precision=PREC)
         dkt = tl.dot(Ud, tl.trans(dSd), input_precision=PREC)
-        dgl = tl.sum(S0 * dS, axis=1)
-        dS = egl[:, None] * dS + scale * tl.dot(tl.trans(_cast(gq, q, LOWP)), dOd, input_precision=PREC) - tl.dot(
-            tl.trans(_cast(ge, q, LOWP)), dRd, input_precision=PREC)
+        dS = egl[:, None] * dS + scale * tl.dot(tl.trans(gq), dOd, input_precision=PREC) - tl.dot(
+            tl.trans(ge), dRd, input_precision=PREC)
+        # K-sized gradients (fp32, recomputed from the inputs): X = exp(G) dgq, Y = exp(G_C - G) dkt and
+        # de go to the post-pass, which adds the decayed-product parts and forms dq, dk, dg
+        b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
+        G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
-        deM, _unused = _dec_bwd(dM, e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True, False)
-        de = gam * dge + deM
-        dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
-        dGp = gq * dgq + ge * dge - kt * dkt + e * deM
-        dGp += tl.where((i == C - 1)[:, None], (tl.sum(kt * dkt, axis=0) + egl * dgl)[None, :], 0.0)
+        gam = left * _rows(tl.exp(Gs3), NB, C, BK)
+        Y = (_rows(tl.exp(gl[None, :] - Ge3), NB, C, BK) * rend) * dkt
         tmask = rmask[:, None] & km[None, :]
         tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
         tl.store(dqb + tb, gam * dgq, mask=tmask)
-        tl.store(dkb + tb, kdec * dkt + b * de, mask=tmask)
+        tl.store(dkb + tb, Y, mask=tmask)
+        tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
+        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True,
+                                False)
+        de = gam * dge + deM
+        tl.store(deb + tb, de, mask=tmask)
+        dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
         tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
-        # dG at the chunk's rows, including the last row of the grid (C - 1) which may be masked:
-        # the post-pass sums it back (reverse cumsum) onto the valid rows
-        pb = (cidx * C + i[:, None]) * K + rk[None, :]
-        tl.store(dGb + pb, dGp, mask=km[None, :] & (i[:, None] >= 0))
         dm_new = tl.where(complete, 0.0, dmn)
         if HAS_CONTENT:
             dc = tl.sum(dlogit, axis=0)
@@ -532,7 +535,7 @@ def carve_v2_bwd_kernel(
 
 @triton.jit
 def carve_v2_post_kernel(
-    q, k, a, uu, Gb, mbuf, ud, dPb, dMb, dqb, dkb, dGb, dq, dk, dg,
+    q, k, a, uu, Gb, mbuf, ud, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
@@ -575,15 +578,18 @@ def carve_v2_post_kernel(
     dqP, dkP = _dec_bwd(dP, q_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True, True)
     _u, dkM = _dec_bwd(dM, e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, False, True)
     dkK = dkP + dkM
-    dG = tl.load(dGb + (cidx * C + i[:, None]) * K + rk[None, :], mask=km[None, :] & (i[:, None] >= 0), other=0.0)
-    dG += q_t * dqP - k_t * dkK
-    dgv = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG
     tmask = rmask[:, None] & km[None, :]
     tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
-    dq_t = tl.load(dqb + tb, mask=tmask, other=0.0) + dqP
-    dk_t = tl.load(dkb + tb, mask=tmask, other=0.0) + dkK
-    tl.store(dq + tb, dq_t.to(dq.dtype.element_ty), mask=tmask)
-    tl.store(dk + tb, dk_t.to(dk.dtype.element_ty), mask=tmask)
+    X = tl.load(dqb + tb, mask=tmask, other=0.0)
+    Y = tl.load(dkb + tb, mask=tmask, other=0.0)
+    Z = tl.load(deb + tb, mask=tmask, other=0.0)
+    # dG = q X - k Y + e de (the exp(G) e and M-row parts together) + decayed-product parts; the
+    # exp(G_C) term sits on the grid's last row (C - 1): the reverse cumsum carries it to every valid row
+    dG = q_t * (X + dqP) - k_t * (Y + dkK) + e * Z
+    dG += tl.where((i == C - 1)[:, None], tl.load(dglb + cidx * K + rk, mask=km, other=0.0)[None, :], 0.0)
+    dgv = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG
+    tl.store(dq + tb, (X + dqP).to(dq.dtype.element_ty), mask=tmask)
+    tl.store(dk + tb, (Y + b * Z + dkK).to(dk.dtype.element_ty), mask=tmask)
     tl.store(dg + tb, dgv.to(dg.dtype.element_ty), mask=tmask)
 
 
