@@ -9,10 +9,12 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
 - ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big state/value products in bf16 for
   bf16 inputs, fp32 accumulation; tf32 for fp16/fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
   The decayed products (M, P and their gradients) always take fp32 operands (PREC).
-- ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products, ``ieee`` (default) or ``tf32x3``.
+- ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products: ``tf32`` by default with bf16
+  operands (A is rounded to bf16 for its products anyway), else ``ieee``; ``tf32x3`` is a middle way.
 - ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
   for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
-- ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8); the parallel ones use 4.
+- ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
+  ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8).
 """
 
 from __future__ import annotations
@@ -51,10 +53,9 @@ def _settings(dtype):
     if v1._interpreting():
         return False, "ieee", "ieee"
     mode = os.environ.get("HYBRID_CARVE_V2_DOT", "input")
-    inv = os.environ.get("HYBRID_CARVE_V2_INV", "ieee")
-    if mode == "input":  # fp16 keeps fp32 operands: its range would clip decayed products and small gradients
-        return dtype == torch.bfloat16, "tf32", inv
-    return False, mode, inv
+    lowp = mode == "input" and dtype == torch.bfloat16  # fp16 keeps fp32 operands (its range is too small)
+    inv = os.environ.get("HYBRID_CARVE_V2_INV", "tf32" if lowp else "ieee")  # A is rounded to bf16 anyway
+    return lowp, ("tf32" if mode == "input" else mode), inv
 
 
 def _state_dtype() -> torch.dtype:
@@ -90,11 +91,11 @@ class CarveTritonV2Fn(torch.autograd.Function):
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
         abuf = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         osf = _empty(N, H, V, device=dev, dtype=f32)
-        common = dict(K=K, C=C, NB=C // 16, BK=meta.BK, HAS_INIT=has_init)
+        common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init)
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=4, **common)
+                PREC=meta.prec, num_warps=meta.par_warps, **common)
         carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
@@ -140,7 +141,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dS0 = _empty(N, H, K, V, device=dev, dtype=f32)
         dm0 = _empty(N, H, V, device=dev, dtype=f32)
         dos0 = _empty(N, H, V, device=dev, dtype=f32)
-        common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, BK=meta.BK, BV=meta.BV, BR=meta.BR,
+        common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV, BR=meta.BR,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
         carve_v2_bwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, do, Gb, Pb,
@@ -160,7 +161,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             carve_v2_post_kernel[(meta.n_chunks, H)](
                 qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=4, **common)
+                PREC=meta.prec, num_warps=meta.par_warps, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
@@ -207,6 +208,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.content_grad = content_grad
     meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
     meta.num_warps = _seq_warps()
+    meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
     meta.state_dtype = _state_dtype()
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))

@@ -66,176 +66,94 @@ def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
     return G, gl
 
 
-FAST_SPAN = tl.constexpr(64.0)  # diagonal sub-blocks factor through their first row when the in-block decay span is below this
+@triton.jit
+def _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h):
+    """Dyadic level h: rows form groups of 2h, split into halves; e = the last row of the first half.
+    Returns exp(-|G_x - G_e(x)|) per row x: exp(G_e - G_x) on the first half, exp(G_x - G_e) on the
+    second (G is non-increasing), so every factor is <= 1. G_e is read back from the G buffer."""
+    i = tl.arange(0, C)
+    te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
+    Ge = tl.load(Gb + ((bos + te)[:, None].to(tl.int64) * H + hh) * K + rk[None, :],
+                 mask=((te >= 0) & (te < L))[:, None] & km[None, :], other=0.0)
+    Ge = tl.where((te >= L)[:, None], gl[None, :], Ge)
+    return tl.exp(-tl.abs(G - Ge))
 
 
 @triton.jit
-def _rows(x3, NB: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """[NB, BK] per-sub-block values -> [C, BK], repeated over the 16 rows of each sub-block."""
-    return tl.reshape(tl.broadcast_to(x3[:, None, :], (NB, 16, BK)), (C, BK))
+def _level_mask(h, C: tl.constexpr):
+    """Pairs (r, s) of level h: same group of 2h rows, r in its second half, s in its first half."""
+    i = tl.arange(0, C)
+    same = (i[:, None] // (2 * h)) == (i[None, :] // (2 * h))
+    return same & (((i[:, None] // h) % 2) == 1) & (((i[None, :] // h) % 2) == 0)
 
 
 @triton.jit
-def _factors(G, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr):
-    """Per-chunk decay factors, all exponents <= 0 except rdiag (<= exp(span), used only when span <= FAST_SPAN).
-
-    Gs3/Ge3 [NB, BK]: G at the first / last row of each 16-row sub-block (G is non-increasing).
-    left = exp(G - Gs_row), rend = exp(Ge_row - G), rdiag = exp(Gs_row - G); span = max in-block decay."""
-    G3 = tl.reshape(G, (NB, 16, BK))
-    Gs3 = tl.max(G3, axis=1)
-    Ge3 = tl.min(G3, axis=1)
-    span = tl.max(tl.max(Gs3 - Ge3, axis=1), axis=0)
-    Gs_row = _rows(Gs3, NB, C, BK)
-    left = tl.exp(G - Gs_row)
-    rend = tl.exp(_rows(Ge3, NB, C, BK) - G)
-    rdiag = tl.exp(tl.minimum(Gs_row - G, FAST_SPAN))
-    return Gs3, Ge3, span, left, rend, rdiag
-
-
-@triton.jit
-def _mid_rows(Gs3, Ge3, b: tl.constexpr, NB: tl.constexpr, C: tl.constexpr, BK: tl.constexpr):
-    """exp(Gs_a - Ge_b) for the rows of every later sub-block a > b, 0 for a <= b (exponent <= 0)."""
-    ib = tl.arange(0, NB)
-    Geb = tl.sum(tl.where((ib == b)[:, None], Ge3, 0.0), axis=0)
-    mid3 = tl.exp(tl.where((ib > b)[:, None], Gs3 - Geb[None, :], float("-inf")))
-    return _rows(mid3, NB, C, BK)
-
-
-@triton.jit
-def _dec_fwd(x, y, G, Gs3, Ge3, span, left, rend, rdiag, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr,
+def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
              STRICT: tl.constexpr, PREC: tl.constexpr):
     """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
 
-    Off-diagonal sub-blocks (a > b): exp(G_r - G_s) = left_r * exp(Gs_a - Ge_b) * rend_s, three factors
-    <= 1, one product per b. Diagonal sub-blocks: left_r * rdiag_s when the in-block span is small
-    (one product for all of them), else exact pairwise differences."""
-    i = tl.arange(0, C)
-    xl = x * left
+    Dyadic decomposition: every pair r > s belongs to exactly one level h (the largest power of two
+    separating them in the chunk's binary tree); there exp(G_r - G_s) = exp(G_r - G_e) exp(G_e - G_s)
+    with e the last row of the first half of their group, two factors <= 1, so each level is one
+    masked tensor-core product and no exponent is ever positive, however strong the decay."""
     acc = tl.zeros((C, C), dtype=tl.float32)
-    yr = y * rend
-    for b in tl.static_range(NB - 1):
-        inb = ((i >= b * 16) & (i < b * 16 + 16))[:, None]
-        mr = _mid_rows(Gs3, Ge3, b, NB, C, BK)
-        acc += tl.dot(xl * mr, tl.trans(tl.where(inb, yr, 0.0)), input_precision=PREC)
-    if STRICT:
-        keep = ((i[:, None] // 16) == (i[None, :] // 16)) & (i[:, None] > i[None, :])
-    else:
-        keep = ((i[:, None] // 16) == (i[None, :] // 16)) & (i[:, None] >= i[None, :])
-    if span <= FAST_SPAN:
-        dd = tl.dot(xl, tl.trans(y * rdiag), input_precision=PREC)
-    else:
-        dd = _blockdiag(_pair_fwd(x, y, G, C, NB, BK), NB, C)
-    return acc + tl.where(keep, dd, 0.0)
+    for lv in range(LOG2C):  # a loop, not unrolled: keeps one level's tiles live at a time
+        h = C // (2 << lv)
+        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
+        acc += tl.where(_level_mask(h, C), tl.dot(x * f, tl.trans(y * f), input_precision=PREC), 0.0)
+    if not STRICT:
+        i = tl.arange(0, C)
+        acc += tl.where(i[:, None] == i[None, :], tl.sum(x * y, axis=1)[:, None], 0.0)
+    return acc
 
 
 @triton.jit
-def _dec_bwd(dD, x, y, G, Gs3, Ge3, span, left, rend, rdiag, C: tl.constexpr, NB: tl.constexpr,
-             BK: tl.constexpr, PREC: tl.constexpr, NEED_DX: tl.constexpr, NEED_DY: tl.constexpr):
-    """Gradients of _dec_fwd for dD [C, C] already masked to the lower (or strictly lower) triangle."""
-    i = tl.arange(0, C)
-    xl = x * left
-    yr = y * rend
+def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
+             LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, NEED_DX: tl.constexpr,
+             NEED_DY: tl.constexpr):
+    """Gradients of _dec_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (dD masked as D)."""
     dx = tl.zeros(x.shape, dtype=tl.float32)
     dy = tl.zeros(x.shape, dtype=tl.float32)
-    for b in tl.static_range(NB - 1):
-        inb = ((i >= b * 16) & (i < b * 16 + 16))[:, None]
-        mr = _mid_rows(Gs3, Ge3, b, NB, C, BK)
+    for lv in range(LOG2C):
+        h = C // (2 << lv)
+        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
+        dDh = tl.where(_level_mask(h, C), dD, 0.0)
         if NEED_DX:
-            dx += (left * mr) * tl.dot(dD, tl.where(inb, yr, 0.0), input_precision=PREC)
+            dx += f * tl.dot(dDh, y * f, input_precision=PREC)
         if NEED_DY:
-            dy += tl.where(inb, rend * tl.dot(tl.trans(dD), xl * mr, input_precision=PREC), 0.0)
-    same = (i[:, None] // 16) == (i[None, :] // 16)
-    dDd = tl.where(same, dD, 0.0)
-    if span <= FAST_SPAN:
+            dy += f * tl.dot(tl.trans(dDh), x * f, input_precision=PREC)
+    if not STRICT:
+        i = tl.arange(0, C)
+        dd = tl.sum(tl.where(i[:, None] == i[None, :], dD, 0.0), axis=1)
         if NEED_DX:
-            dx += left * tl.dot(dDd, y * rdiag, input_precision=PREC)
+            dx += dd[:, None] * y
         if NEED_DY:
-            dy += rdiag * tl.dot(tl.trans(dDd), xl, input_precision=PREC)
-    else:
-        pdx, pdy = _pair_bwd(_diag_blocks(dD, NB), x, y, G, C, NB, BK, NEED_DY)
-        dx += pdx
-        dy += pdy
+            dy += dd[:, None] * x
     return dx, dy
 
 
 @triton.jit
-def _pair_fwd(x, y, G, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr):
-    """Diagonal 16x16 sub-blocks [NB, 16, 16] of D (lower, with diagonal), exact pairwise decays."""
-    li = tl.arange(0, 16)
-    G3 = tl.reshape(G, (NB, 16, BK))
-    x3 = tl.reshape(x, (NB, 16, BK))
-    y3 = tl.reshape(y, (NB, 16, BK))
-    D = tl.zeros((NB, 16, 16), dtype=tl.float32)
-    for jc in tl.static_range(16):
-        sel = (li == jc)[None, :, None]
-        Gs = tl.sum(tl.where(sel, G3, 0.0), axis=1)
-        ys = tl.sum(tl.where(sel, y3, 0.0), axis=1)
-        ok = (li >= jc)[None, :, None]
-        E = tl.exp(tl.where(ok, G3 - Gs[:, None, :], float("-inf")))
-        col = tl.sum(x3 * (ys[:, None, :] * E), axis=2)
-        D += tl.where((li == jc)[None, None, :], col[:, :, None], 0.0)
-    return D
+def _inverse(M, C: tl.constexpr, NB: tl.constexpr, PREC_INV: tl.constexpr):
+    """(I + M)^-1 for a strictly lower [C, C] M, in products only (no 3-D tiles, no row loops).
 
-
-@triton.jit
-def _pair_bwd(dD3, x, y, G, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr, NEED_DY: tl.constexpr):
-    """Gradients of _pair_fwd for a masked [NB, 16, 16] dD3: returns dx, dy as [C, BK]."""
-    li = tl.arange(0, 16)
-    G3 = tl.reshape(G, (NB, 16, BK))
-    x3 = tl.reshape(x, (NB, 16, BK))
-    y3 = tl.reshape(y, (NB, 16, BK))
-    dx3 = tl.zeros((NB, 16, BK), dtype=tl.float32)
-    dy3 = tl.zeros((NB, 16, BK), dtype=tl.float32)
-    for jc in tl.static_range(16):
-        sel = (li == jc)[None, :, None]
-        Gs = tl.sum(tl.where(sel, G3, 0.0), axis=1)
-        ys = tl.sum(tl.where(sel, y3, 0.0), axis=1)
-        ok = (li >= jc)[None, :, None]
-        E = tl.exp(tl.where(ok, G3 - Gs[:, None, :], float("-inf")))
-        dcol = tl.sum(tl.where((li == jc)[None, None, :], dD3, 0.0), axis=2)  # [NB, 16]: dD[r, jc]
-        dE = dcol[:, :, None] * E
-        dx3 += dE * ys[:, None, :]
-        if NEED_DY:
-            dy3 += tl.where(sel, tl.sum(dE * x3, axis=1)[:, None, :], 0.0)
-    return tl.reshape(dx3, (C, BK)), tl.reshape(dy3, (C, BK))
-
-
-@triton.jit
-def _diag_blocks(x, NB: tl.constexpr):
-    """[C, C] -> its [NB, 16, 16] diagonal blocks."""
-    ib = tl.arange(0, NB)
-    eye = (ib[:, None] == ib[None, :]).to(tl.float32)
-    x4 = tl.reshape(x, (NB, 16, NB, 16))
-    return tl.sum(x4 * eye[:, None, :, None], axis=2)
-
-
-@triton.jit
-def _blockdiag(x3, NB: tl.constexpr, C: tl.constexpr):
-    """[NB, 16, 16] -> [C, C] block-diagonal matrix."""
-    ib = tl.arange(0, NB)
-    eye = (ib[:, None] == ib[None, :]).to(tl.float32)
-    return tl.reshape(x3[:, :, None, :] * eye[:, None, :, None], (C, C))
-
-
-@triton.jit
-def _inverse(Moff, Md, C: tl.constexpr, NB: tl.constexpr, PREC_INV: tl.constexpr):
-    """(I + M)^-1 for M = blockdiag(Md) + Moff (both strictly lower): 16x16 forward substitution on the
-    diagonal blocks (D), then X = D Moff is nilpotent (X^NB = 0): A = (I - X + X^2 - ...) D."""
-    li = tl.arange(0, 16)
-    eye16 = (li[:, None] == li[None, :]).to(tl.float32)
-    Dinv = tl.zeros((NB, 16, 16), dtype=tl.float32) + eye16[None, :, :]
-    for r in tl.static_range(1, 16):
-        row = tl.sum(tl.where((li == r)[None, :, None], Md, 0.0), axis=1)  # [NB, 16]: M[r, :]
-        new = tl.sum(row[:, :, None] * Dinv, axis=1)
-        onehot = (li == r).to(tl.float32)
-        Dinv = tl.where((li == r)[None, :, None], (onehot[None, :] - new)[:, None, :], Dinv)
-    D = _blockdiag(Dinv, NB, C)
+    Diagonal 16x16 blocks N = blockdiag(M): N^16 = 0, so (I + N)^-1 = (I - N)(I + N^2)(I + N^4)(I + N^8)
+    (6 products, all blocks at once). The rest X = D Moff with D = (I + N)^-1 is block-strictly-lower,
+    X^NB = 0, and (I + M)^-1 = (I + X)^-1 D = (I - X + X^2 - ...) D."""
+    i = tl.arange(0, C)
+    eye = (i[:, None] == i[None, :]).to(tl.float32)
+    same = (i[:, None] // 16) == (i[None, :] // 16)
+    N = tl.where(same, M, 0.0)
+    D = eye - N
+    N = tl.dot(N, N, input_precision=PREC_INV)
+    D = D + tl.dot(D, N, input_precision=PREC_INV)
+    N = tl.dot(N, N, input_precision=PREC_INV)
+    D = D + tl.dot(D, N, input_precision=PREC_INV)
+    N = tl.dot(N, N, input_precision=PREC_INV)
+    D = D + tl.dot(D, N, input_precision=PREC_INV)
     if NB == 1:
         return D
     else:
-        i = tl.arange(0, C)
-        eye = (i[:, None] == i[None, :]).to(tl.float32)
-        X = tl.dot(D, Moff, input_precision=PREC_INV)
+        X = tl.dot(D, tl.where(same, 0.0, M), input_precision=PREC_INV)
         Y = eye - X
         for _ in tl.static_range(NB - 2):
             Y = eye - tl.dot(X, Y, input_precision=PREC_INV)
@@ -263,7 +181,7 @@ def carve_v2_prep_kernel(
     q, k, g, Gb, Pb,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
-    K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, BK: tl.constexpr,
+    K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
     HAS_INIT: tl.constexpr, PREC: tl.constexpr,
 ):
     ci = tl.program_id(0)
@@ -288,8 +206,8 @@ def carve_v2_prep_kernel(
     G = tl.where((t >= L)[:, None], gl[None, :], G)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
-    Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
-    P = _dec_fwd(q_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, False, PREC)
+    tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
+    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC)
     cidx = ((off + j) * H + hh).to(tl.int64)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P)
 
@@ -301,7 +219,7 @@ def carve_v2_fwd_kernel(
     hbuf, mbuf, abuf, osf, sf,
     seq_start, seq_len, chunk_off,
     scale, H,
-    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
@@ -337,7 +255,6 @@ def carve_v2_fwd_kernel(
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
                       other=0.0).to(tl.float32)
-    same = (i[:, None] // 16) == (i[None, :] // 16)
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
@@ -352,14 +269,13 @@ def carve_v2_fwd_kernel(
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
-        M = _dec_fwd(e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, True, PREC)
-        A = _inverse(tl.where(same, 0.0, M), _diag_blocks(M, NB), C, NB, PREC_INV)
+        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC)
+        A = _inverse(M, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A)
         # operands of the state products (in the operand dtype; G and the factors end here)
-        gam = left * _rows(tl.exp(Gs3), NB, C, BK)  # exp(G) as two factors <= 1
+        gam = tl.exp(G)
         ge = _cast(gam * e, q, LOWP)
-        kt = _cast(k_t * (_rows(tl.exp(gl[None, :] - Ge3), NB, C, BK) * rend), q, LOWP)  # k exp(G_C - G)
+        kt = _cast(k_t * tl.exp(gl[None, :] - G), q, LOWP)  # k exp(G_C - G)
         gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
         egl = tl.exp(gl)
         # values
@@ -370,18 +286,18 @@ def carve_v2_fwd_kernel(
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
             z = w_r[:, None] * v_t
         Sd = _cast(S, q, LOWP)
-        rhs = z - tl.dot(ge, Sd, input_precision=PREC)
+        rhs = tl.dot(-ge, Sd, acc=z, input_precision=PREC)
         U = tl.dot(_cast(A, q, LOWP), _cast(rhs, q, LOWP), input_precision=PREC)
         Ud = _cast(U, q, LOWP)
         P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
-        O = scale * (tl.dot(gq, Sd, input_precision=PREC) + tl.dot(_cast(P, q, LOWP), Ud, input_precision=PREC))
+        O = scale * tl.dot(_cast(P, q, LOWP), Ud, acc=tl.dot(gq, Sd, input_precision=PREC), input_precision=PREC)
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
         osum = osum + tl.sum(tl.where(rmask[:, None], O, 0.0), axis=0)
         complete = (j + 1) * C <= p + L
         m = tl.where(complete, osum / C, m)
         osum = tl.where(complete, 0.0, osum)
-        S = egl[:, None] * S + tl.dot(tl.trans(kt), Ud, input_precision=PREC)
+        S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
     tl.store(mbuf + fidx * V + cv, m, mask=vm)
@@ -396,7 +312,7 @@ def carve_v2_bwd_kernel(
     dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
     seq_start, seq_len, chunk_off,
     scale, H,
-    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
@@ -504,16 +420,14 @@ def carve_v2_bwd_kernel(
         b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
-        Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
-        gam = left * _rows(tl.exp(Gs3), NB, C, BK)
-        Y = (_rows(tl.exp(gl[None, :] - Ge3), NB, C, BK) * rend) * dkt
+        gam = tl.exp(G)
+        Y = tl.exp(gl[None, :] - G) * dkt
         tmask = rmask[:, None] & km[None, :]
         tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
         tl.store(dqb + tb, gam * dgq, mask=tmask)
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
-        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True,
-                                False)
+        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, True, False)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
@@ -538,7 +452,7 @@ def carve_v2_post_kernel(
     q, k, a, uu, Gb, mbuf, ud, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
-    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr,
+    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr,
 ):
@@ -574,9 +488,8 @@ def carve_v2_post_kernel(
     e = b * k_t
     dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
-    Gs3, Ge3, span, left, rend, rdiag = _factors(G, C, NB, BK)
-    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, True, True)
-    _u, dkM = _dec_bwd(dM, e, k_t, G, Gs3, Ge3, span, left, rend, rdiag, C, NB, BK, PREC, False, True)
+    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, True, True)
+    _u, dkM = _dec_bwd(dM, e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, False, True)
     dkK = dkP + dkM
     tmask = rmask[:, None] & km[None, :]
     tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
