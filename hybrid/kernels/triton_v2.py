@@ -14,7 +14,9 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
 - ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
   for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
-  ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8).
+  ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8);
+  ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1: the chunk loops
+  carry their state in registers, and deeper pipelining only added shared memory and spills offline).
 """
 
 from __future__ import annotations
@@ -95,14 +97,14 @@ class CarveTritonV2Fn(torch.autograd.Function):
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=meta.par_warps, **common)
+                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **common)
         carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w,
-            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, **common)
+            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
         ctx.meta = meta
@@ -153,7 +155,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None,
-            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.num_warps, **common)
+            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
         dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
@@ -161,7 +163,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             carve_v2_post_kernel[(meta.n_chunks, H)](
                 qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=meta.par_warps, **common)
+                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
@@ -209,6 +211,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
     meta.num_warps = _seq_warps()
     meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
+    meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
     meta.state_dtype = _state_dtype()
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))

@@ -1,0 +1,89 @@
+"""Compile the v2 kernels for sm_90 without a GPU and report registers, spill stack and shared memory.
+
+Uses Triton's bundled ptxas/cuobjdump, so it runs on a CUDA-less machine (the numbers come from this
+machine's Triton, which may differ from the device's). The shape is the benchmark's: K = V = 128,
+r = 16, C = 64, bf16, content on, scalar w.
+
+    .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps 8] [--stages 1] [--kernels fwd bwd]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import triton_v2_kernels as kk
+
+INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
+DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
+
+
+def _signature(fn, const: dict, dtype: str) -> dict:
+    sig = {}
+    for name in fn.arg_names:
+        if name in const:
+            sig[name] = "constexpr"
+        elif name == "scale":
+            sig[name] = "fp32"
+        elif name == "H":
+            sig[name] = "i32"
+        elif name in INT_PTRS:
+            sig[name] = "*i64"
+        elif name in DATA_PTRS:
+            sig[name] = "*" + dtype
+        else:
+            sig[name] = "*fp32"
+    return sig
+
+
+def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16") -> dict:
+    base = dict(K=128, C=64, NB=4, LOG2C=6, BK=128, HAS_INIT=False)
+    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
+    lowp = dtype == "bf16"
+    fn, const = {
+        "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
+        "fwd": (kk.carve_v2_fwd_kernel, dict(full, VEC_W=False, LOWP=lowp, PREC="tf32",
+                                             PREC_INV="tf32" if lowp else "ieee")),
+        "bwd": (kk.carve_v2_bwd_kernel, dict(full, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
+                                             HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
+        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32")),
+    }[which]
+    src = ASTSource(fn=fn, signature=_signature(fn, const, dtype),
+                    constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+    t0 = time.time()
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(ck.asm["cubin"])
+        tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+        usage = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True).stdout
+    line = next((ln.strip() for ln in usage.splitlines() if "REG:" in ln), "")
+    fields = dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
+    ptx = ck.asm["ptx"]
+    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, regs=int(fields.get("REG", -1)),
+                stack_bytes=int(fields.get("STACK", -1)), shared_bytes=ck.metadata.shared,
+                wgmma=ptx.count("wgmma.mma_async"), compile_s=round(time.time() - t0, 1))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bwd", "post"])
+    ap.add_argument("--warps", type=int, default=8)
+    ap.add_argument("--stages", type=int, default=1)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    args = ap.parse_args()
+    for which in args.kernels:
+        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
