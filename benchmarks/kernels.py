@@ -90,6 +90,20 @@ def variants(x, fla, B, T, H, K, impl="v1"):
 
     out["carve_content" + tag] = (other_warps(out["carve_content"][0]), out["carve_content"][1])
     out["carve_nocontent" + tag] = (other_warps(out["carve_nocontent"][0]), out["carve_nocontent"][1])
+    if impl == "v2":  # v2's opt-in precision/memory knobs (docs/kernels.md, v2)
+        def with_env(f, **env):
+            def g():
+                os.environ.update(env)
+                try:
+                    return f()
+                finally:
+                    for key in env:
+                        os.environ.pop(key, None)
+            return g
+
+        base = out["carve_content"]
+        out["carve_content_decbf16"] = (with_env(base[0], HYBRID_CARVE_V2_DEC="bf16"), base[1])
+        out["carve_content_statebf16"] = (with_env(base[0], HYBRID_CARVE_V2_SAVE_STATE="bf16"), base[1])
     if fla is not None:
         out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
                                                            x["w_v"])[0],

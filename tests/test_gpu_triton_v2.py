@@ -93,6 +93,22 @@ def test_triton_v2_equals_v1_forward_bf16():
     assert rel(o2, o1) <= O_TOL and rel(s2.S, s1.S) <= O_TOL
 
 
+@pytest.mark.parametrize("name", ["T1000_decay0.05", "T1000_decay30"])
+def test_triton_v2_bf16_decayed_products(name, monkeypatch):
+    """Opt-in HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients): same bounds."""
+    from hybrid.kernels.triton_check import run_case
+
+    monkeypatch.setenv("HYBRID_CARVE_V2_DEC", "bf16")
+    errs = run_case(**{**BASE, **CASES[name]})
+    print(name, "bf16 decayed products", {k: f"{v:.2e}" for k, v in errs.items()})
+    _record(name + "_dec_bf16", errs)
+    for key, val in errs.items():
+        if key.endswith("_ok"):
+            assert val == 1.0, (key, errs)
+        else:
+            assert val <= (G_TOL if key.startswith("d") else O_TOL), (key, errs)
+
+
 @pytest.mark.parametrize("name", ["T1000_decay0.05", "varlen_state"])
 def test_triton_v2_bf16_saved_states(name, monkeypatch):
     """Chunk-start states kept in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE=bf16): same bounds."""

@@ -8,7 +8,9 @@ launches over (chunk, head). Head dims above 128 fall back to v1 (the state woul
 Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
 - ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big state/value products in bf16 for
   bf16 inputs, fp32 accumulation; tf32 for fp16/fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
-  The decayed products (M, P and their gradients) always take fp32 operands (PREC).
+  The decayed products (M, P and their gradients) take fp32 operands (PREC) unless
+  ``HYBRID_CARVE_V2_DEC=bf16`` (opt-in, with the ``input`` mode and bf16 inputs: half the registers and
+  twice the tensor-core rate for those products, at bf16 accuracy for M and P; to be measured on the GPU).
 - ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products: ``tf32`` by default with bf16
   operands (A is rounded to bf16 for its products anyway), else ``ieee``; ``tf32x3`` is a middle way.
 - ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
@@ -93,7 +95,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
         abuf = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         osf = _empty(N, H, V, device=dev, dtype=f32)
-        common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init)
+        common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init,
+                      DEC_BF16=meta.dec_bf16)
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
@@ -143,7 +146,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dS0 = _empty(N, H, K, V, device=dev, dtype=f32)
         dm0 = _empty(N, H, V, device=dev, dtype=f32)
         dos0 = _empty(N, H, V, device=dev, dtype=f32)
-        common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV, BR=meta.BR,
+        common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV,
+                      BR=meta.BR, DEC_BF16=meta.dec_bf16,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
         carve_v2_bwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, do, Gb, Pb,
@@ -209,6 +213,8 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.vec_w = shp.vector_w
     meta.content_grad = content_grad
     meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
+    # decayed products (M, P and their gradients) with bf16 operands: opt-in, bf16 inputs on a GPU only
+    meta.dec_bf16 = meta.lowp and os.environ.get("HYBRID_CARVE_V2_DEC", "fp32") == "bf16"
     meta.num_warps = _seq_warps()
     meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))

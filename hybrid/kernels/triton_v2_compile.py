@@ -4,7 +4,7 @@ Uses Triton's bundled ptxas/cuobjdump, so it runs on a CUDA-less machine (the nu
 machine's Triton, which may differ from the device's). The shape is the benchmark's: K = V = 128,
 r = 16, C = 64, bf16, content on, scalar w.
 
-    .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps 8] [--stages 1] [--kernels fwd bwd]
+    .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps 8] [--stages 1] [--kernels fwd bwd] [--dec-bf16]
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def _signature(fn, const: dict, dtype: str) -> dict:
     return sig
 
 
-def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16") -> dict:
-    base = dict(K=128, C=64, NB=4, LOG2C=6, BK=128, HAS_INIT=False)
+def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False) -> dict:
+    base = dict(K=128, C=64, NB=4, LOG2C=6, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
     fn, const = {
@@ -69,7 +69,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16") -> dic
     line = next((ln.strip() for ln in usage.splitlines() if "REG:" in ln), "")
     fields = dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
     ptx = ck.asm["ptx"]
-    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, regs=int(fields.get("REG", -1)),
+    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, dec_bf16=dec_bf16, regs=int(fields.get("REG", -1)),
                 stack_bytes=int(fields.get("STACK", -1)), shared_bytes=ck.metadata.shared,
                 wgmma=ptx.count("wgmma.mma_async"), compile_s=round(time.time() - t0, 1))
 
@@ -80,9 +80,10 @@ def main():
     ap.add_argument("--warps", type=int, default=8)
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
     args = ap.parse_args()
     for which in args.kernels:
-        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype)), flush=True)
+        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16)), flush=True)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,15 @@ def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
 
 
 @triton.jit
+def _ddot(x, y, PREC: tl.constexpr, DEC_BF16: tl.constexpr):
+    """Product of the decayed-product helpers: fp32 operands at PREC, or bf16 operands (DEC_BF16)."""
+    if DEC_BF16:
+        return tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
+    else:
+        return tl.dot(x, y, input_precision=PREC)
+
+
+@triton.jit
 def _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h):
     """Dyadic level h: rows form groups of 2h, split into halves; e = the last row of the first half.
     Returns exp(-|G_x - G_e(x)|) per row x: exp(G_e - G_x) on the first half, exp(G_x - G_e) on the
@@ -89,7 +98,7 @@ def _level_mask(h, C: tl.constexpr):
 
 @triton.jit
 def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
-             STRICT: tl.constexpr, PREC: tl.constexpr):
+             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr):
     """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
 
     Dyadic decomposition: every pair r > s belongs to exactly one level h (the largest power of two
@@ -100,7 +109,7 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
     for lv in range(LOG2C):  # a loop, not unrolled: keeps one level's tiles live at a time
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
-        acc += tl.where(_level_mask(h, C), tl.dot(x * f, tl.trans(y * f), input_precision=PREC), 0.0)
+        acc += tl.where(_level_mask(h, C), _ddot(x * f, tl.trans(y * f), PREC, DEC_BF16), 0.0)
     if not STRICT:
         i = tl.arange(0, C)
         acc += tl.where(i[:, None] == i[None, :], tl.sum(x * y, axis=1)[:, None], 0.0)
@@ -109,8 +118,8 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
 
 @triton.jit
 def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
-             LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, NEED_DX: tl.constexpr,
-             NEED_DY: tl.constexpr):
+             LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
+             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr):
     """Gradients of _dec_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (dD masked as D)."""
     dx = tl.zeros(x.shape, dtype=tl.float32)
     dy = tl.zeros(x.shape, dtype=tl.float32)
@@ -119,9 +128,9 @@ def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, 
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
         dDh = tl.where(_level_mask(h, C), dD, 0.0)
         if NEED_DX:
-            dx += f * tl.dot(dDh, y * f, input_precision=PREC)
+            dx += f * _ddot(dDh, y * f, PREC, DEC_BF16)
         if NEED_DY:
-            dy += f * tl.dot(tl.trans(dDh), x * f, input_precision=PREC)
+            dy += f * _ddot(tl.trans(dDh), x * f, PREC, DEC_BF16)
     if not STRICT:
         i = tl.arange(0, C)
         dd = tl.sum(tl.where(i[:, None] == i[None, :], dD, 0.0), axis=1)
@@ -182,7 +191,7 @@ def carve_v2_prep_kernel(
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
-    HAS_INIT: tl.constexpr, PREC: tl.constexpr,
+    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -207,7 +216,7 @@ def carve_v2_prep_kernel(
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
-    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC)
+    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16)
     cidx = ((off + j) * H + hh).to(tl.int64)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P)
 
@@ -222,7 +231,7 @@ def carve_v2_fwd_kernel(
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -269,7 +278,7 @@ def carve_v2_fwd_kernel(
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC)
+        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16)
         A = _inverse(M, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A)
         # operands of the state products (in the operand dtype; G and the factors end here)
@@ -316,7 +325,7 @@ def carve_v2_bwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -427,7 +436,8 @@ def carve_v2_bwd_kernel(
         tl.store(dqb + tb, gam * dgq, mask=tmask)
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
-        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, True, False)
+        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, True,
+                                False)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
@@ -454,7 +464,7 @@ def carve_v2_post_kernel(
     H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -488,8 +498,10 @@ def carve_v2_post_kernel(
     e = b * k_t
     dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
-    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, True, True)
-    _u, dkM = _dec_bwd(dM, e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, False, True)
+    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16,
+                        True, True)
+    _u, dkM = _dec_bwd(dM, e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16,
+                        False, True)
     dkK = dkP + dkM
     tmask = rmask[:, None] & km[None, :]
     tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
