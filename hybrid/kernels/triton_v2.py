@@ -88,12 +88,14 @@ class CarveTritonV2Fn(torch.autograd.Function):
         has_init = S0 is not None
         dummy = torch.zeros(1, device=dev, dtype=f32)
         Gb = _empty(TT, H, K, device=dev, dtype=f32)
-        Pb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        # P and A enter their products in the operand dtype only: kept in it (bf16 with LOWP), no loss
+        cc_dtype = torch.bfloat16 if meta.lowp else f32
+        Pb = _empty(meta.total, H, C, C, device=dev, dtype=cc_dtype)
         o = _empty(q.shape[0], q.shape[1], H, V, device=dev, dtype=q.dtype)
         hbuf = _empty(meta.total, H, K, V, device=dev, dtype=meta.state_dtype)  # chunk-start states
         S_f = _empty(N, H, K, V, device=dev, dtype=f32)
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
-        abuf = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        abuf = _empty(meta.total, H, C, C, device=dev, dtype=cc_dtype)
         osf = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init,
                       DEC_BF16=meta.dec_bf16)

@@ -29,7 +29,9 @@ DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  
 def _signature(fn, const: dict, dtype: str) -> dict:
     sig = {}
     for name in fn.arg_names:
-        if name in const:
+        if name in ("Pb", "abuf"):  # kept in bf16 when the products take bf16 operands
+            sig[name] = "*bf16" if const.get("LOWP", dtype == "bf16") else "*fp32"
+        elif name in const:
             sig[name] = "constexpr"
         elif name == "scale":
             sig[name] = "fp32"

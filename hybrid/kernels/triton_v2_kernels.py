@@ -218,7 +218,7 @@ def carve_v2_prep_kernel(
     tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
     P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16)
     cidx = ((off + j) * H + hh).to(tl.int64)
-    tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P)
+    tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P.to(Pb.dtype.element_ty))
 
 
 @triton.jit
@@ -280,7 +280,7 @@ def carve_v2_fwd_kernel(
         e = b * k_t
         M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16)
         A = _inverse(M, C, NB, PREC_INV)
-        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A)
+        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty))
         # operands of the state products (in the operand dtype; G and the factors end here)
         gam = tl.exp(G)
         ge = _cast(gam * e, q, LOWP)
@@ -298,7 +298,7 @@ def carve_v2_fwd_kernel(
         rhs = tl.dot(-ge, Sd, acc=z, input_precision=PREC)
         U = tl.dot(_cast(A, q, LOWP), _cast(rhs, q, LOWP), input_precision=PREC)
         Ud = _cast(U, q, LOWP)
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
+        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
         O = scale * tl.dot(_cast(P, q, LOWP), Ud, acc=tl.dot(gq, Sd, input_precision=PREC), input_precision=PREC)
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
@@ -394,7 +394,7 @@ def carve_v2_bwd_kernel(
         else:
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
             w_t = w_r[:, None] + tl.zeros((C, BV), dtype=tl.float32)
-        A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :])
+        A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
         Ad = _cast(A, q, LOWP)
         rhs = w_t * v_t - tl.dot(ge, S0d, input_precision=PREC)
         Ud = _cast(tl.dot(Ad, _cast(rhs, q, LOWP), input_precision=PREC), q, LOWP)
@@ -402,7 +402,7 @@ def carve_v2_bwd_kernel(
         dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V)
         dOd = _cast(tl.where(rmask[:, None] & vm[None, :], dO + corr[None, :], 0.0), q, LOWP)
         dSd = _cast(dS, q, LOWP)
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :])
+        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
         dU = scale * tl.dot(tl.trans(_cast(P, q, LOWP)), dOd, input_precision=PREC) + tl.dot(
             kt, dSd, input_precision=PREC)
         dR = tl.dot(tl.trans(Ad), _cast(dU, q, LOWP), input_precision=PREC)
