@@ -45,8 +45,12 @@ CASES = {
     # other dtypes and head sizes
     "K48_V80_T150": dict(B=2, T=150, decay=1.0, K=48, V=80, r=8, oracle="chunked", init_state=True,
                          final_grad=True),
-    "fp16_T300": dict(B=2, T=300, decay=1.0, dtype=torch.float16, oracle="chunked"),
-    "fp32_T300": dict(B=2, T=300, decay=1.0, dtype=torch.float32, oracle="chunked"),
+    # fp16/fp32 inputs take fp32 operands: at K = V = 128 that falls back to v1 (shared memory), at
+    # K = V = 64 it runs v2
+    "fp16_T300_fallback_v1": dict(B=2, T=300, decay=1.0, dtype=torch.float16, oracle="chunked"),
+    "fp32_T300_fallback_v1": dict(B=2, T=300, decay=1.0, dtype=torch.float32, oracle="chunked"),
+    "fp32_K64_V64_T300": dict(B=2, T=300, decay=1.0, K=64, V=64, dtype=torch.float32, oracle="chunked"),
+    "fp16_K64_V64_T300": dict(B=2, T=300, decay=1.0, K=64, V=64, dtype=torch.float16, oracle="chunked"),
     "K256_V256_T200_fallback_v1": dict(B=1, T=200, decay=1.0, K=256, V=256, oracle="chunked"),
 }
 
@@ -80,7 +84,8 @@ def test_triton_v2_matches_float64(name):
 
 
 def test_triton_v2_equals_v1_forward_bf16():
-    """v2 and v1 agree on one long bf16 forward (both against each other, not just against float64)."""
+    """v2 and v1 agree on one long bf16 forward. Each is within O_TOL of float64, so they may differ
+    by up to twice that."""
     from hybrid.kernels.triton_carve import carve_triton
     from hybrid.kernels.triton_check import make_inputs, rel
     from hybrid.kernels.triton_v2 import carve_triton_v2
@@ -90,7 +95,7 @@ def test_triton_v2_equals_v1_forward_bf16():
     xs = make_inputs(2, 777, 4, 128, 128, 16, dtype=BF16, device="cuda", gen=gen)
     o1, s1 = carve_triton(*xs, output_final_state=True)
     o2, s2 = carve_triton_v2(*xs, output_final_state=True)
-    assert rel(o2, o1) <= O_TOL and rel(s2.S, s1.S) <= O_TOL
+    assert rel(o2, o1) <= 2 * O_TOL and rel(s2.S, s1.S) <= 2 * O_TOL
 
 
 @pytest.mark.parametrize("name", ["T1000_decay0.05", "T1000_decay30"])

@@ -3,7 +3,9 @@
 Kernels in :mod:`hybrid.kernels.triton_v2_kernels`; design and status in docs/kernels.md ("v2").
 The K x V state lives in registers of one program per (sequence, head) through the sequential sweeps;
 the content-independent work (cumulative decays, P) and the decayed-product gradients run in parallel
-launches over (chunk, head). Head dims above 128 fall back to v1 (the state would not fit in registers).
+launches over (chunk, head). Falls back to v1: head dims above 128 (the state would not fit in
+registers), and fp32 operands (fp16/fp32 inputs, or HYBRID_CARVE_V2_DOT=tf32/ieee) with padded K*V above
+128*64 (the backward would need more than the 227 KB of shared memory of an H200 block).
 
 Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
 - ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big state/value products in bf16 for
@@ -40,6 +42,7 @@ from .triton_v2_kernels import (
 
 SUPPORTED_CHUNKS = (16, 32, 64)
 MAX_REGISTER_DIM = 128  # K and V above this fall back to v1
+MAX_FP32_OPERAND_TILE = 128 * 64  # padded K*V above this falls back to v1 unless the products take bf16
 
 
 def _empty(*shape, device, dtype):
@@ -193,6 +196,10 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
         raise CarveInputError(f"the Triton CARVE kernels support chunk_size in {SUPPORTED_CHUNKS}, got {chunk_size}")
     if shp.K > MAX_REGISTER_DIM or shp.V > MAX_REGISTER_DIM:
         return v1.carve_triton(q, k, v, g, a, w, u_down, u_up, **kw)  # documented fallback
+    if not _settings(q.dtype)[0] and _p2(shp.K) * _p2(shp.V) > MAX_FP32_OPERAND_TILE:
+        # fp32 operands for [K, V] tiles this large need more shared memory than an H200 block has
+        # (the backward needs 256 KB at K = V = 128, compiled offline): v1 for now (documented)
+        return v1.carve_triton(q, k, v, g, a, w, u_down, u_up, **kw)
     dt = q.dtype
     k, v, a, w = (x.to(dt) for x in (k, v, a, w))
     if g.dtype not in (torch.float32, dt):

@@ -46,7 +46,8 @@ def _signature(fn, const: dict, dtype: str) -> dict:
     return sig
 
 
-def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False) -> dict:
+def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
+                overrides: dict | None = None) -> dict:
     base = dict(K=128, C=64, NB=4, LOG2C=6, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
@@ -58,6 +59,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32")),
     }[which]
+    const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype),
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()
@@ -71,7 +73,8 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
     line = next((ln.strip() for ln in usage.splitlines() if "REG:" in ln), "")
     fields = dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
     ptx = ck.asm["ptx"]
-    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, dec_bf16=dec_bf16, regs=int(fields.get("REG", -1)),
+    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, dec_bf16=dec_bf16,
+                overrides=overrides or {}, regs=int(fields.get("REG", -1)),
                 stack_bytes=int(fields.get("STACK", -1)), shared_bytes=ck.metadata.shared,
                 wgmma=ptx.count("wgmma.mma_async"), compile_s=round(time.time() - t0, 1))
 
@@ -83,9 +86,18 @@ def main():
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
+    ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                    help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
+    flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
+             "DEC_BF16"}
+    overrides = {}
+    for item in args.set:
+        name, val = item.split("=", 1)
+        overrides[name] = bool(int(val)) if name in flags else (int(val) if val.lstrip("-").isdigit() else val)
     for which in args.kernels:
-        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16)), flush=True)
+        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides)),
+              flush=True)
 
 
 if __name__ == "__main__":

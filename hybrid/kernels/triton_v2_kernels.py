@@ -172,17 +172,14 @@ def _inverse(M, C: tl.constexpr, NB: tl.constexpr, PREC_INV: tl.constexpr):
 @triton.jit
 def _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
            HAS_CONTENT: tl.constexpr):
-    """b = sigmoid(a + c) and c ([BK]) from low = U_down m."""
+    """b = sigmoid(a + c) with the content term c = U_up low, low = U_down m."""
     a_t = _tile(a + hh * K, tok, rmask, rk, km, H * K)
     if HAS_CONTENT:
         rr = tl.arange(0, BR)
         up = tl.load(uu + hh * K * R + rk[:, None] * R + rr[None, :], mask=km[:, None] & (rr[None, :] < R),
                      other=0.0).to(tl.float32)
-        c = tl.sum(up * low[None, :], axis=1)
-        a_t = a_t + c[None, :]
-    else:
-        c = tl.zeros(rk.shape, dtype=tl.float32)
-    return tl.sigmoid(a_t), c
+        a_t = a_t + tl.sum(up * low[None, :], axis=1)[None, :]
+    return tl.sigmoid(a_t)
 
 
 @triton.jit
@@ -274,7 +271,7 @@ def carve_v2_fwd_kernel(
         else:
             low = tl.zeros((2,), dtype=tl.float32)
         # content-dependent couplings and their inverse
-        b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
@@ -377,7 +374,7 @@ def carve_v2_bwd_kernel(
         else:
             low = tl.zeros((2,), dtype=tl.float32)
         # operands of the products, in the operand dtype (recomputed in fp32 further down where needed)
-        b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
@@ -426,7 +423,7 @@ def carve_v2_bwd_kernel(
             tl.trans(ge), dRd, input_precision=PREC)
         # K-sized gradients (fp32, recomputed from the inputs): X = exp(G) dgq, Y = exp(G_C - G) dkt and
         # de go to the post-pass, which adds the decayed-product parts and forms dq, dk, dg
-        b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
@@ -491,7 +488,7 @@ def carve_v2_post_kernel(
         low = tl.sum(udt * m[None, :], axis=1)
     else:
         low = tl.zeros((2,), dtype=tl.float32)
-    b, c = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+    b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
