@@ -50,37 +50,19 @@ CASES = {
 }
 
 
-def _record(name, errs):
-    """Appends the errors to $OUT/gpu-errors.jsonl (or ./out) so that a killed run still reports."""
-    import json
-    import os
-
-    d = os.environ.get("OUT", "out")
-    os.makedirs(d, exist_ok=True)
-    with open(os.path.join(d, "gpu-errors.jsonl"), "a") as f:
-        f.write(json.dumps({"case": name, **errs}) + "\n")
-
-
 @pytest.mark.parametrize("name", list(CASES))
 def test_triton_matches_float64(name):
-    from hybrid.kernels.triton_check import run_case
+    from hybrid.kernels.triton_check import assert_within, record_errors, run_case
 
     cfg = {**BASE, **CASES[name]}
     errs = run_case(**cfg)
     print(name, {k: f"{v:.2e}" for k, v in errs.items()})
-    _record(name, errs)
+    record_errors(name, errs, "gpu-errors.jsonl")
     # Every input dtype gets the project's bounds (O_TOL on outputs and states, G_TOL on gradients): fp32
     # inputs still run the large products in tf32 (HYBRID_CARVE_DOT_PRECISION, default tf32), whose 10-bit
     # mantissa is fp16's. Measured on the H200, 2026-11-28, fp32_T300: outputs 1.12e-3, gradients up to
     # 3.3e-3 (dU_down), like fp16_T300 (1.13e-3 / 3.2e-3).
-    for key, val in errs.items():
-        if key.endswith("_ok"):
-            assert val == 1.0, (key, errs)
-        elif key.startswith("d"):
-            assert val <= G_TOL, (key, errs)
-        else:
-            assert val <= O_TOL, (key, errs)
-    assert {"dq", "dk", "dv", "dg", "da", "dw"} <= set(errs)
+    assert_within(errs, O_TOL, G_TOL)
 
 
 @pytest.mark.parametrize("content,vec_w", [(True, False), (False, True)])

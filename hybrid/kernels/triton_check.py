@@ -178,3 +178,25 @@ def decode_case(*, N=3, H=2, K=20, V=24, r=4, C=16, steps=40, content=True, vec_
     o64, st64 = carve_chunked(*x64, chunk_size=C, output_final_state=True)
     return {"o": rel(o, o64), "S_final": rel(st.S, st64.S), "m_final": rel(st.m_prev, st64.m_prev),
             "osum_final": rel(st.o_sum, st64.o_sum), "pos_ok": float(torch.equal(st.pos.cpu(), st64.pos.cpu()))}
+
+
+def record_errors(name: str, errs: dict, filename: str) -> None:
+    """Append one case's errors to $OUT/<filename> (or ./out), so that a run cut by a time limit still reports."""
+    import json
+
+    d = os.environ.get("OUT", "out")
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, filename), "a") as f:
+        f.write(json.dumps({"case": name, **errs}) + "\n")
+
+
+def assert_within(errs: dict, o_tol: float, g_tol: float) -> None:
+    """Flags (``*_ok``) must be 1, gradients (``d*``) within g_tol, outputs and states within o_tol."""
+    for key, val in errs.items():
+        if key.endswith("_ok"):
+            assert val == 1.0, (key, errs)
+        elif key.startswith("d"):
+            assert val <= g_tol, (key, errs)
+        else:
+            assert val <= o_tol, (key, errs)
+    assert {"dq", "dk", "dv", "dg", "da", "dw"} <= set(errs), errs
