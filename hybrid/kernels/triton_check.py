@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .chunked import carve_chunked
 from .inputs import CarveState
 from .reference import carve_reference
+from .testing import rel_err as rel  # relative RMS error; non-finite results count as inf
 
 
 def make_inputs(B, T, H, K, V, r, *, content=True, vec_w=False, decay=1.0, dtype=torch.float32, device="cpu",
@@ -48,15 +49,6 @@ def random_state(N, H, K, V, C, *, device="cpu", gen=None):
     pos = torch.randint(0, C, (N,), generator=gen, device=device)
     o_sum = torch.randn(N, H, V, generator=gen, device=device) * 0.3 * pos.view(N, 1, 1).float().sqrt()
     return CarveState(S, m, o_sum, pos)
-
-
-def rel(x, ref) -> float:
-    x, ref = x.detach().double(), ref.detach().double()
-    if not torch.isfinite(x).all():
-        return float("nan")
-    den = ref.norm().item()
-    num = (x - ref).norm().item()
-    return num / den if den > 0 else num
 
 
 def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False, decay=1.0,
