@@ -98,3 +98,19 @@ def test_resume_refuses_changed_settings(sweep_file, tmp_path):
     run_sweep(str(sweep_file), out, progress=False, stop_after=0)
     with pytest.raises(SweepError, match="other settings"):
         run_sweep(str(sweep_file), out, progress=False, resume=True, overrides=["train.steps=3"])
+
+
+def test_time_budget_reports_finished_runs_and_names_the_rest(sweep_file, tmp_path, capsys):
+    out = tmp_path / "tb"
+    # a budget shorter than the first run: the first run starts (nothing is known yet), the second does not
+    assert cli(["sweep", str(sweep_file), "--out", str(out), "--no-progress", "--time-budget", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "1 run(s) not started" in printed and "micro-1to1 seed 0" in printed
+    report = json.loads((out / "report.json").read_text())
+    assert [v["name"] for v in report["variants"]] == ["micro-1to0"]
+    assert report["meta"]["not_run (time budget)"] == ["micro-1to1 seed 0"]
+    assert "Not run (time budget reached" in (out / "report.md").read_text()
+    assert cli(["sweep", str(sweep_file), "--out", str(out), "--no-progress", "--resume"]) == 0
+    assert [v["name"] for v in json.loads((out / "report.json").read_text())["variants"]] == [
+        "micro-1to0", "micro-1to1"]
+    assert cli(["sweep", str(sweep_file), "--out", str(tmp_path / "x"), "--time-budget", "0"]) == 2

@@ -23,6 +23,7 @@ examples:
   hybrid sweep recipes/sweep-ruler-tiny.yaml --out runs/sweep-tiny           (CPU, minutes)
   hybrid sweep recipes/sweep-ruler-h200.yaml --out runs/sweep-h200           (one H200, < 10 min)
   hybrid sweep recipes/sweep-ruler-tiny.yaml --out runs/sweep-tiny --resume
+  hybrid sweep recipes/sweep-ruler-h200.yaml --time-budget 540   (report whatever finished in 9 min)
 """
 
 
@@ -34,6 +35,9 @@ def add_arguments(p) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a recipe key in every variant, e.g. --set train.steps=50 (repeatable)")
     p.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda when available)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="do not start another run when the time spent plus the longest run so far would "
+                        "exceed SECONDS; the report covers the finished runs, --resume adds the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -58,9 +62,14 @@ def main(args) -> int:
     name = Path(args.sweep).stem
     out = Path(args.out) if args.out else Path("runs") / name
     t0 = time.perf_counter()
+    if args.time_budget is not None and args.time_budget <= 0:
+        err.print("[bold red]error:[/] --time-budget must be > 0 seconds")
+        return 2
+    skipped: list[str] = []
     try:
         results = run_sweep(args.sweep, out, seeds=args.seeds, resume=args.resume, overrides=args.overrides,
-                            device=args.device, progress=not args.no_progress, console=console)
+                            device=args.device, progress=not args.no_progress, console=console,
+                            time_budget_s=args.time_budget, skipped=skipped)
     except (SweepError, RecipeError, SpecError, RulerError, FileExistsError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
@@ -70,6 +79,11 @@ def main(args) -> int:
         return 130
     meta = {"name": name, "sweep": args.sweep, "seeds": args.seeds, "overrides": args.overrides,
             "wall_s_this_invocation": time.perf_counter() - t0}
+    if skipped:
+        meta["not_run (time budget)"] = skipped
+    if not results:
+        err.print("[bold red]error:[/] no run finished within the time budget; nothing to report")
+        return 1
     paths = write_report(results, out, meta)
     others = ", ".join(p.name for k, p in paths.items() if k != "md")
     console.print(f"sweep done in {time.perf_counter() - t0:.0f} s; report: {paths['md']} (+ {others})")

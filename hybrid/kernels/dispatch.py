@@ -2,11 +2,17 @@
 
 ``backend="auto"``: Triton on CUDA tensors when the Triton kernels import, else chunked PyTorch.
 ``backend="torch"`` / ``"triton"`` / ``"reference"`` force one (the reference is the slow float64 loop).
+
+The Triton sequence kernel is version 2 (``triton_v2``: state in registers, parallel pre/post passes;
+it falls back to v1 itself for head dims above 128 and fp16/fp32 products above 128x64). Set
+``HYBRID_TRITON_IMPL=v1`` to force version 1 (one program per head and value block). Decoding one token
+uses v1's decode kernel.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 
 import torch
 
@@ -22,6 +28,16 @@ def _triton_module():
         return importlib.import_module("hybrid.kernels.triton_carve")
     except ImportError:
         return None
+
+
+def _triton_seq_fn():
+    """The Triton sequence kernel: v2 unless HYBRID_TRITON_IMPL=v1."""
+    impl = os.environ.get("HYBRID_TRITON_IMPL", "v2")
+    if impl not in ("v1", "v2"):
+        raise CarveInputError(f"HYBRID_TRITON_IMPL must be v1 or v2, got {impl!r}")
+    if impl == "v2":
+        return importlib.import_module("hybrid.kernels.triton_v2").carve_triton_v2
+    return _triton_module().carve_triton
 
 
 def triton_available() -> bool:
@@ -46,7 +62,7 @@ def carve(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chunk_size=64
               output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     which = _pick(backend, q.device)
     if which == "triton":
-        return _triton_module().carve_triton(q, k, v, g, a, w, u_down, u_up, **kw)
+        return _triton_seq_fn()(q, k, v, g, a, w, u_down, u_up, **kw)
     if which == "reference":
         o, st = carve_reference(q, k, v, g, a, w, u_down, u_up, **kw)
         return o.to(q.dtype), st

@@ -244,6 +244,9 @@ def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, 
     text = markdown(variants, meta)
     if "plots_skipped" in meta:
         text += f"\nPlots skipped: {meta['plots_skipped']}\n"
+    if meta.get("not_run (time budget)"):
+        text += ("\nNot run (time budget reached; `--resume` adds them): "
+                 + ", ".join(meta["not_run (time budget)"]) + "\n")
     paths["md"].write_text(text)
     paths["json"].write_text(json.dumps({"meta": meta, "largest_gap": largest_gap(variants), "variants": variants},
                                         indent=2, default=str))

@@ -127,12 +127,16 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
 
 def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool = False, overrides=None,
               device: str | None = None, progress: bool = True, console=None, train_fn=None,
-              stop_after: int | None = None) -> list[dict]:
+              stop_after: int | None = None, time_budget_s: float | None = None,
+              skipped: list | None = None) -> list[dict]:
     """Run (or continue) a sweep; returns the result dicts of every finished (variant, seed).
-    ``stop_after``: stop after this many newly finished runs (for tests of interruption)."""
+    ``stop_after``: stop after this many newly finished runs (for tests of interruption).
+    ``time_budget_s``: do not start a run when the time spent so far plus the longest run so far would
+    exceed it (the runs left out can be added later with ``resume=True``); their names go to ``skipped``."""
     out = Path(out)
     runs = plan(sweep_path, out, seeds, resume, overrides)
     results, fresh = [], 0
+    t_start, longest = time.perf_counter(), 0.0
     for i, vr in enumerate(runs):
         tag = f"[{i + 1}/{len(runs)}] {vr.recipe.name} seed {vr.seed}"
         if vr.done:
@@ -142,11 +146,20 @@ def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool 
             continue
         if stop_after is not None and fresh >= stop_after:
             break
+        if time_budget_s is not None and time.perf_counter() - t_start + longest > time_budget_s:
+            left = [f"{r.recipe.name} seed {r.seed}" for r in runs[i:] if not r.done]
+            if skipped is not None:
+                skipped.extend(left)
+            if console:
+                console.print(f"[yellow]time budget {time_budget_s:.0f} s: {len(left)} run(s) not started "
+                              f"({', '.join(left)}); add them later with --resume[/]")
+            break
         if console:
             console.print(f"[bold]{tag}[/]: {vr.recipe.letters}")
         t0 = time.perf_counter()
         results.append(run_one(vr, device=device, progress=progress, console=console, train_fn=train_fn))
         fresh += 1
+        longest = max(longest, time.perf_counter() - t0)
         if console:
             m = results[-1]["ruler"]["mean"]
             console.print(f"{tag}: {time.perf_counter() - t0:.0f} s; mean score by length "
