@@ -48,10 +48,14 @@ def test_sliding_window_cache_is_bounded():
     assert layers[0].state.S.shape == (1, 2, 16, 16) and layers[0].conv_state.shape == (1, 96, 3)
 
 
-@pytest.mark.parametrize("layout", ["3to1", "1to1_swa", "carve"])
+PADDED_LAYOUTS = dict(LAYOUTS, **{  # sdpa: the per-row prefill path that replaces a packed mask
+    "1to1_swa_sdpa": [carve(), attn(window=5, backend="sdpa"), carve(), attn(backend="sdpa")]})
+
+
+@pytest.mark.parametrize("layout", ["3to1", "1to1_swa", "carve", "1to1_swa_sdpa"])
 def test_left_padded_rows_equal_unpadded(layout):
     """Prefill of a left-padded batch, then decoding: each row equals that row run alone."""
-    model = make_model(LAYOUTS[layout])
+    model = make_model(PADDED_LAYOUTS[layout])
     lens = [19, 6, 13]
     T = max(lens)
     seqs = [torch.randint(1, VOCAB, (n + 7,)) for n in lens]  # 7 extra tokens to decode

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import init
-from .attention_backends import causal_attention, masked_attention
+from .attention_backends import causal_attention, masked_attention, resolve_backend
 from .cache import AttentionCacheLayer
 
 
@@ -91,8 +91,21 @@ class AttentionMixer(nn.Module):
         return self.o_proj(o.reshape(B, T, self.H * self.D))
 
     def _packed(self, q, k, v, valid):
-        """Padded batch without a past: pack each row's real tokens as one document (exact, no T x T mask)."""
+        """Padded batch without a past: pack each row's real tokens as one document (exact, no T x T mask).
+
+        When the backend would be FlexAttention (auto on CUDA without flash_attn) or SDPA, each row's real
+        tokens go through SDPA on their own instead: generation batches have a new packed length every
+        time, and a packed block mask would be recompiled (flex) or dense (SDPA) for each."""
         B, T = valid.shape
+        which = resolve_backend(self.backend, q.device, q.dtype, window=self.window, packed=True, head_dim=self.D)
+        if which == "sdpa" or (which == "flex" and self.backend == "auto"):
+            out = q.new_zeros(B, T, self.H, self.D)
+            for b in range(B):
+                idx = torch.nonzero(valid[b]).squeeze(1)
+                if idx.numel():
+                    out[b, idx] = causal_attention(q[b, idx][None], k[b, idx][None], v[b, idx][None],
+                                                   window=self.window, backend="sdpa")[0]
+            return out
         flat = torch.nonzero(valid.reshape(-1)).squeeze(1)
         cu = F.pad(torch.cumsum(valid.sum(1), 0), (1, 0))
         pick = lambda t: t.reshape(B * T, *t.shape[2:])[flat].unsqueeze(0)
