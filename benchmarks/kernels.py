@@ -5,8 +5,8 @@ triton.testing.do_bench (ms); fwd is the forward alone, fwd+bwd a forward and a 
 peak allocated memory of one fwd+bwd above what the inputs already hold (MiB). Prints a table of
 ratios to fla ``chunk_gdn2`` and writes JSON.
 
-    PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json
-    PYTHONPATH=. python3 benchmarks/kernels.py --impl v2 --T 4096 --json out/kernels-v2.json   # v2 kernels
+    PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json          # v2 kernels (dispatched)
+    PYTHONPATH=. python3 benchmarks/kernels.py --impl v1 --T 4096 --json out/kernels-v1.json   # v1 kernels
 
 fla (``fla-core`` / ``flash-linear-attention`` 0.6.0) is optional; without it only CARVE and SDPA run.
 fla refuses its gated backward on Hopper with Triton < 3.7.1; the script bypasses that guard for
@@ -115,10 +115,9 @@ def variants(x, fla, B, T, H, K, impl="v1"):
                                 ["q", "k", "v", "g", "w_s"])
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    qa, ka, va = (x[n].transpose(1, 2) for n in ("q", "k", "v"))
-
     def sdpa(backend):
-        def f():
+        def f():  # transposed inside, so that the backward reaches the leaves q, k, v
+            qa, ka, va = (x[n].transpose(1, 2) for n in ("q", "k", "v"))
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(qa, ka, va, is_causal=True)
         return f
@@ -169,8 +168,8 @@ def main():
     ap.add_argument("--T", type=int, nargs="*", default=[4096, 2048, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
-    ap.add_argument("--impl", choices=["v1", "v2"], default="v1",
-                    help="CARVE Triton kernels: v1 (triton_carve, the default) or v2 (triton_v2)")
+    ap.add_argument("--impl", choices=["v1", "v2"], default="v2",
+                    help="CARVE Triton kernels: v2 (triton_v2, the default, as dispatched) or v1 (triton_carve)")
     args = ap.parse_args()
     import triton
 
