@@ -42,8 +42,11 @@ def sweep_file(tmp_path):
 
 def test_interrupted_sweep_resumes(sweep_file, tmp_path, capsys):
     out = tmp_path / "out"
-    first = run_sweep(str(sweep_file), out, progress=False, stop_after=1)
-    assert [r["name"] for r in first] == ["micro-1to0"]
+    seen = []
+    first = run_sweep(str(sweep_file), out, progress=False, stop_after=1,
+                      on_result=lambda rs: seen.append([r["name"] for r in rs]))
+    assert [r["name"] for r in first] == ["micro-1to0"] and seen == [["micro-1to0"]]
+    assert set(first[0]["phase_s"]) == {"train", "ruler", "decode_timing"} and first[0]["phase_s"]["train"] > 0
     done = out / "runs" / "micro-1to0" / "seed0" / "result.json"
     stamp = done.stat().st_mtime_ns
     assert not (out / "runs" / "micro-1to1" / "seed0" / "result.json").exists()
@@ -110,6 +113,7 @@ def test_time_budget_reports_finished_runs_and_names_the_rest(sweep_file, tmp_pa
     assert [v["name"] for v in report["variants"]] == ["micro-1to0"]
     assert report["meta"]["not_run (time budget)"] == ["micro-1to1 seed 0"]
     assert "Not run (time budget reached" in (out / "report.md").read_text()
+    assert "in_progress" not in report["meta"]  # the final report replaced the one written after run 1
     assert cli(["sweep", str(sweep_file), "--out", str(out), "--no-progress", "--resume"]) == 0
     assert [v["name"] for v in json.loads((out / "report.json").read_text())["variants"]] == [
         "micro-1to0", "micro-1to1"]

@@ -15,6 +15,8 @@ throughput and decoding speed, and write one report next to the analytic predict
   OUT/frontier.png       mean score at the longest length vs decode ms/token and training tokens/s
   OUT/runs/VARIANT/seedS/{model,ruler,result.json}
 
+The report is rewritten after every finished run, so a sweep that is stopped (Ctrl-C, a time limit)
+still has one for the runs it finished; --time-budget stops starting runs before a limit.
 --seeds N trains every variant N times (train.seed + 0..N-1) and shows mean ± std.
 An interrupted sweep continues with --resume: finished (variant, seed) runs are kept, a half-trained
 model resumes from its last checkpoint.
@@ -66,10 +68,17 @@ def main(args) -> int:
         err.print("[bold red]error:[/] --time-budget must be > 0 seconds")
         return 2
     skipped: list[str] = []
+
+    def partial_report(results):  # after every finished run, so that a killed sweep still has a report
+        write_report(results, out, {"name": name, "sweep": args.sweep, "seeds": args.seeds,
+                                    "overrides": args.overrides, "wall_s_this_invocation": time.perf_counter() - t0,
+                                    "in_progress": f"written after {len(results)} finished run(s); "
+                                                   "the sweep was still running"})
+
     try:
         results = run_sweep(args.sweep, out, seeds=args.seeds, resume=args.resume, overrides=args.overrides,
                             device=args.device, progress=not args.no_progress, console=console,
-                            time_budget_s=args.time_budget, skipped=skipped)
+                            time_budget_s=args.time_budget, skipped=skipped, on_result=partial_report)
     except (SweepError, RecipeError, SpecError, RulerError, FileExistsError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2

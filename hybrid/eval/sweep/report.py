@@ -244,6 +244,8 @@ def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, 
     text = markdown(variants, meta)
     if "plots_skipped" in meta:
         text += f"\nPlots skipped: {meta['plots_skipped']}\n"
+    if meta.get("in_progress"):
+        text += f"\n**Partial report**: {meta['in_progress']}.\n"
     if meta.get("not_run (time budget)"):
         text += ("\nNot run (time budget reached; `--resume` adds them): "
                  + ", ".join(meta["not_run (time budget)"]) + "\n")

@@ -90,6 +90,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     if train_fn is None:
         from hybrid.train import run_training as train_fn
     resume = (model_dir / "checkpoints" / "latest").is_file()
+    t_train = time.perf_counter()
     if (model_dir / "config.json").is_file() and (model_dir / "summary.json").is_file():
         train = json.loads((model_dir / "summary.json").read_text())
     else:
@@ -97,6 +98,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
         train = res.to_dict()
         if train.get("interrupted"):  # Ctrl-C inside training: its checkpoint is kept for --resume
             raise KeyboardInterrupt
+    t_eval = time.perf_counter()
     cfg = TrainConfig.from_dict(rec.train)
     ev = EvalConfig.from_dict(rec.eval)
     lengths = ev.resolved_lengths(cfg.seq_len)
@@ -105,8 +107,10 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
                    haystack=ev.haystack, data={"qa_1": ev.squad, "qa_2": ev.hotpotqa}, progress=progress,
                    label=f"RULER {rec.name} s{vr.seed}")
     save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len}, title=rec.name)
+    t_decode = time.perf_counter()
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
     decode["via"] = "model forward with cache, batch 1"
+    t_end = time.perf_counter()
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
@@ -119,6 +123,8 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
         "ruler": run.to_dict(), "decode": decode,
         "analytic": predictions(rec, lengths),
         "device": str(model.device),
+        # wall seconds of this invocation's phases (training 0 when it was done earlier and kept)
+        "phase_s": {"train": t_eval - t_train, "ruler": t_decode - t_eval, "decode_timing": t_end - t_decode},
     }
     _write_json(vr.dir / "result.json", result)
     del model
@@ -128,11 +134,12 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
 def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool = False, overrides=None,
               device: str | None = None, progress: bool = True, console=None, train_fn=None,
               stop_after: int | None = None, time_budget_s: float | None = None,
-              skipped: list | None = None) -> list[dict]:
+              skipped: list | None = None, on_result=None) -> list[dict]:
     """Run (or continue) a sweep; returns the result dicts of every finished (variant, seed).
     ``stop_after``: stop after this many newly finished runs (for tests of interruption).
     ``time_budget_s``: do not start a run when the time spent so far plus the longest run so far would
-    exceed it (the runs left out can be added later with ``resume=True``); their names go to ``skipped``."""
+    exceed it (the runs left out can be added later with ``resume=True``); their names go to ``skipped``.
+    ``on_result(results)`` is called after every newly finished run (the command rewrites the report)."""
     out = Path(out)
     runs = plan(sweep_path, out, seeds, resume, overrides)
     results, fresh = [], 0
@@ -160,8 +167,12 @@ def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool 
         results.append(run_one(vr, device=device, progress=progress, console=console, train_fn=train_fn))
         fresh += 1
         longest = max(longest, time.perf_counter() - t0)
+        if on_result is not None:
+            on_result(results)
         if console:
             m = results[-1]["ruler"]["mean"]
-            console.print(f"{tag}: {time.perf_counter() - t0:.0f} s; mean score by length "
+            ph = results[-1]["phase_s"]
+            console.print(f"{tag}: {time.perf_counter() - t0:.0f} s (train {ph['train']:.0f}, RULER {ph['ruler']:.0f}, "
+                          f"decode timing {ph['decode_timing']:.0f}); mean score by length "
                           + ", ".join(f"{k}: {v:.1f}" for k, v in m.items()))
     return results
