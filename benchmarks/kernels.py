@@ -168,6 +168,9 @@ def main():
     ap.add_argument("--T", type=int, nargs="*", default=[4096, 2048, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
+                    help="start no new measurement after SECONDS (the table then shows what was measured); "
+                         "fla autotunes for minutes at every new T, so a device call may not hold every T")
     ap.add_argument("--impl", choices=["v1", "v2"], default="v2",
                     help="CARVE Triton kernels: v2 (triton_v2, the default, as dispatched) or v1 (triton_carve)")
     args = ap.parse_args()
@@ -184,12 +187,22 @@ def main():
                 driver=driver, torch=torch.__version__, triton=triton.__version__,
                 fla=fla["version"] if fla else None, python=platform.python_version(),
                 shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), impl=args.impl, results={})
+    import time
+
+    t_start = time.perf_counter()
     for T in args.T:
+        if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
+            print(f"time limit: T={T} not started", flush=True)
+            continue
         B = args.tokens // T
         x = make(B, T, H, K, V)
         res = {}
         for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl).items():
             if args.only and name not in args.only:
+                continue
+            if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
+                res[name] = dict(error="not measured: --time-limit reached")
+                print(T, name, res[name], flush=True)
                 continue
             try:
                 res[name] = bench_one(fn, names, x)
