@@ -6,9 +6,12 @@ prefix and ``completion`` is the canonical answer text (e.g. `` 1478007.``). Wit
 ``loss_on: all`` every token after ``<bos>`` does.
 
 Rows of ``seq_len`` tokens are filled greedily: pick a task uniformly among those that still fit,
-draw a target length uniformly between the task's minimum and the space left, generate, repeat;
-the tail that no task fits is padding (its own segment, no loss). Sample lengths thus vary from each
-task's minimum up to ``seq_len``.
+draw a document length uniformly between the task's shortest document and the space left, generate,
+repeat; the tail that no task fits is padding (its own segment, no loss). A RULER length counts the
+task's generation budget (128 tokens for NIAH) next to the prompt, but a training document holds
+only the completion (about 10 tokens), so the target handed to the generator is the space left plus
+that difference: documents fill the row instead of leaving the unused budget as padding (about two
+NIAH documents per 512-token row instead of one or two).
 
 Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
 ``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
@@ -46,6 +49,16 @@ def _min_length(task: str, tok, limit: int) -> int | None:
     return min(hi + 24, limit)  # margin: the minimum varies a little with the drawn words
 
 
+def _slack(task: str, tok, n: int) -> int:
+    """How many tokens of a ``task`` sample's length budget a training document does not use: the
+    generation budget minus the completion's tokens, less a margin of 8 for longer completions."""
+    from hybrid.eval.ruler import make_sample
+
+    s = make_sample(task, n, tok, 12345)
+    used = len(tok.encode(s.completion, add_special_tokens=False))
+    return max(0, s.gen_tokens - used - 8)
+
+
 class RulerSource:
     kind = "ruler_mix"
 
@@ -61,6 +74,7 @@ class RulerSource:
         names = resolve_tasks(tasks) if tasks else list(OFFLINE)
         body = seq_len - 2  # room for <bos> and <eos>
         self.min_len: dict[str, int] = {}
+        self.slack: dict[str, int] = {}  # generation budget minus the completion's tokens (+ margin)
         too_long = []
         for name in names:
             m = _min_length(name, tokenizer, body)
@@ -68,6 +82,7 @@ class RulerSource:
                 too_long.append(name)
             else:
                 self.min_len[name] = m
+                self.slack[name] = _slack(name, tokenizer, m)
         if too_long and tasks:
             raise ValueError(f"ruler_mix: task(s) {', '.join(too_long)} need more than seq_len={seq_len} tokens; "
                              "raise train.seq_len or remove them from train.data.tasks")
@@ -88,11 +103,11 @@ class RulerSource:
         failures = 0
         while failures < 3:
             room = self.T - len(ids) - 2
-            fits = [t for t in self.tasks if self.min_len[t] <= room]
+            fits = [t for t in self.tasks if self.min_len[t] <= room + self.slack[t]]
             if not fits:
                 break
             task = fits[int(rng.integers(len(fits)))]
-            n = int(rng.integers(self.min_len[task], room + 1))
+            n = int(rng.integers(self.min_len[task], room + self.slack[task] + 1))
             seed = train_seed(self.seed, step, (row_index << 8) + k)
             k += 1
             try:
@@ -128,7 +143,7 @@ class RulerSource:
 
     def baselines(self) -> dict:
         return {"tasks": self.tasks, "skipped_tasks (too long for seq_len)": self.skipped,
-                "min_lengths": self.min_len}
+                "min_lengths": self.min_len, "generation_budget_not_in_documents": self.slack}
 
     def describe(self) -> str:
         skip = f"; skipped (need > seq_len): {', '.join(self.skipped)}" if self.skipped else ""
