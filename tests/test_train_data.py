@@ -230,3 +230,19 @@ def test_prefetch_workers_give_the_same_stream():
                 assert torch.equal(pf.get(step, m).input_ids, src.batch(step, m).input_ids)
     finally:
         pf.close()
+
+
+def test_ruler_mix_documents_fill_the_rows(tok):
+    """The generation budget of a RULER length is not held by a training document, so it must not
+    become padding: at 512 tokens the NIAH mixture packs well over one document per row."""
+    pytest.importorskip("hybrid.eval.ruler")
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=512, batch_size=16)
+    assert all(0 < s < 128 for s in src.slack.values())
+    b = src.batch(0, 0)
+    ids = b.input_ids[0]
+    docs = int((ids == tok.bos_token_id).sum())
+    pad = int((ids == tok.pad_token_id).sum()) / ids.numel()
+    assert docs / 16 > 1.3 and pad < 0.25, (docs, pad)
+    assert b.input_ids.shape == (1, 16 * 512)
