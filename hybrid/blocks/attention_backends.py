@@ -218,28 +218,16 @@ def _flex_doc_block_mask(cu: tuple, window: int | None, device_str: str):
     return create_block_mask(mask_mod, None, None, T, T, device=device_str)
 
 
-def _flex_bucket(n: int) -> int:
-    """Packed lengths are padded to the next power of two (at least 128): the compiled kernel then sees a
-    handful of shapes instead of one per batch (generation batches vary; dynamo stops recompiling after
-    8 shapes and falls back to an unfused path that materialises the full score matrix)."""
-    return max(128, 1 << (n - 1).bit_length())
-
-
 def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
     H, G = q.shape[2], k.shape[2]
     T = q.shape[1]
     if cu_seqlens is None:
         bm = _flex_block_mask(T, window, str(q.device))
     else:
-        cu = cu_seqlens.tolist()
-        P = _flex_bucket(T)
-        if P > T:  # the padding is one more document: it attends only to itself, its outputs are dropped
-            q, k, v = (F.pad(x, (0, 0, 0, 0, 0, P - T)) for x in (q, k, v))
-            cu = cu + [P]
-        bm = _flex_doc_block_mask(tuple(cu), window, str(q.device))
+        bm = _flex_doc_block_mask(tuple(cu_seqlens.tolist()), window, str(q.device))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
-    return o.transpose(1, 2)[:, :T]
+    return o.transpose(1, 2)
 
 
 def _flash(q, k, v, scale, *, window, cu_seqlens):

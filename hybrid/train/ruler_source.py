@@ -10,8 +10,8 @@ draw a document length uniformly between the task's shortest document and the sp
 repeat; the tail that no task fits is padding (its own segment, no loss). A RULER length counts the
 task's generation budget (128 tokens for NIAH) next to the prompt, but a training document holds
 only the completion (about 10 tokens), so the target handed to the generator is the space left plus
-that difference: documents fill the row instead of leaving the unused budget as padding (about two
-NIAH documents per 512-token row instead of one or two).
+that difference: documents fill the row instead of leaving the unused budget as padding (NIAH
+mixture at 512 tokens: 1.49 documents per row and 14% padding, against 1.20 and 38% before).
 
 Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
 ``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
