@@ -69,11 +69,13 @@ def main(args) -> int:
         return 2
     skipped: list[str] = []
 
+    def meta(**extra) -> dict:
+        return {"name": name, "sweep": args.sweep, "seeds": args.seeds, "overrides": args.overrides,
+                "wall_s_this_invocation": time.perf_counter() - t0, **extra}
+
     def partial_report(results):  # after every finished run, so that a killed sweep still has a report
-        write_report(results, out, {"name": name, "sweep": args.sweep, "seeds": args.seeds,
-                                    "overrides": args.overrides, "wall_s_this_invocation": time.perf_counter() - t0,
-                                    "in_progress": f"written after {len(results)} finished run(s); "
-                                                   "the sweep was still running"})
+        write_report(results, out, meta(in_progress=f"written after {len(results)} finished run(s); "
+                                                    "the sweep was still running"))
 
     try:
         results = run_sweep(args.sweep, out, seeds=args.seeds, resume=args.resume, overrides=args.overrides,
@@ -86,14 +88,10 @@ def main(args) -> int:
         err.print(f"\ninterrupted; finished runs are kept in {out}. Continue with: "
                   f"hybrid sweep {args.sweep} --out {out} --resume")
         return 130
-    meta = {"name": name, "sweep": args.sweep, "seeds": args.seeds, "overrides": args.overrides,
-            "wall_s_this_invocation": time.perf_counter() - t0}
-    if skipped:
-        meta["not_run (time budget)"] = skipped
     if not results:
         err.print("[bold red]error:[/] no run finished within the time budget; nothing to report")
         return 1
-    paths = write_report(results, out, meta)
+    paths = write_report(results, out, meta(**({"not_run (time budget)": skipped} if skipped else {})))
     others = ", ".join(p.name for k, p in paths.items() if k != "md")
     console.print(f"sweep done in {time.perf_counter() - t0:.0f} s; report: {paths['md']} (+ {others})")
     return 0
