@@ -246,3 +246,32 @@ def test_ruler_mix_documents_fill_the_rows(tok):
     pad = int((ids == tok.pad_token_id).sum()) / ids.numel()
     assert docs / 16 > 1.3 and pad < 0.25, (docs, pad)
     assert b.input_ids.shape == (1, 16 * 512)
+
+
+def test_ruler_mix_length_warmup_caps_documents(tok):
+    """doc_len_warmup: early steps hold only short documents (more per row), the cap grows to the
+    full row by the end of the warm-up, and held-out batches are never capped."""
+    pytest.importorskip("hybrid.eval.ruler")
+    from hybrid.train.config import DataConfig
+    from hybrid.train.ruler_source import RulerSource
+
+    d = DataConfig.from_dict({"kind": "ruler_mix", "tasks": ["niah_single_1"], "doc_len_warmup": 100})
+    assert d.doc_len_warmup == 100 and d.to_dict()["doc_len_warmup"] == 100
+    kw = dict(tokenizer=tok, tasks=d.tasks, seq_len=512, batch_size=16, loss_on="all")
+    warm = RulerSource(doc_len_warmup=100, **kw)
+    plain = RulerSource(**kw)
+    lo = warm.min_len["niah_single_1"]
+    assert warm.length_cap(0) == lo < warm.length_cap(50) < warm.length_cap(99) < warm.length_cap(100)
+    assert warm.length_cap(100) == warm.length_cap(-1) == plain.length_cap(0)
+
+    def doc_lengths(batch):
+        ids = batch.input_ids[0].tolist()
+        starts = [i for i, t in enumerate(ids) if t == tok.bos_token_id] + [len(ids)]
+        return [sum(t != tok.pad_token_id for t in ids[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+
+    early = doc_lengths(warm.batch(0, 0))
+    # a document holds its prompt + completion, at most its length budget minus the unused generation
+    assert max(early) <= lo - warm.slack["niah_single_1"] + 8 + 16
+    assert len(early) > len(doc_lengths(plain.batch(0, 0)))
+    assert torch.equal(warm.eval_batch(0).input_ids, plain.eval_batch(0).input_ids)
+    assert torch.equal(warm.batch(100, 0).input_ids, plain.batch(100, 0).input_ids)

@@ -86,7 +86,9 @@ class DataConfig:
         every step. Settings: num_kv_pairs, vocab_size (null: the model's vocabulary), power_a,
         random_non_queries.
     kind = ruler_mix: RULER-format task samples (hybrid.eval.ruler) rendered as text with the
-        tokenizer, packed into rows. Settings: tasks (null: every task), tokenizer, loss_on.
+        tokenizer, packed into rows. Settings: tasks (null: every task), tokenizer, loss_on,
+        doc_len_warmup (steps over which the longest document grows from the shortest template to
+        seq_len; 0 = off).
     kind = text: local .txt / .jsonl ("text" field) files, tokenized and packed with document
         boundaries. Settings: files (null: the corpus shipped with the package), tokenizer,
         val_fraction.
@@ -101,6 +103,7 @@ class DataConfig:
     # ruler_mix
     tasks: list[str] | None = None
     loss_on: str = "answer"
+    doc_len_warmup: int = 0
     # assoc_recall
     num_kv_pairs: int = 8
     vocab_size: int | None = None
@@ -109,7 +112,7 @@ class DataConfig:
 
     KEYS_BY_KIND = {
         "assoc_recall": ["kind", "num_kv_pairs", "vocab_size", "power_a", "random_non_queries"],
-        "ruler_mix": ["kind", "tasks", "tokenizer", "loss_on"],
+        "ruler_mix": ["kind", "tasks", "tokenizer", "loss_on", "doc_len_warmup"],
         "text": ["kind", "files", "tokenizer", "val_fraction"],
     }
 
@@ -153,6 +156,8 @@ class DataConfig:
                 out.tasks = None if v is None else _str_list(v, kp)
             elif key == "loss_on":
                 out.loss_on = _choice(v, kp, LOSS_ON)
+            elif key == "doc_len_warmup":
+                out.doc_len_warmup = _int(v, kp, 0)
             elif key == "num_kv_pairs":
                 out.num_kv_pairs = _int(v, kp, 1)
             elif key == "vocab_size":

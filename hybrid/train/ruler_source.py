@@ -13,6 +13,12 @@ only the completion (about 10 tokens), so the target handed to the generator is 
 that difference: documents fill the row instead of leaving the unused budget as padding (NIAH
 mixture at 512 tokens: 1.49 documents per row and 14% padding, against 1.20 and 38% before).
 
+Length curriculum (``doc_len_warmup: N``, default 0 = off): during the first ``N`` training steps a
+document's length is capped, the cap growing linearly from the longest task minimum (so every task
+is drawn from the first step) to the full row. Early rows then hold several short documents, so each step carries more answers and each
+needle sits among fewer tokens, which is the signal retrieval has to be learned from. Held-out
+batches are never capped.
+
 Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
 ``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
 from every RULER evaluation seed (``[2**48, 2**49)``). Held-out evaluation draws use negative step
@@ -63,13 +69,15 @@ class RulerSource:
     kind = "ruler_mix"
 
     def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
-                 loss_on: str = "answer", seed: int = 0, rank: int = 0, world_size: int = 1):
+                 loss_on: str = "answer", doc_len_warmup: int = 0, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         try:
             from hybrid.eval.ruler import OFFLINE, resolve_tasks
         except ImportError as e:
             raise RuntimeError(f"data kind ruler_mix needs hybrid.eval.ruler ({e})") from e
         self.tok = tokenizer
         self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
+        self.doc_len_warmup = int(doc_len_warmup)
         self.seed, self.rank, self.world = seed, rank, world_size
         names = resolve_tasks(tasks) if tasks else list(OFFLINE)
         body = seq_len - 2  # room for <bos> and <eos>
@@ -91,6 +99,15 @@ class RulerSource:
         self.skipped = too_long
         self.tasks = list(self.min_len)
 
+    def length_cap(self, step: int) -> int:
+        """Longest document (its length budget, prompt + generation) allowed at training ``step``;
+        held-out batches (negative steps) and steps past the warm-up get the full row."""
+        full = self.T - 2
+        if self.doc_len_warmup <= 0 or step < 0 or step >= self.doc_len_warmup:
+            return full + max(self.slack.values())
+        lo = max(self.min_len.values())  # every task fits from the first step
+        return lo + int((full - lo) * step / self.doc_len_warmup)
+
     def _row(self, rng: np.random.Generator, step: int, row_index: int):
         from hybrid.eval.ruler import RulerError, make_sample
         from hybrid.eval.ruler.seeds import train_seed
@@ -101,13 +118,14 @@ class RulerSource:
         starts: list[int] = []
         k = 0
         failures = 0
+        cap = self.length_cap(step)
         while failures < 3:
             room = self.T - len(ids) - 2
-            fits = [t for t in self.tasks if self.min_len[t] <= room + self.slack[t]]
+            fits = [t for t in self.tasks if self.min_len[t] <= min(room + self.slack[t], cap)]
             if not fits:
                 break
             task = fits[int(rng.integers(len(fits)))]
-            n = int(rng.integers(self.min_len[task], room + self.slack[task] + 1))
+            n = int(rng.integers(self.min_len[task], min(room + self.slack[task], cap) + 1))
             seed = train_seed(self.seed, step, (row_index << 8) + k)
             k += 1
             try:
@@ -147,4 +165,5 @@ class RulerSource:
 
     def describe(self) -> str:
         skip = f"; skipped (need > seq_len): {', '.join(self.skipped)}" if self.skipped else ""
-        return f"ruler_mix: {len(self.tasks)} tasks ({', '.join(self.tasks)}), loss on {self.loss_on}{skip}"
+        warm = f", document length warm-up over {self.doc_len_warmup} steps" if self.doc_len_warmup else ""
+        return f"ruler_mix: {len(self.tasks)} tasks ({', '.join(self.tasks)}), loss on {self.loss_on}{warm}{skip}"
