@@ -157,3 +157,59 @@ def test_cuda_sdpa_uses_cudnn_or_flash():
             o = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True, enable_gqa=True)
         torch.testing.assert_close(o.transpose(1, 2), ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["flex", "varlen", "flash_attn", "sdpa", "auto"])
+def test_cuda_packed_layout_changes_every_call(backend):
+    """Training packs a new document layout into the same total length every step: a compiled kernel
+    must follow each call's documents, not keep an earlier call's (documents longer than a block)."""
+    if backend not in available_backends("cuda", torch.bfloat16, 64) + ["auto"]:
+        pytest.skip(f"{backend} not available here")
+    gen = torch.Generator().manual_seed(0)
+    T = 1536
+    for _ in range(4):
+        cu = [0, *sorted((torch.randperm(T - 1, generator=gen)[:5] + 1).tolist()), T]
+        q, k, v = _inputs(1, T, 8, 2, 64, device="cuda", dtype=torch.bfloat16)
+        cu_t = torch.tensor(cu, device="cuda")
+        ref = causal_attention(q.float(), k.float(), v.float(), cu_seqlens=cu_t, backend="math")
+        o = causal_attention(q, k, v, cu_seqlens=cu_t, backend=backend)
+        torch.testing.assert_close(o.float(), ref, atol=2e-2, rtol=2e-2, msg=lambda m: f"layout {cu}: {m}")
+
+
+def test_packed_block_mask_from_boundaries_matches_create_block_mask():
+    """The packed-document block mask is built from the document boundaries (no T x T evaluation); its
+    block structure must match torch's create_block_mask on the same mask: every block with an allowed
+    pair is visited, and the fully allowed blocks are exactly the same."""
+    import random
+
+    fa = pytest.importorskip("torch.nn.attention.flex_attention")
+    from hybrid.blocks.attention_backends import _flex_doc_block_mask
+
+    def full_blocks(m):
+        n, idx = m.full_kv_num_blocks[0, 0], m.full_kv_indices[0, 0]
+        d = torch.zeros(n.numel(), idx.shape[-1], dtype=torch.bool)
+        for i in range(n.numel()):
+            d[i, idx[i, : n[i]].long()] = True
+        return d
+
+    r = random.Random(0)
+    for _ in range(10):
+        T = r.choice([300, 511, 640, 1000])
+        cu = (0, *sorted(r.sample(range(1, T), r.randint(0, 6))), T)
+        window = r.choice([None, None, 50, 200])
+        doc = torch.searchsorted(torch.tensor(cu[1:]), torch.arange(T), right=True)
+
+        def mask_mod(b, h, qi, ki, doc=doc, window=window):
+            ok = (qi >= ki) & (doc[qi] == doc[ki])
+            return ok if window is None else ok & (qi - ki < window)
+
+        ref = fa.create_block_mask(mask_mod, None, None, T, T, device="cpu")
+        mine = _flex_doc_block_mask(cu, window, "cpu")
+        assert torch.equal(mine.to_dense()[0, 0].bool(), ref.to_dense()[0, 0].bool()), (cu, window)
+        assert torch.equal(full_blocks(mine), full_blocks(ref)), (cu, window)
+        q, k, v = _inputs(1, T, 2, 1, 8)
+        cu_t = torch.tensor(cu)
+        torch.testing.assert_close(causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="flex"),
+                                   causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="math"),
+                                   atol=1e-4, rtol=1e-4)

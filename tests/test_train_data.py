@@ -275,3 +275,34 @@ def test_ruler_mix_length_warmup_caps_documents(tok):
     assert len(early) > len(doc_lengths(plain.batch(0, 0)))
     assert torch.equal(warm.eval_batch(0).input_ids, plain.eval_batch(0).input_ids)
     assert torch.equal(warm.batch(100, 0).input_ids, plain.batch(100, 0).input_ids)
+
+
+def test_ruler_mix_followups_ask_about_other_facts(tok):
+    """followups: a document starts as an exact RULER prompt and its answer, then asks RULER's question
+    about other facts of the same context; every follow-up answer is that fact's value as stated."""
+    pytest.importorskip("hybrid.eval.ruler")
+    import re
+
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_multikey_2"], seq_len=512, batch_size=8, loss_on="answer",
+                      followups=3)
+    b = src.batch(0, 0)
+    ids, lab = b.input_ids[0].tolist(), b.labels[0].tolist()
+    n_follow = 0
+    bounds = [i for i, t in enumerate(ids) if t == tok.bos_token_id] + [len(ids)]
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        text = tok.decode(ids[s + 1:e]).replace("<|eos|>", "").replace("<|pad|>", "")
+        stated = dict(re.findall(r"special magic numbers for (\S+) is: (\d+)\.", text))
+        asked = re.findall(r"The special magic number for (\S+) mentioned in the provided text is (\d+)\.", text)
+        assert asked and text.startswith("A special magic number is hidden")
+        for key, value in asked:
+            assert stated[key] == value
+        assert len({k for k, _ in asked}) == len(asked)  # each fact asked once
+        n_follow += len(asked) - 1
+        # with loss on the answers, exactly the answers (and <eos>) carry labels
+        labelled = tok.decode([t for t in lab[s:e] if t != -100]).replace("<|eos|>", "")
+        assert labelled.replace(" ", "") == "".join(f"{v}." for _, v in asked)
+    assert n_follow >= 8  # about 2 follow-ups per document here
+    plain = RulerSource(tokenizer=tok, tasks=["niah_multikey_2"], seq_len=512, batch_size=8, loss_on="answer")
+    assert "mentioned in the provided text is" in tok.decode(plain.batch(0, 0).input_ids[0])

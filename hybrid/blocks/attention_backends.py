@@ -13,12 +13,14 @@ Backends (the attention block's ``backend`` setting):
   run under ``sdpa_kernel`` with cuDNN first, then FlashAttention. Windows and packed documents become
   a boolean mask (which those two kernels do not take, so torch falls back to its other kernels).
 - ``flex``: FlexAttention with a block mask (skips fully masked blocks: the fast path for windows and
-  packed documents); compiled on CUDA, eager elsewhere.
+  packed documents); compiled on CUDA, eager elsewhere. The packed-document block mask is built from
+  the document boundaries, block by block (no T x T mask, so 64k-token packed batches fit).
 - ``varlen``: ``torch.nn.attention.varlen.varlen_attn`` (FlashAttention kernels inside torch, packed
   sequences, ``window_size``), when this torch has it; CUDA, fp16/bf16.
 - ``math``: the plain definition in fp32; the reference for the others and the CPU default.
-- ``auto``: CPU -> math; CUDA -> flash_attn if importable (half precision), else sdpa for full causal
-  attention, flex for windows and packed documents.
+- ``auto``: CPU -> math (packed documents one by one through SDPA, so the cost is the sum of the
+  squared document lengths, not the packed length squared); CUDA -> flash_attn if importable (half
+  precision), else sdpa for full causal attention, flex for windows and packed documents.
 
 ``masked_attention`` takes an explicit ``[B, Tq, L]`` boolean mask (decoding from a cache, padded
 batches): math, or SDPA with the mask.
@@ -201,13 +203,47 @@ def _flex_block_mask(T: int, window: int | None, device_str: str):
     return create_block_mask(mask_mod, None, None, T, T, device=device_str)
 
 
+FLEX_BLOCK = 128  # FlexAttention's default block size (queries and keys)
+
+
+def _doc_blocks(cu: tuple, window: int | None, device_str: str, block: int = FLEX_BLOCK):
+    """Which (query block, key block) pairs of packed documents hold some allowed pair ("any") and which
+    hold only allowed pairs ("full"), from the document boundaries alone: O((T / block)^2), where
+    ``create_block_mask`` evaluates the mask on every one of the T^2 pairs (32 GiB at 64k tokens).
+    "any" may include a block with no allowed pair (the mask is then applied inside it); "full" is exact."""
+    T = cu[-1]
+    dev = torch.device(device_str)
+    doc = torch.searchsorted(torch.tensor(cu[1:], device=dev), torch.arange(T, device=dev), right=True)
+    nb = (T + block - 1) // block
+    first = torch.arange(nb, device=dev) * block
+    last = torch.clamp(first + block - 1, max=T - 1)
+    d_first, d_last = doc[first], doc[last]
+    qb, kb = torch.arange(nb, device=dev)[:, None], torch.arange(nb, device=dev)[None, :]
+    # documents are contiguous and in order, so for kb <= qb some pair shares a document iff the key
+    # block's last document reaches the query block's first one
+    anyb = (kb <= qb) & (d_last[None, :] >= d_first[:, None])
+    fullb = (kb < qb) & (d_last[:, None] == d_first[None, :]) & (last[None, :] - first[None, :] == block - 1)
+    if window is not None:
+        anyb &= (first[:, None] - last[None, :]) < window  # the closest pair is within the window
+        fullb &= (last[:, None] - first[None, :]) < window  # the farthest pair is within the window
+    return doc, anyb, fullb
+
+
+def _to_kv_blocks(sel: torch.Tensor):
+    """[nq, nk] bool -> (counts [1, 1, nq], indices [1, 1, nq, nk]) with the selected blocks first."""
+    counts = sel.sum(-1, dtype=torch.int32)
+    order = torch.argsort((~sel).to(torch.int8), dim=-1, stable=True).to(torch.int32)
+    return counts[None, None], order[None, None]
+
+
 @functools.lru_cache(maxsize=8)
 def _flex_doc_block_mask(cu: tuple, window: int | None, device_str: str):
-    """Block mask for packed documents; cached so that the attention layers of one step share it."""
-    _, create_block_mask = _flex()
+    """Block mask for packed documents, built from the block structure (no T x T mask); cached so that
+    the attention layers of one step share it."""
+    from torch.nn.attention.flex_attention import BlockMask
+
     T = cu[-1]
-    i = torch.arange(T, device=device_str)
-    doc = torch.searchsorted(torch.tensor(cu[1:], device=device_str), i, right=True)
+    doc, anyb, fullb = _doc_blocks(cu, window, device_str)
 
     def mask_mod(b, h, qi, ki):
         ok = (qi >= ki) & (doc[qi] == doc[ki])
@@ -215,7 +251,10 @@ def _flex_doc_block_mask(cu: tuple, window: int | None, device_str: str):
             ok = ok & (qi - ki < window)
         return ok
 
-    return create_block_mask(mask_mod, None, None, T, T, device=device_str)
+    partial_n, partial_i = _to_kv_blocks(anyb & ~fullb)
+    full_n, full_i = _to_kv_blocks(fullb)
+    return BlockMask.from_kv_blocks(partial_n, partial_i, full_n, full_i, BLOCK_SIZE=FLEX_BLOCK,
+                                    mask_mod=mask_mod, seq_lengths=(T, T))
 
 
 def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
@@ -228,6 +267,22 @@ def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
     return o.transpose(1, 2)
+
+
+def _per_document(q, k, v, scale, *, window, cu_seqlens):
+    """Packed documents one at a time through SDPA (CPU ``auto``): the cost is the sum of the squared
+    document lengths, where one masked T x T product over the packed row costs T^2."""
+    out = torch.empty_like(q)
+    cu = cu_seqlens.tolist()
+    for s, e in zip(cu[:-1], cu[1:]):
+        if e == s:
+            continue
+        qs, ks, vs = q[:, s:e], k[:, s:e], v[:, s:e]
+        if window is None:
+            out[:, s:e] = _sdpa(qs, ks, vs, scale, is_causal=True)
+        else:
+            out[:, s:e] = _sdpa(qs, ks, vs, scale, allowed=causal_mask(e - s, q.device, window=window))
+    return out
 
 
 def _flash(q, k, v, scale, *, window, cu_seqlens):
@@ -281,6 +336,8 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, windo
                             head_dim=q.shape[-1])
     T = q.shape[1]
     if which == "math":
+        if cu_seqlens is not None and backend == "auto":
+            return _per_document(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
         return _math(q, k, v, causal_mask(T, q.device, window=window, cu_seqlens=cu_seqlens), scale)
     if which == "sdpa":
         if window is None and cu_seqlens is None:

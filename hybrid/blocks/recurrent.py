@@ -106,9 +106,13 @@ class RecurrentMixer(nn.Module):
                                    output_final_state=want_state)
         qkv = F.silu(qkv)
         q, k, v = torch.split(qkv, [H * K, H * K, H * V], dim=-1)
-        q = F.normalize(q.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(x.dtype)
-        k = F.normalize(k.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(x.dtype)
-        v = v.reshape(B, T, H, V)
+        # the operator's dtype is the autocast dtype when autocast is on (the residual stream stays fp32
+        # there): bf16 operands select the fast Triton path, fp32 ones its slower fp32 fallback
+        dev = x.device.type
+        cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        q = F.normalize(q.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(cdt)
+        k = F.normalize(k.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(cdt)
+        v = v.reshape(B, T, H, V).to(cdt)
         g, a, w = self.gates(x)
         u_down = self.u_down if self.content else None
         u_up = self.u_up if self.content else None

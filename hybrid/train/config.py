@@ -88,7 +88,8 @@ class DataConfig:
     kind = ruler_mix: RULER-format task samples (hybrid.eval.ruler) rendered as text with the
         tokenizer, packed into rows. Settings: tasks (null: every task), tokenizer, loss_on,
         doc_len_warmup (steps over which the longest document grows from the shortest template to
-        seq_len; 0 = off).
+        seq_len; 0 = off), followups (extra RULER questions per document about other facts of its
+        context, answered; 0 = off).
     kind = text: local .txt / .jsonl ("text" field) files, tokenized and packed with document
         boundaries. Settings: files (null: the corpus shipped with the package), tokenizer,
         val_fraction.
@@ -104,6 +105,7 @@ class DataConfig:
     tasks: list[str] | None = None
     loss_on: str = "answer"
     doc_len_warmup: int = 0
+    followups: int = 0
     # assoc_recall
     num_kv_pairs: int = 8
     vocab_size: int | None = None
@@ -112,7 +114,7 @@ class DataConfig:
 
     KEYS_BY_KIND = {
         "assoc_recall": ["kind", "num_kv_pairs", "vocab_size", "power_a", "random_non_queries"],
-        "ruler_mix": ["kind", "tasks", "tokenizer", "loss_on", "doc_len_warmup"],
+        "ruler_mix": ["kind", "tasks", "tokenizer", "loss_on", "doc_len_warmup", "followups"],
         "text": ["kind", "files", "tokenizer", "val_fraction"],
     }
 
@@ -158,6 +160,8 @@ class DataConfig:
                 out.loss_on = _choice(v, kp, LOSS_ON)
             elif key == "doc_len_warmup":
                 out.doc_len_warmup = _int(v, kp, 0)
+            elif key == "followups":
+                out.followups = _int(v, kp, 0)
             elif key == "num_kv_pairs":
                 out.num_kv_pairs = _int(v, kp, 1)
             elif key == "vocab_size":

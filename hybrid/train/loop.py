@@ -103,8 +103,8 @@ def make_source(cfg: TrainConfig, *, vocab_size: int, tokenizer, rank: int, worl
     from hybrid.train.ruler_source import RulerSource
 
     return RulerSource(tokenizer=tokenizer, tasks=d.tasks, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
-                       loss_on=d.loss_on, doc_len_warmup=d.doc_len_warmup, seed=cfg.seed, rank=rank,
-                       world_size=world_size)
+                       loss_on=d.loss_on, doc_len_warmup=d.doc_len_warmup, followups=d.followups,
+                       seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _loss_and_logits(out):

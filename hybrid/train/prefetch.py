@@ -17,6 +17,12 @@ _SOURCE = None
 def _init(source):
     global _SOURCE
     _SOURCE = source
+    try:
+        import torch
+
+        torch.set_num_threads(1)  # workers share the cores; one thread each
+    except ImportError:  # pragma: no cover
+        pass
 
 
 def _make(step: int, micro: int):
@@ -41,7 +47,10 @@ class Prefetcher:
         self.pool = None
         if workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            # spawn, not fork: in a sweep the second training starts in a process that has already used
+            # OpenMP (torch CPU ops), CUDA and compiler thread pools; forked workers can then deadlock in
+            # their first OpenMP region (observed on the H200: the second variant never finished step 1)
+            ctx = mp.get_context("spawn")
             self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,))
 
     def _keys_after(self, step: int, micro: int, n: int):

@@ -19,6 +19,13 @@ is drawn from the first step) to the full row. Early rows then hold several shor
 needle sits among fewer tokens, which is the signal retrieval has to be learned from. Held-out
 batches are never capped.
 
+Follow-up questions (``followups: N``, default 0 = off): after the answer, a training document asks
+up to ``N`` more questions about other facts its context states (the other keys of niah_multikey_*,
+the distractor needles of a needle haystack), each in RULER's own question and answer-prefix
+templates and answered. Every document still starts as an exact RULER prompt; the follow-ups add
+answers (retrieval targets) per token, which is what a model trained from scratch learns retrieval
+from. A task with a single fact (niah_single_*) gets none.
+
 Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
 ``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
 from every RULER evaluation seed (``[2**48, 2**49)``). Held-out evaluation draws use negative step
@@ -69,8 +76,8 @@ class RulerSource:
     kind = "ruler_mix"
 
     def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
-                 loss_on: str = "answer", doc_len_warmup: int = 0, seed: int = 0, rank: int = 0,
-                 world_size: int = 1):
+                 loss_on: str = "answer", doc_len_warmup: int = 0, followups: int = 0, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         try:
             from hybrid.eval.ruler import OFFLINE, resolve_tasks
         except ImportError as e:
@@ -78,6 +85,7 @@ class RulerSource:
         self.tok = tokenizer
         self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
         self.doc_len_warmup = int(doc_len_warmup)
+        self.followups = int(followups)
         self.seed, self.rank, self.world = seed, rank, world_size
         names = resolve_tasks(tasks) if tasks else list(OFFLINE)
         body = seq_len - 2  # room for <bos> and <eos>
@@ -98,6 +106,22 @@ class RulerSource:
             raise ValueError(f"ruler_mix: no RULER task fits seq_len={seq_len}; raise train.seq_len")
         self.skipped = too_long
         self.tasks = list(self.min_len)
+        # room a document leaves for its follow-ups: a follow-up costs about this many tokens
+        self.followup_tokens = 0
+        if self.followups:
+            from hybrid.eval.ruler import make_sample
+
+            s = make_sample(self.tasks[0], self.min_len[self.tasks[0]], tokenizer, 12345)
+            if "followup" in s.meta:
+                q, a = self._followup(s.meta, s.meta["queried"][0], "1234567")
+                self.followup_tokens = len(q) + len(a) + 2
+
+    def _followup(self, meta: dict, key: str, value: str) -> tuple[list[int], list[int]]:
+        """Token ids of one follow-up question (with its answer prefix) and of its answer."""
+        question, prefix, typ = meta["followup"]
+        q = "\n" + question.format(type=typ, query=key) + prefix.format(type=typ, query=key)
+        return (self.tok.encode(q, add_special_tokens=False),
+                self.tok.encode(f" {value}.", add_special_tokens=False))
 
     def length_cap(self, step: int) -> int:
         """Longest document (its length budget, prompt + generation) allowed at training ``step``;
@@ -125,7 +149,10 @@ class RulerSource:
             if not fits:
                 break
             task = fits[int(rng.integers(len(fits)))]
-            n = int(rng.integers(self.min_len[task], min(room + self.slack[task], cap) + 1))
+            hi = min(room + self.slack[task], cap)
+            if self.followups:  # leave room for the follow-ups where the row allows it
+                hi = max(self.min_len[task], hi - self.followups * self.followup_tokens)
+            n = int(rng.integers(self.min_len[task], hi + 1))
             seed = train_seed(self.seed, step, (row_index << 8) + k)
             k += 1
             try:
@@ -134,16 +161,25 @@ class RulerSource:
                 failures += 1
                 continue
             p = self.tok.encode(s.prompt, add_special_tokens=False)
-            c = self.tok.encode(s.completion, add_special_tokens=False) + [eos]
-            doc = [bos] + p + c
-            if len(doc) > self.T - len(ids):  # the fit counts prompt + gen_tokens; be safe anyway
+            c = self.tok.encode(s.completion, add_special_tokens=False)
+            doc, lab = [bos] + p + c, [-100] * (1 + len(p)) + c
+            if len(doc) + 1 > self.T - len(ids):  # the fit counts prompt + gen_tokens; be safe anyway
                 break
+            if self.followups and s.meta.get("facts"):
+                asked = set(s.meta.get("queried", ()))
+                facts = [f for f in s.meta["facts"] if f[0] not in asked]
+                order = rng.permutation(len(facts))[: self.followups]
+                for i in order:
+                    q, a = self._followup(s.meta, *facts[int(i)])
+                    if len(doc) + len(q) + len(a) + 1 > self.T - len(ids):
+                        break
+                    doc += q + a
+                    lab += [-100] * len(q) + a
+            doc.append(eos)
+            lab.append(eos)
             starts.append(len(ids))
             ids += doc
-            if self.loss_on == "answer":
-                labels += [-100] * (1 + len(p)) + c
-            else:
-                labels += doc
+            labels += lab if self.loss_on == "answer" else doc
         if len(ids) < self.T:
             starts.append(len(ids))
             labels += [-100] * (self.T - len(ids))
@@ -166,4 +202,5 @@ class RulerSource:
     def describe(self) -> str:
         skip = f"; skipped (need > seq_len): {', '.join(self.skipped)}" if self.skipped else ""
         warm = f", document length warm-up over {self.doc_len_warmup} steps" if self.doc_len_warmup else ""
+        warm += f", up to {self.followups} follow-up questions per document" if self.followups else ""
         return f"ruler_mix: {len(self.tasks)} tasks ({', '.join(self.tasks)}), loss on {self.loss_on}{warm}{skip}"

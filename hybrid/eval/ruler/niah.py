@@ -60,20 +60,28 @@ class NiahTask(Task):
         elif self.haystack == "needle":
             dr = random.Random(seed ^ 0x9E3779B97F4A7C15)
             dkeys = words.distinct(dr, self.key_type, n, exclude=keys)
-            distract = [NEEDLE.format(type=vtype, key=k, value=words.DRAW[vtype](dr)) for k in dkeys]
+            dvals = [words.DRAW[vtype](dr) for _ in dkeys]
+            distract = [NEEDLE.format(type=vtype, key=k, value=v) for k, v in zip(dkeys, dvals)]
             context = "\n".join(hs.insert_lines(distract, needles, r))
         elif self.haystack == "essay":
             first = hs.sentence_start(ctx.essay, start % len(ctx.essay))
             context = hs.insert_at_depths(hs.essay_text(ctx.essay, first, n), needles, r)
         else:  # pragma: no cover - construction error
             raise ValueError(self.haystack)
+        # every single-valued key the context states, with its value (training mixtures ask about them)
+        facts = [(k, vs[0]) for k, vs in zip(keys, values) if len(vs) == 1]
+        if self.haystack == "needle":
+            facts += list(zip(dkeys, dvals))
         template, prefix, qtype = TEMPLATE, ANSWER_PREFIX, vtype
         if len(answers) == 1:
             template, prefix, qtype = singular(TEMPLATE), singular(ANSWER_PREFIX), vtype[:-1]
         prompt = template.format(type=qtype, context=context, query=query) + prefix.format(type=qtype, query=query)
         checks = tuple(("a key", k) for k in keys) + tuple(("an answer", a) for a in answers)
         return Built(prompt, answers, " " + ", ".join(answers) + ".",
-                     {"keys": keys, "needles": len(needles), "haystack_units": n}, checks)
+                     {"keys": keys, "needles": len(needles), "haystack_units": n,
+                      "queried": [keys[i] for i in queried], "facts": facts,
+                      "followup": (singular(TEMPLATE).split("\n")[-1], singular(ANSWER_PREFIX), vtype[:-1])},
+                     checks)
 
 
 def niah_tasks() -> list[NiahTask]:
