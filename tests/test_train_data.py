@@ -120,6 +120,31 @@ def test_tokenizer_specials_digits_uuid(tok):
     assert len(tok.encode("To be, or not to be", add_special_tokens=False)) <= 7
 
 
+def test_digits3_tokenizer_groups_digits():
+    """The shipped digits3 tokenizer: every group of 1-3 digits is one token, digit runs split into
+    groups of three from the left, and everything round-trips (RULER values, UUIDs, prose)."""
+    t = load_tokenizer("digits3")
+    assert len(t) == 4096 and (t.bos_token_id, t.eos_token_id, t.pad_token_id) == (0, 1, 2)
+    for w in (1, 2, 3):
+        for i in range(0, 10 ** w, 7):
+            assert len(t.encode(str(i).zfill(w), add_special_tokens=False)) == 1
+    ids = t.encode("is: 4829013.", add_special_tokens=False)
+    assert [t.decode([i]) for i in ids][-4:] == ["482", "901", "3", "."]
+    for text in ("3f2a9c1e-7b4d-4e2a-9f1c-0a1b2c3d4e5f", "VAR ABCDE = 12345\n", "To be, or not to be."):
+        assert t.decode(t.encode(text, add_special_tokens=False)) == text
+
+
+def test_train_tokenizer_digit_groups(tmp_path):
+    from hybrid.train.tokenizer import train_tokenizer
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("the number 1234567 and 89 and 4 " * 50)
+    tok = train_tokenizer(tmp_path / "tok", files=[str(corpus)], vocab_size=1400, synthetic=200, digit_group=3)
+    assert [tok.decode([i]) for i in tok.encode("1234567", add_special_tokens=False)] == ["123", "456", "7"]
+    with pytest.raises(ValueError, match="digit_group"):
+        train_tokenizer(tmp_path / "bad", files=[str(corpus)], digit_group=7)
+
+
 def test_tokenizer_bad_path(tmp_path):
     with pytest.raises(DataFileError, match="does not exist"):
         load_tokenizer(tmp_path / "nope")

@@ -10,7 +10,8 @@ Backends (the attention block's ``backend`` setting):
 - ``flash_attn``: the ``flash_attn`` package (``flash_attn_func`` / ``flash_attn_varlen_func`` with
   ``window_size``); CUDA, fp16/bf16 only.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention``; on CUDA with fp16/bf16 inputs it is
-  run under ``sdpa_kernel`` with cuDNN first, then FlashAttention. Windows and packed documents become
+  run under ``sdpa_kernel`` with cuDNN first in training and FlashAttention first in inference (cuDNN
+  builds a graph per new shape). Windows and packed documents become
   a boolean mask (which those two kernels do not take, so torch falls back to its other kernels).
 - ``flex``: FlexAttention with a block mask (skips fully masked blocks: the fast path for windows and
   packed documents); compiled on CUDA, eager elsewhere. The packed-document block mask is built from
@@ -153,12 +154,17 @@ def _math(q, k, v, allowed, scale):
 
 
 def _sdpa_context(device: torch.device, dtype: torch.dtype):
+    """Kernel priority for SDPA on CUDA in half precision. cuDNN first while gradients are on (training:
+    the same shapes every step, and cuDNN's forward was the fastest measured); FlashAttention first
+    otherwise, because cuDNN builds a new execution graph for every new shape, and inference shapes
+    change with every decoded token and every prompt length."""
     if device.type != "cuda" or dtype not in HALF:
         return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-             SDPBackend.MATH]
+    order = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+    if torch.is_grad_enabled():
+        order.insert(0, SDPBackend.CUDNN_ATTENTION)
     try:
         return sdpa_kernel(order, set_priority=True)
     except TypeError:  # torch without set_priority

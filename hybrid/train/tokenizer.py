@@ -9,6 +9,12 @@ Design of the default tokenizer (``hybrid/data/tokenizer/``, vocab 4096):
   single tokens and hex strings split into short, consistent pieces;
 - special tokens ``<|bos|>`` (id 0), ``<|eos|>`` (1), ``<|pad|>`` (2).
 
+A second shipped tokenizer, ``digits3`` (``hybrid/data/tokenizer-digits3/``, ``load_tokenizer("digits3")``),
+is the same except that digit runs split into groups of up to three from the left (every group of
+1-3 digits is one token): a 7-digit RULER value is 3 tokens (``762`` ``403`` ``9``). Copying such a
+value is an induction over distinct tokens, which small models trained from scratch learn far sooner
+than copying 7 single digits that repeat across the context (measured in docs/ruler.md).
+
 ``load_tokenizer(spec)`` accepts None / "default" (the shipped one), a directory holding a
 ``tokenizer.json`` (``AutoTokenizer.from_pretrained`` on a local dir) or a ``tokenizer.json`` file.
 """
@@ -23,6 +29,7 @@ from pathlib import Path
 from hybrid.train.textfiles import DATA_DIR, DataFileError, expand_files, iter_all_documents
 
 DEFAULT_TOKENIZER_DIR = DATA_DIR / "tokenizer"
+SHIPPED_TOKENIZERS = {"default": DEFAULT_TOKENIZER_DIR, "digits3": DATA_DIR / "tokenizer-digits3"}
 BOS, EOS, PAD = "<|bos|>", "<|eos|>", "<|pad|>"
 SPECIAL_TOKENS = [BOS, EOS, PAD]
 
@@ -58,19 +65,35 @@ def synthetic_lines(n: int, seed: int = 1234) -> Iterator[str]:
                    f"text? The special magic number for {key} mentioned in the provided text is {num}")
 
 
+def digit_group_lines(group: int, n: int = 20000, seed: int = 4321) -> Iterator[str]:
+    """Lines of random digit groups (1 to ``group`` digits, leading zeros included) so that BPE learns
+    every group as one token."""
+    rng = random.Random(seed)
+    for _ in range(n):
+        yield " ".join(str(rng.randrange(10 ** group)).zfill(rng.randint(1, group)) for _ in range(20))
+
+
 def train_tokenizer(out_dir: str | Path = DEFAULT_TOKENIZER_DIR, files: list[str] | None = None,
-                    vocab_size: int = 4096, synthetic: int = 20000, min_frequency: int = 2):
+                    vocab_size: int = 4096, synthetic: int = 20000, min_frequency: int = 2,
+                    digit_group: int = 1):
     """Train a byte-level BPE on ``files`` (default: the shipped corpus) and save it as a HF tokenizer
-    directory. Returns the ``PreTrainedTokenizerFast``."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    directory. ``digit_group``: digit runs are split into groups of up to this many digits before BPE
+    (1: one token per digit; 3: the ``digits3`` tokenizer). Returns the ``PreTrainedTokenizerFast``."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be >= {256 + len(SPECIAL_TOKENS)} (the byte alphabet), got {vocab_size}")
+    if not 1 <= digit_group <= 4:
+        raise ValueError(f"digit_group must be 1..4 (every group becomes a token), got {digit_group}")
     paths = expand_files(files)
     tok = Tokenizer(models.BPE())
+    if digit_group == 1:
+        digits = pre_tokenizers.Digits(individual_digits=True)
+    else:
+        digits = pre_tokenizers.Split(Regex(rf"\d{{1,{digit_group}}}"), behavior="isolated")
     tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
+        digits,
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
     ])
     tok.decoder = decoders.ByteLevel()
@@ -81,6 +104,8 @@ def train_tokenizer(out_dir: str | Path = DEFAULT_TOKENIZER_DIR, files: list[str
     def texts():
         yield from iter_all_documents(paths)
         yield from synthetic_lines(synthetic)
+        if digit_group > 1:
+            yield from digit_group_lines(digit_group)
 
     tok.train_from_iterator(texts(), trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
@@ -92,14 +117,18 @@ def train_tokenizer(out_dir: str | Path = DEFAULT_TOKENIZER_DIR, files: list[str
 
 
 def load_tokenizer(spec: str | Path | None = None):
-    """Load a tokenizer: None/"default" = shipped; a local HF tokenizer dir; or a tokenizer.json file.
+    """Load a tokenizer: None/"default" or "digits3" = shipped; a local HF tokenizer dir; or a tokenizer.json
+    file.
     The result always has bos/eos/pad ids (pad falls back to eos, bos to eos if missing)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if spec is None or str(spec) == "default":
-        path = DEFAULT_TOKENIZER_DIR
+    if spec is None or str(spec) in SHIPPED_TOKENIZERS:
+        name = "default" if spec is None else str(spec)
+        path = SHIPPED_TOKENIZERS[name]
         if not (path / "tokenizer.json").exists():
-            raise DataFileError(f"the default tokenizer is missing from {path}; build it with 'hybrid tokenizer train'")
+            how = "" if name == "default" else f" --digit-group 3 --out {path}"
+            raise DataFileError(f"the shipped tokenizer {name!r} is missing from {path}; build it with "
+                                f"'hybrid tokenizer train{how}'")
     else:
         path = Path(spec).expanduser()
     if path.is_file():
