@@ -42,7 +42,34 @@ def test_ruler_end_to_end(tiny_model, tmp_path, capsys):
     assert all(p["prompt_tokens"] + 128 <= p["length"] for p in preds)
     assert (out / "heatmap.png").stat().st_size > 1000
     text = capsys.readouterr().out
-    assert "niah_multikey_1 *" in text and "RULER-like" in text
+    assert "niah_multikey_1 *" in text and "RULER-like" in text and "teacher-forced" in text
+    # teacher-forced answer-token accuracy: 7 digit tokens per 7-digit answer, the cell mean of the rows
+    assert all(p["answer_tokens"] == 7 and 0 <= p["answer_tokens_right"] <= 7 for p in preds)
+    for t in res["scores"]:
+        for n in ("320", "400"):
+            rows = [p for p in preds if p["task"] == t and str(p["length"]) == n]
+            expect = 100 * sum(p["answer_tokens_right"] for p in rows) / sum(p["answer_tokens"] for p in rows)
+            assert res["answer_token_acc"][t][n] == pytest.approx(expect)
+
+
+def test_teacher_forced_answer_tokens_match_unpadded_rows(tiny_model):
+    """Right-padded batch rows give the same per-token predictions as each row alone."""
+    import torch
+
+    from hybrid.eval.ruler.checkpoint import load_checkpoint
+    from hybrid.eval.ruler.runner import answer_tokens_right
+
+    model, tok, _ = load_checkpoint(tiny_model, device="cpu")
+    prompts = [[0] + list(range(100, 140)), [0] + list(range(200, 215))]
+    completions = [" 4829013.", " 1234567."]
+    got = answer_tokens_right(model, tok, prompts, completions)
+    for (right, counted), p, c in zip(got, prompts, completions):
+        cid = tok.encode(c, add_special_tokens=False)
+        with torch.no_grad():
+            pred = model(input_ids=torch.tensor([p + cid])).logits.argmax(-1)[0]
+        digits = [j for j, t in enumerate(cid) if tok.decode([t]).isdigit()]
+        assert counted == len(digits) == 7
+        assert right == sum(int(pred[len(p) + j - 1]) == cid[j] for j in digits)
 
 
 def test_ruler_scores_match_predictions(tiny_model, tmp_path):

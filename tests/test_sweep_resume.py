@@ -66,6 +66,8 @@ def test_interrupted_sweep_resumes(sweep_file, tmp_path, capsys):
         "cache_bytes"]  # a KV cache grows with context, a recurrent state does not
     md = (out / "report.md").read_text()
     assert "| micro-1to1 | `CA` | 0.500 |" in md and "niah_single_1 @640" in md
+    assert "## Teacher-forced answer-token accuracy" in md
+    assert all(0 <= x <= 100 for x in v["answer_token_acc"]["niah_single_1"]["640"])
     for png in ("score_vs_ratio.png", "frontier.png"):
         assert (out / png).stat().st_size > 1000
 

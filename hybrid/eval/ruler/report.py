@@ -17,15 +17,26 @@ def fmt(v: float) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.1f}"
 
 
+TF_NOTE = "(in parentheses: teacher-forced accuracy on the answer's word/number tokens, %)"
+
+
+def cell(run: RulerRun, task: str, n: int) -> str:
+    """The score, with the teacher-forced answer-token accuracy in parentheses when measured."""
+    acc = run.answer_token_acc.get(task, {}).get(n)
+    return fmt(run.scores.get(task, {}).get(n)) + ("" if acc is None else f" ({acc:.0f})")
+
+
 def plain_table(run: RulerRun, title: str = "RULER") -> str:
     from .haystack import essay_label
 
     rows = [["task", *map(str, run.lengths)]]
-    rows += [[t + (" *" if t in run.ruler_like else ""), *(fmt(run.scores.get(t, {}).get(n)) for n in run.lengths)]
+    rows += [[t + (" *" if t in run.ruler_like else ""), *(cell(run, t, n) for n in run.lengths)]
              for t in run.tasks]
     rows.append(["mean", *(fmt(run.mean(n)) for n in run.lengths)])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [title] + ["  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+    if run.answer_token_acc:
+        lines.append(TF_NOTE)
     if run.ruler_like:
         lines.append(RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack)))
     return "\n".join(lines)
@@ -40,14 +51,15 @@ def table(run: RulerRun, title: str = "RULER"):
 
     from .haystack import essay_label
 
-    tab = Table(title=title, caption=RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack))
-                if run.ruler_like else None)
+    notes = ([TF_NOTE] if run.answer_token_acc else []) + (
+        [RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack))] if run.ruler_like else [])
+    tab = Table(title=title, caption="\n".join(notes) or None)
     tab.add_column("task")
     for n in run.lengths:
         tab.add_column(str(n), justify="right")
     for t in run.tasks:
         name = t + (" *" if t in run.ruler_like else "")
-        tab.add_row(name, *(fmt(run.scores.get(t, {}).get(n)) for n in run.lengths))
+        tab.add_row(name, *(cell(run, t, n) for n in run.lengths))
     tab.add_section()
     tab.add_row("mean", *(fmt(run.mean(n)) for n in run.lengths), style="bold")
     return tab

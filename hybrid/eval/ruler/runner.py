@@ -21,6 +21,9 @@ class RulerRun:
     seed: int
     haystack: str | None
     scores: dict[str, dict[int, float]] = field(default_factory=dict)
+    # teacher-forced accuracy on the canonical answer's word/number tokens (percent), a graded signal
+    # next to the all-or-nothing RULER score
+    answer_token_acc: dict[str, dict[int, float]] = field(default_factory=dict)
     predictions: list[dict] = field(default_factory=list)
     gen_tokens: int = 0
     gen_seconds: float = 0.0
@@ -43,6 +46,8 @@ class RulerRun:
             "metric": {t: get_task(t).metric for t in self.tasks},
             "scores": {t: {str(n): v for n, v in self.scores[t].items()} for t in self.tasks},
             "mean": {str(n): self.mean(n) for n in self.lengths},
+            "answer_token_acc": {t: {str(n): v for n, v in self.answer_token_acc.get(t, {}).items()}
+                                 for t in self.tasks},
             "decode": {"generated_tokens": self.gen_tokens, "seconds": self.gen_seconds,
                        "prompt_tokens": self.prompt_tokens,
                        "ms_per_generated_token": 1000 * self.gen_seconds / max(self.gen_tokens, 1)},
@@ -88,6 +93,35 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) ->
     return texts, made
 
 
+def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions: list[str]) -> list[tuple[int, int]]:
+    """Teacher forcing: feed ``prompt + completion`` and count, per row, how many of the completion's
+    content tokens (those with a letter or digit) the model predicts exactly, as (right, counted).
+
+    Rows are right-padded, which a causal model never sees before its own tokens, so no mask is needed."""
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    comp = [tokenizer.encode(c, add_special_tokens=False) for c in completions]
+    rows = [p + c for p, c in zip(prompts, comp)]
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        pred = model(input_ids=ids.to(device)).logits.argmax(-1).cpu()
+    out = []
+    for i, (p, c) in enumerate(zip(prompts, comp)):
+        right = counted = 0
+        for j, t in enumerate(c):
+            if not any(ch.isalnum() for ch in tokenizer.decode([t])):
+                continue
+            counted += 1
+            right += int(pred[i, len(p) + j - 1]) == t
+        out.append((right, counted))
+    return out
+
+
 def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, batch_size: int = 8,
              seed: int = 0, haystack: str | None = None, data: dict | None = None, progress: bool = True,
              label: str = "RULER") -> RulerRun:
@@ -103,6 +137,7 @@ def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, 
     try:
         for (t, length), group in samples.items():
             scores = []
+            tf_right = tf_counted = 0
             order = sorted(range(len(group)), key=lambda i: -group[i].prompt_tokens)
             for b in range(0, len(order), batch_size):
                 idx = order[b: b + batch_size]
@@ -112,16 +147,21 @@ def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, 
                 run.gen_seconds += time.perf_counter() - t0
                 run.gen_tokens += made
                 run.prompt_tokens += sum(len(p) for p in prompts)
-                for i, text in zip(idx, texts):
+                tf = answer_tokens_right(model, tokenizer, prompts, [group[i].completion for i in idx])
+                for i, text, (right, counted) in zip(idx, texts, tf):
                     s = group[i]
                     v = score_one(get_task(t).metric, text, s.answers)
                     scores.append(v)
+                    tf_right, tf_counted = tf_right + right, tf_counted + counted
                     run.predictions.append({"task": t, "length": length, "index": i, "seed": s.seed,
                                             "answers": s.answers, "prediction": postprocess(text),
-                                            "score": v, "prompt_tokens": s.prompt_tokens})
+                                            "score": v, "prompt_tokens": s.prompt_tokens,
+                                            "answer_tokens_right": right, "answer_tokens": counted})
                 bar.update(len(idx))
                 bar.set_postfix_str(f"{t}@{length}")
             run.scores.setdefault(t, {})[length] = 100.0 * sum(scores) / len(scores)
+            if tf_counted:
+                run.answer_token_acc.setdefault(t, {})[length] = 100.0 * tf_right / tf_counted
     finally:
         bar.close()
     return run

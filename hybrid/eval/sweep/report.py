@@ -35,11 +35,14 @@ def aggregate(results: list[dict]) -> list[dict]:
         tasks = first["ruler"]["tasks"]
         scores = {t: {str(n): [r["ruler"]["scores"][t][str(n)] for r in rs] for n in lengths} for t in tasks}
         means = {str(n): [r["ruler"]["mean"][str(n)] for r in rs] for n in lengths}
+        tf = {t: {str(n): [r["ruler"]["answer_token_acc"][t][str(n)] for r in rs
+                           if str(n) in r["ruler"].get("answer_token_acc", {}).get(t, {})]
+                  for n in lengths} for t in tasks}
         out.append({
             "name": name, "variant": first["variant"], "layout": first["layout"], "n_layers": first["n_layers"],
             "attention_layers": first["attention_layers"], "attention_share": first["attention_share"],
             "params": first["params"], "seeds": [r["seed"] for r in rs], "train_length": first["train_length"],
-            "lengths": lengths, "tasks": tasks, "scores": scores, "mean": means,
+            "lengths": lengths, "tasks": tasks, "scores": scores, "mean": means, "answer_token_acc": tf,
             "train_tokens_per_s": [r["train"]["tokens_per_s"] for r in rs],
             "train_final_loss": [r["train"]["final_loss"] for r in rs],
             "train_wall_s": [r["train"]["wall_time_s"] for r in rs],
@@ -214,6 +217,23 @@ def markdown(variants: list[dict], meta: dict) -> str:
         L.append("| " + " | ".join([v["name"]] + [_pm(v["scores"][t][str(n)], spread) for t in tasks
                                                    for n in lengths]) + " |")
     L.append("")
+    if any(v.get("answer_token_acc", {}).get(t, {}).get(str(n)) for v in variants for t in tasks for n in lengths):
+        L.append("## Teacher-forced answer-token accuracy (%)" + (" (mean ± std over seeds)" if spread else ""))
+        L.append("")
+        L.append("The model reads the prompt and the correct answer; the share of the answer's word and number "
+                 "tokens it predicts exactly. A graded signal under the all-or-nothing scores above: it shows a "
+                 "variant that copies part of a value, or finds the needle but not the whole answer.")
+        L.append("")
+        L.append("| " + " | ".join(head) + " |")
+        L.append("|" + "---|" * len(head))
+        for v in variants:
+            cells = []
+            for t in tasks:
+                for n in lengths:
+                    vals = v.get("answer_token_acc", {}).get(t, {}).get(str(n)) or []
+                    cells.append(_pm(vals, spread) if vals else "-")
+            L.append("| " + " | ".join([v["name"]] + cells) + " |")
+        L.append("")
     L.append("## Plots")
     L.append("")
     L.append("![score vs attention share](score_vs_ratio.png)")
