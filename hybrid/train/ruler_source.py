@@ -15,9 +15,9 @@ mixture at 512 tokens: 1.49 documents per row and 14% padding, against 1.20 and 
 
 Length curriculum (``doc_len_warmup: N``, default 0 = off): during the first ``N`` training steps a
 document's length is capped, the cap growing linearly from the longest task minimum (so every task
-is drawn from the first step) to the full row. Early rows then hold several short documents, so each step carries more answers and each
-needle sits among fewer tokens, which is the signal retrieval has to be learned from. Held-out
-batches are never capped.
+is drawn from the first step) to the full row. Early rows then hold several short documents, so
+each step carries more answers and each needle sits among fewer tokens, which is the signal
+retrieval has to be learned from. Held-out batches are never capped.
 
 Follow-up questions (``followups: N``, default 0 = off): after the answer, a training document asks
 up to ``N`` more questions about other facts its context states (the other keys of niah_multikey_*,
@@ -111,10 +111,12 @@ class RulerSource:
         if self.followups:
             from hybrid.eval.ruler import make_sample
 
-            s = make_sample(self.tasks[0], self.min_len[self.tasks[0]], tokenizer, 12345)
-            if "followup" in s.meta:
-                q, a = self._followup(s.meta, s.meta["queried"][0], "1234567")
-                self.followup_tokens = len(q) + len(a) + 2
+            for name in self.tasks:  # the first task that has follow-ups (the NIAH ones) sets the size
+                s = make_sample(name, self.min_len[name], tokenizer, 12345)
+                if "followup" in s.meta:
+                    q, a = self._followup(s.meta, s.meta["queried"][0], "1234567")
+                    self.followup_tokens = len(q) + len(a) + 2
+                    break
 
     def _followup(self, meta: dict, key: str, value: str) -> tuple[list[int], list[int]]:
         """Token ids of one follow-up question (with its answer prefix) and of its answer."""
