@@ -13,8 +13,8 @@ A second shipped tokenizer, ``digits3`` (``hybrid/data/tokenizer-digits3/``, ``l
 is the same except that digit runs split into groups of up to three from the left (every group of
 1-3 digits is one token): a 7-digit RULER value is 3 tokens (``762`` ``403`` ``9``). Copying such a
 value is an induction over mostly distinct tokens rather than over 7 single digits that repeat all
-over the context; in our small CPU probes one of two runs with digit groups learned to copy the
-passkey and none with single digits did (docs/ruler.md).
+over the context; in our small CPU probes 2 of 3 runs with digit groups learned to copy the passkey
+(72% of its answer tokens after 1400 steps) and none of 3 with single digits did (docs/ruler.md).
 
 ``load_tokenizer(spec)`` accepts None / "default" (the shipped one), a directory holding a
 ``tokenizer.json`` (``AutoTokenizer.from_pretrained`` on a local dir) or a ``tokenizer.json`` file.
