@@ -266,7 +266,7 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
 
     workers = cfg.data_workers if cfg.data_workers is not None else auto_workers(
         cfg.data.kind, dev.type, dist_.world_size)
-    prefetch = Prefetcher(source, steps=cfg.steps, accum=cfg.grad_accum, workers=workers)  # before CUDA init
+    prefetch = Prefetcher(source, steps=cfg.steps, accum=cfg.grad_accum, workers=workers)  # spawned workers
     try:
         return _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, latest,
                       progress=progress, resume=resume, save_hook=save_hook, stop_after=stop_after)

@@ -17,12 +17,9 @@ _SOURCE = None
 def _init(source):
     global _SOURCE
     _SOURCE = source
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)  # workers share the cores; one thread each
-    except ImportError:  # pragma: no cover
-        pass
+    torch.set_num_threads(1)  # workers share the cores; one thread each
 
 
 def _make(step: int, micro: int):

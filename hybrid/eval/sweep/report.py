@@ -227,11 +227,8 @@ def markdown(variants: list[dict], meta: dict) -> str:
         L.append("| " + " | ".join(head) + " |")
         L.append("|" + "---|" * len(head))
         for v in variants:
-            cells = []
-            for t in tasks:
-                for n in lengths:
-                    vals = v.get("answer_token_acc", {}).get(t, {}).get(str(n)) or []
-                    cells.append(_pm(vals, spread) if vals else "-")
+            acc = v.get("answer_token_acc", {})
+            cells = [_pm(acc.get(t, {}).get(str(n), []), spread) for t in tasks for n in lengths]
             L.append("| " + " | ".join([v["name"]] + cells) + " |")
         L.append("")
     L.append("## Plots")
