@@ -41,6 +41,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batch", type=int, help="rows per step (default: the recipe's train.batch_size)")
     ap.add_argument("--steps", type=int, default=12, help="timed steps after the first (default 12)")
     ap.add_argument("--profile", action="store_true", help="print the CUDA kernel table of three steps")
+    ap.add_argument("--compile", choices=["recipe", "on", "off"], default="recipe",
+                    help="torch.compile the model (default: the recipe's train.compile)")
     args = ap.parse_args(argv)
 
     from hybrid.train.config import TrainConfig
@@ -54,6 +56,8 @@ def main(argv=None) -> None:
     tok = load_tokenizer(cfg.data.tokenizer) if cfg.data.kind != "assoc_recall" else None
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = _build_model(rec, cfg, tok).to(dev)
+    compiled = cfg.compile if args.compile == "recipe" else args.compile == "on"
+    fwd_model = torch.compile(model) if compiled else model
     source = make_source(cfg, vocab_size=model.config.vocab_size, tokenizer=tok, rank=0, world_size=1)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     batches = [source.batch(i, 0) for i in range(4)]
@@ -64,7 +68,7 @@ def main(argv=None) -> None:
         sync()
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = _forward(model, b)
+            loss, _ = _forward(fwd_model, b)
         sync()
         t1 = time.perf_counter()
         loss.backward()
@@ -74,12 +78,15 @@ def main(argv=None) -> None:
         return 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1), b.num_tokens
 
     f0, b0, _ = step(batches[0])
+    if compiled:  # packed layouts differ in their number of documents: the second shape recompiles
+        f1, b1, _ = step(batches[1])
+        f0, b0 = f0 + f1, b0 + b1
     times = [step(batches[(i + 1) % 4]) for i in range(args.steps)]
     fwd, bwd = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
     ntok = times[0][2]
     print(f"{rec.name} ({rec.letters}), {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"{cfg.batch_size} x {cfg.seq_len} tokens per step on {dev}")
-    print(f"first step (compiles): fwd {f0:.0f} ms, bwd+opt {b0:.0f} ms")
+          f"{cfg.batch_size} x {cfg.seq_len} tokens per step on {dev}{', torch.compile' if compiled else ''}")
+    print(f"first step{'s' if compiled else ''} (compiles): fwd {f0:.0f} ms, bwd+opt {b0:.0f} ms")
     print(f"median of {args.steps}: fwd {fwd:.1f} ms, bwd+opt {bwd:.1f} ms, "
           f"{ntok / ((fwd + bwd) / 1e3):,.0f} tokens/s")
     if args.profile and dev.type == "cuda":

@@ -33,3 +33,12 @@ def test_aggregate_and_report(tmp_path):
     data = json.loads(paths["json"].read_text())
     assert data["largest_gap"]["best"] == "CA"
     assert paths["ratio_png"].stat().st_size > 1000 and paths["frontier_png"].stat().st_size > 1000
+
+
+def test_learning_curves_plot(tmp_path):
+    rs = [result("CC", 0.0, 0, 80, 10), result("CA", 0.5, 0, 100, 90)]
+    rs[1]["train"]["answer_acc_curve"] = [[100, 0.4], [200, 0.9]]
+    paths = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})
+    assert paths["learning_png"].stat().st_size > 1000 and "learning.png" in paths["md"].read_text()
+    (tmp_path / "one").mkdir()
+    assert "learning_png" not in write_report(rs[:1], tmp_path / "one", {"name": "t", "sweep": "t.yaml"})

@@ -244,6 +244,27 @@ def test_ruler_mix_answer_loss(tok):
     assert np.all(b.labels.numpy() < 4096)
 
 
+def test_ruler_mix_marks_answer_tokens_whatever_the_loss(tok):
+    """answer_labels are the answer tokens (without the closing <eos>) under loss_on all and answer."""
+    pytest.importorskip("hybrid.eval.ruler")
+    from hybrid.train.ruler_source import RulerSource
+
+    kw = dict(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=3, followups=2)
+    on_all, on_ans = RulerSource(loss_on="all", **kw), RulerSource(loss_on="answer", **kw)
+    a, b = on_all.batch(3, 0), on_ans.batch(3, 0)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.answer_labels, b.answer_labels)
+    assert (a.labels != IGNORE).sum() > 3 * (a.answer_labels != IGNORE).sum()  # loss on all: many more
+    expect = b.labels.clone()
+    expect[expect == tok.eos_token_id] = IGNORE
+    assert torch.equal(b.answer_labels, expect)
+    n_docs = len(b.cu_seqlens) - 2
+    answered = b.answer_labels[0] != IGNORE
+    runs = int((answered[1:] & ~answered[:-1]).sum()) + int(answered[0])
+    assert runs > n_docs  # follow-ups add answers beyond one per document
+    moved = b.to("cpu")
+    assert torch.equal(moved.answer_labels, b.answer_labels)
+
+
 def test_prefetch_workers_give_the_same_stream():
     from hybrid.train.prefetch import Prefetcher
 

@@ -239,3 +239,5 @@ def test_ruler_mix_trains_with_prefetch_workers(tmp_path):
     res = run_training(r, tmp_path / "run", progress=False)
     assert res.steps == 2 and res.eval_loss is not None and math.isfinite(res.final_loss)
     assert (tmp_path / "run" / "tokenizer.json").exists()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0.0 <= summary["eval_answer_acc"] <= 1.0  # the held-out retrieval signal of ruler_mix

@@ -130,7 +130,7 @@ def causal_mask(T: int, device, *, window: int | None = None, cu_seqlens: torch.
     if window is not None:
         allowed &= (i[:, None] - i[None, :]) < window
     if cu_seqlens is not None:
-        doc = torch.searchsorted(cu_seqlens.to(device=device, dtype=torch.long)[1:], i, right=True)
+        doc = torch.searchsorted(cu_seqlens.to(device=device, dtype=torch.long)[1:].contiguous(), i, right=True)
         allowed &= doc[:, None] == doc[None, :]
     return allowed
 

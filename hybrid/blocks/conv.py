@@ -16,7 +16,8 @@ def doc_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch
     """Sequence id and position inside its sequence for every packed token. Both int64 ``[total]``."""
     cu = cu_seqlens.to(torch.long)
     t = torch.arange(total, device=cu.device)
-    doc = torch.searchsorted(cu[1:], t, right=True)
+    # contiguous: inductor cannot lower searchsorted over a sliced view (torch.compile on CUDA)
+    doc = torch.searchsorted(cu[1:].contiguous(), t, right=True)
     return doc, t - cu[doc]
 
 
@@ -48,41 +49,31 @@ def short_conv(
 
     if B != 1:
         raise ValueError(f"short_conv: with cu_seqlens the batch dimension must be 1, got {B}")
-    doc, rel = doc_index(cu_seqlens, T)
-    xs = x[0]
-    y = torch.zeros_like(xs)
-    for s in range(width):  # tap that reads the input s tokens back
-        src = F.pad(xs, (0, 0, s, 0))[:T] if s else xs
-        inside = (rel >= s).unsqueeze(1)
-        if initial_state is not None and s:
-            idx = (width - 1 - s + rel).clamp(min=0, max=width - 2)
-            carried = initial_state[doc, :, idx].to(x.dtype)  # [T, C]
-            src = torch.where(inside, src, carried)
-        else:
-            src = src * inside
-        y = y + src * weight[:, width - 1 - s].to(x.dtype)
-    final = None
-    if output_final_state:
-        final = _packed_final_state(xs, cu_seqlens, initial_state, width)
-    return y.unsqueeze(0), final
-
-
-def _packed_final_state(xs, cu_seqlens, initial_state, width):
+    # One convolution over all sequences: every sequence gets ``width - 1`` slots in front of it, filled
+    # with its carried state (or zeros), so no tap reaches into the previous sequence. The same three
+    # launches (scatter, depthwise conv, gather) whatever the number of sequences.
+    p = width - 1
     cu = cu_seqlens.to(torch.long)
     n = cu.numel() - 1
-    C = xs.shape[1]
-    if width == 1:
-        return xs.new_zeros(n, C, 0)
-    starts, ends = cu[:-1], cu[1:]
-    cols = []
-    for j in range(width - 1, 0, -1):  # state slot width-1-j holds the input j tokens before the end
-        src_t = ends - j
-        inside = (src_t >= starts).unsqueeze(1)
-        val = xs[src_t.clamp(min=0)]
-        if initial_state is not None:
-            idx = (width - 1 - j + (ends - starts)).clamp(max=width - 2)
-            carried = initial_state[torch.arange(n, device=xs.device), :, idx].to(xs.dtype)
-        else:
-            carried = torch.zeros_like(val)
-        cols.append(torch.where(inside, val, carried))
-    return torch.stack(cols, dim=2)
+    doc, _ = doc_index(cu_seqlens, T)
+    tok_at = torch.arange(T, device=x.device) + (doc + 1) * p  # where token t sits in the slotted buffer
+    ext = x.new_zeros(T + n * p, C)
+    if p and initial_state is not None:
+        slot0 = cu[:-1] + torch.arange(n, device=x.device) * p  # first slot of sequence j
+        slots = (slot0[:, None] + torch.arange(p, device=x.device)).reshape(-1)
+        ext = ext.index_copy(0, slots, initial_state.transpose(1, 2).reshape(n * p, C).to(x.dtype))
+    ext = ext.index_copy(0, tok_at, x[0])
+    if T == 0:
+        y = x[0]
+    else:
+        y_ext = F.conv1d(ext.t().unsqueeze(0), weight.unsqueeze(1).to(x.dtype), groups=C)[0].t()
+        y = y_ext.index_select(0, tok_at - p)
+    final = None
+    if output_final_state:
+        if p == 0:
+            final = x.new_zeros(n, C, 0)
+        else:  # the last width - 1 entries of each sequence's slots + tokens, oldest first
+            last0 = cu[1:] + torch.arange(n, device=x.device) * p
+            idx = (last0[:, None] + torch.arange(p, device=x.device)).reshape(-1)
+            final = ext.index_select(0, idx).view(n, p, C).transpose(1, 2).contiguous()
+    return y.unsqueeze(0), final

@@ -27,6 +27,11 @@ from .cache import RecurrentCacheLayer
 from .conv import short_conv
 from .norms import GatedHeadRMSNorm
 
+# torch.compile (train.compile) compiles everything around the operator; the operator itself is our
+# own autograd Function over Triton kernels (or the chunked torch loop on CPU) and stays eager
+_carve = torch.compiler.disable(carve)
+_carve_decode = torch.compiler.disable(carve_decode)
+
 
 class RecurrentMixer(nn.Module):
     """CARVE (``kind='carve'``) or GDN-2 (``kind='gdn2'``) token mixer for a normalised block dict."""
@@ -120,12 +125,12 @@ class RecurrentMixer(nn.Module):
             if decode:
                 if state is None:
                     state = CarveState.zeros(B, H, K, V, device=x.device)
-                o, new_state = carve_decode(q[:, 0], k[:, 0], v[:, 0], g[:, 0], a[:, 0], w[:, 0], u_down, u_up,
+                o, new_state = _carve_decode(q[:, 0], k[:, 0], v[:, 0], g[:, 0], a[:, 0], w[:, 0], u_down, u_up,
                                             state, chunk_size=self.chunk_size, content_grad=self.content_grad,
                                             backend=self.operator_backend)
                 o = o.unsqueeze(1)
             else:
-                o, new_state = carve(q, k, v, g, a, w, u_down, u_up, chunk_size=self.chunk_size,
+                o, new_state = _carve(q, k, v, g, a, w, u_down, u_up, chunk_size=self.chunk_size,
                                      content_grad=self.content_grad, initial_state=state,
                                      output_final_state=want_state, cu_seqlens=cu_seqlens,
                                      backend=self.operator_backend)

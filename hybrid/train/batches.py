@@ -39,6 +39,9 @@ class Batch:
     input_ids: torch.Tensor  # (B, T) or (1, N) int64
     labels: torch.Tensor  # same shape, IGNORE where no loss
     cu_seqlens: torch.Tensor | None = None  # int32 (S+1,) for packed (1, N) batches
+    # labels of the answer tokens only (IGNORE elsewhere), for sources that know which tokens answer a
+    # question (ruler_mix); held-out evaluation reports next-token accuracy on them
+    answer_labels: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -50,32 +53,47 @@ class Batch:
 
     def to(self, device) -> Batch:
         cu = None if self.cu_seqlens is None else self.cu_seqlens.to(device, non_blocking=True)
-        return Batch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), cu)
+        ans = None if self.answer_labels is None else self.answer_labels.to(device, non_blocking=True)
+        return Batch(self.input_ids.to(device, non_blocking=True), self.labels.to(device, non_blocking=True), cu,
+                     ans)
 
 
-def pack_rows(rows: list[tuple[np.ndarray, np.ndarray, list[int]]], allow_plain: bool = True) -> Batch:
-    """Flatten rows of (ids, labels, segment_starts) into one (1, N) batch with cu_seqlens.
+def pack_rows(rows: list[tuple], allow_plain: bool = True) -> Batch:
+    """Flatten rows of (ids, labels, segment_starts[, answer_labels]) into one (1, N) batch with
+    cu_seqlens (``answer_labels``, when every row has them, become ``Batch.answer_labels``).
 
     ``segment_starts`` are offsets inside the row (0 first); each row start is also a boundary.
     When no row holds a boundary inside it (and ``allow_plain``), the rows are returned as a plain
     ``(B, T)`` batch without ``cu_seqlens``: the same computation, and faster for recurrent layers on
     CPU (B sequences in parallel instead of one B*T-long sequence)."""
+    with_answers = bool(rows) and all(len(r) > 3 and r[3] is not None for r in rows)
     if allow_plain and len({len(r[0]) for r in rows}) == 1 and all(list(r[2]) in ([], [0]) for r in rows):
         labels = np.stack([r[1] for r in rows]).astype(np.int64)
         labels[:, 0] = IGNORE
-        return Batch(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)), torch.from_numpy(labels))
-    ids, labels, cu = [], [], []
+        ans = None
+        if with_answers:
+            ans = np.stack([r[3] for r in rows]).astype(np.int64)
+            ans[:, 0] = IGNORE
+            ans = torch.from_numpy(ans)
+        return Batch(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)), torch.from_numpy(labels),
+                     None, ans)
+    ids, labels, answers, cu = [], [], [], []
     offset = 0
-    for r_ids, r_labels, starts in rows:
-        r_labels = r_labels.copy()
+    for r in rows:
+        r_ids, r_labels, starts = r[0], r[1].copy(), r[2]
+        r_ans = r[3].copy() if with_answers else None
         for s in starts:
             cu.append(offset + s)
             r_labels[s] = IGNORE
+            if r_ans is not None:
+                r_ans[s] = IGNORE
         ids.append(r_ids)
         labels.append(r_labels)
+        answers.append(r_ans)
         offset += len(r_ids)
     cu.append(offset)
     cu_arr = np.unique(np.asarray(cu, dtype=np.int64))
+    ans = torch.from_numpy(np.concatenate(answers).astype(np.int64))[None] if with_answers else None
     return Batch(torch.from_numpy(np.concatenate(ids).astype(np.int64))[None],
                  torch.from_numpy(np.concatenate(labels).astype(np.int64))[None],
-                 torch.from_numpy(cu_arr.astype(np.int32)))
+                 torch.from_numpy(cu_arr.astype(np.int32)), ans)

@@ -167,10 +167,12 @@ def _autocast(dev: torch.device, cfg: TrainConfig):
 
 def evaluate(model, source, n_batches: int, dev: torch.device, autocast, dist_: Dist) -> dict:
     """Held-out loss (token-weighted mean over ``n_batches`` micro-batches) and next-token accuracy on
-    the labelled positions."""
+    the labelled positions; for sources that mark answer tokens (ruler_mix), also the next-token
+    accuracy on the answers alone (``eval_answer_acc``), which is the retrieval signal when the loss is
+    on every token."""
     was_training = model.training
     model.eval()
-    tot, n, correct, counted = 0.0, 0, 0, 0
+    tot, n, correct, counted, a_right, a_count = 0.0, 0, 0, 0, 0, 0
     with torch.no_grad():
         for i in range(n_batches):
             b = source.eval_batch(i)
@@ -185,11 +187,18 @@ def evaluate(model, source, n_batches: int, dev: torch.device, autocast, dist_: 
             c, m = _accuracy(logits, b.labels)
             correct += c
             counted += m
-    tot, n, correct, counted = dist_.all_reduce_sum([tot, n, correct, counted])
+            if b.answer_labels is not None:
+                c, m = _accuracy(logits, b.answer_labels)
+                a_right += c
+                a_count += m
+    tot, n, correct, counted, a_right, a_count = dist_.all_reduce_sum([tot, n, correct, counted, a_right, a_count])
     model.train(was_training)
     if n == 0:
         return {"eval_loss": None, "eval_acc": None}
-    return {"eval_loss": tot / n, "eval_acc": (correct / counted) if counted else None}
+    out = {"eval_loss": tot / n, "eval_acc": (correct / counted) if counted else None}
+    if a_count:
+        out["eval_answer_acc"] = a_right / a_count
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,6 +360,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     t_start = time.perf_counter()
     t_window, tok_window = time.perf_counter(), 0
     last_loss, last_eval, last_ckpt, interrupted = None, None, latest, False
+    last_answer_acc = None
     tok_per_s, mfu = 0.0, None
     step = start_step
     with _StopFlag() as stop:
@@ -413,6 +423,8 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                         post["mfu"] = f"{100 * mfu:.1f}%"
                     if last_eval is not None:
                         post["eval"] = f"{last_eval:.4f}"
+                    if last_answer_acc is not None:
+                        post["ans"] = f"{100 * last_answer_acc:.0f}%"
                     bar.set_postfix(post, refresh=False)
             if bar:
                 bar.update(1)
@@ -420,6 +432,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             if cfg.eval_every and (step % cfg.eval_every == 0) and step < cfg.steps:
                 ev = evaluate(fwd_model, source, cfg.eval_batches, dev, autocast, dist_)
                 last_eval = ev["eval_loss"]
+                last_answer_acc = ev.get("eval_answer_acc")
                 metrics.write({"kind": "eval", "step": step, **ev})
             if cfg.save_every and step % cfg.save_every == 0 and step < cfg.steps:
                 last_ckpt = save(step, wall_before + time.perf_counter() - t_start)
@@ -460,6 +473,8 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     if main:
         summary = result.to_dict()
         summary["eval_acc"] = ev.get("eval_acc")
+        if ev.get("eval_answer_acc") is not None:
+            summary["eval_answer_acc"] = ev["eval_answer_acc"]
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return result
 

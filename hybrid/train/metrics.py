@@ -82,8 +82,9 @@ class MetricsLog:
 
 
 def plot_loss(records: list[dict], out: Path, title: str, baselines: dict | None = None) -> Path | None:
-    """Write a PNG of train loss (and eval loss, baselines). Returns the path, or None when there is
-    nothing to plot."""
+    """Write a PNG of train loss (and eval loss, baselines; the held-out answer-token accuracy on a
+    right-hand axis when the source reports it). Returns the path, or None when there is nothing to
+    plot."""
     train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
     evals = [(r["step"], r["eval_loss"]) for r in records if r.get("kind") == "eval" and r.get("eval_loss") is not None]
     if not train:
@@ -97,6 +98,14 @@ def plot_loss(records: list[dict], out: Path, title: str, baselines: dict | None
     ax.plot(*zip(*train), lw=1.2, label="train loss")
     if evals:
         ax.plot(*zip(*evals), "o-", lw=1.2, ms=4, label="held-out loss")
+    answers = [(r["step"], 100 * r["eval_answer_acc"]) for r in records
+               if r.get("kind") == "eval" and r.get("eval_answer_acc") is not None]
+    if answers:
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*answers), "s-", lw=1.2, ms=4, color="tab:green", label="held-out answer-token accuracy")
+        ax2.set_ylabel("answer-token accuracy (%)", color="tab:green")
+        ax2.set_ylim(0, 100)
+        ax2.legend(loc="upper center", fontsize=8)
     for name, value in (baselines or {}).items():
         if isinstance(value, (int, float)) and "nats" in name:
             ax.axhline(value, ls="--", lw=1, color="gray")

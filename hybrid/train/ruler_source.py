@@ -141,6 +141,7 @@ class RulerSource:
         bos, eos, pad = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
         ids: list[int] = []
         labels: list[int] = []
+        answers: list[int] = []  # labels of the answer tokens only, whatever loss_on says
         starts: list[int] = []
         k = 0
         failures = 0
@@ -182,11 +183,14 @@ class RulerSource:
             starts.append(len(ids))
             ids += doc
             labels += lab if self.loss_on == "answer" else doc
+            answers += lab[:-1] + [-100]  # not the closing <eos>
         if len(ids) < self.T:
             starts.append(len(ids))
             labels += [-100] * (self.T - len(ids))
+            answers += [-100] * (self.T - len(ids))
             ids += [pad] * (self.T - len(ids))
-        return np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64), starts
+        return (np.asarray(ids, dtype=np.int64), np.asarray(labels, dtype=np.int64), starts,
+                np.asarray(answers, dtype=np.int64))
 
     def batch(self, step: int, micro: int, *, stream: int = 1) -> Batch:
         rng = rng_for(self.seed, stream, self.rank, step, micro)

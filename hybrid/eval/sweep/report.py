@@ -45,6 +45,7 @@ def aggregate(results: list[dict]) -> list[dict]:
             "lengths": lengths, "tasks": tasks, "scores": scores, "mean": means, "answer_token_acc": tf,
             "train_tokens_per_s": [r["train"]["tokens_per_s"] for r in rs],
             "train_final_loss": [r["train"]["final_loss"] for r in rs],
+            "answer_acc_curves": [r["train"].get("answer_acc_curve") or [] for r in rs],
             "train_wall_s": [r["train"]["wall_time_s"] for r in rs],
             "decode_ms_per_token": [r["decode"]["ms_per_token"] for r in rs],
             "decode_context": first["decode"]["context"], "analytic": first["analytic"],
@@ -136,6 +137,35 @@ def plot_frontier(variants: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].set_title("quality vs decoding cost (up-left is better)", fontsize=9)
     axes[1].set_title("quality vs training throughput (up-right is better)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_learning(variants: list[dict], path: Path) -> Path | None:
+    """Held-out answer-token accuracy during training, one line per variant (and seed): when (and whether)
+    each variant learned to retrieve. None when no run logged it."""
+    if not any(c for v in variants for c in v["answer_acc_curves"]):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, v in enumerate(variants):
+        for j, c in enumerate(c for c in v["answer_acc_curves"] if c):
+            steps, acc = zip(*c)
+            ax.plot(steps, [100 * a for a in acc], "o-", ms=3, lw=1.2, color=f"C{i % 10}",
+                    label=f"{v['name']} ({v['layout']})" if j == 0 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("held-out answer-token accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title("learning to retrieve: next-token accuracy on the answers of held-out training documents",
+                 fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -237,6 +267,13 @@ def markdown(variants: list[dict], meta: dict) -> str:
     L.append("")
     L.append("![score vs cost](frontier.png)")
     L.append("")
+    if any(c for v in variants for c in v["answer_acc_curves"]):
+        L.append("![learning to retrieve](learning.png)")
+        L.append("")
+        L.append("Held-out answer-token accuracy during training (`train.eval_every`): the fraction of answer "
+                 "tokens of held-out training documents predicted right, teacher-forced. Retrieval is learned "
+                 "suddenly; the step where a variant's curve jumps is when it learned to copy the needle.")
+        L.append("")
     L.append("Costs: training tokens/s and decode ms per token are measured on the device above (decode: greedy, "
              f"batch 1, at {v0['decode_context']} tokens of context). `pred.` columns come from `hybrid.analytic` "
              "(cache = recurrent states + KV cache in bf16, batch 1).")
@@ -254,6 +291,8 @@ def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, 
     try:
         plot_score_vs_ratio(variants, paths["ratio_png"])
         plot_frontier(variants, paths["frontier_png"])
+        if plot_learning(variants, out / "learning.png"):
+            paths["learning_png"] = out / "learning.png"
     except ImportError as e:  # matplotlib missing (e.g. a bare GPU box): tables and JSON still get written
         meta = dict(meta, plots_skipped=f"{e}; pip install matplotlib and re-run with --resume to draw them")
         paths.pop("ratio_png")

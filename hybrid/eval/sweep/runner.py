@@ -72,6 +72,19 @@ def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -
     return runs
 
 
+def _answer_curve(metrics_path: Path) -> list[list[float]]:
+    """[[step, held-out answer-token accuracy], ...] from a training run's metrics (ruler_mix data with
+    periodic evaluation); empty when the run logged none."""
+    if not metrics_path.is_file():
+        return []
+    curve = []
+    for line in metrics_path.read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if r.get("kind") == "eval" and r.get("eval_answer_acc") is not None:
+            curve.append([r["step"], r["eval_answer_acc"]])
+    return curve
+
+
 def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, train_fn=None) -> dict:
     """Train, evaluate and time one (variant, seed); returns and saves its result dict."""
     from hybrid.eval.config import EvalConfig
@@ -111,6 +124,9 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
     decode["via"] = "model forward with cache, batch 1"
     t_end = time.perf_counter()
+    curve = _answer_curve(model_dir / "metrics.jsonl")
+    if curve:
+        train["answer_acc_curve"] = curve
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
@@ -118,7 +134,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
         "attention_share": attention_share(rec.layers),
         "params": sum(p.numel() for p in model.parameters()),
         "train": {k: train.get(k) for k in ("steps", "final_loss", "eval_loss", "tokens_per_s", "wall_time_s",
-                                            "tokens_seen", "mfu", "flops_per_token")},
+                                            "tokens_seen", "mfu", "flops_per_token", "answer_acc_curve")},
         "train_length": cfg.seq_len, "lengths": lengths,
         "ruler": run.to_dict(), "decode": decode,
         "analytic": predictions(rec, lengths),
