@@ -107,6 +107,47 @@ def test_flex_refuses_small_head_dim_on_cuda_only():
     assert "flex" in available_backends("cpu", torch.float32, 8)
 
 
+@pytest.mark.parametrize("case", CASES)
+def test_flex_compile_failure_falls_back_to_sdpa(case, monkeypatch):
+    """When the compiler cannot build FlexAttention's kernel for a shape (seen on the H200 for T = 70,
+    head_dim 32), that shape runs through SDPA with a warning, and is not compiled again."""
+    import hybrid.blocks.attention_backends as ab
+
+    if "flex" not in available_backends("cpu", torch.float32):
+        pytest.skip("FlexAttention not in this torch")
+
+    class NoValidChoices(RuntimeError):
+        pass
+
+    NoValidChoices.__module__ = "torch._inductor.exc"  # as raised by torch.compile's inductor
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise NoValidChoices("no valid choice")
+
+    monkeypatch.setattr(ab, "_flex_fn", lambda device: broken)
+    monkeypatch.setattr(ab, "_flex_refused", set())
+    B, T, H, G, D, window, cu = case
+    q, k, v = _inputs(B, T, H, G, D)
+    cu_t = torch.tensor(cu) if cu is not None else None
+    ref = causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="math")
+    with pytest.warns(UserWarning, match="runs through SDPA instead"):
+        o = causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="flex")
+    torch.testing.assert_close(o, ref, atol=2e-5, rtol=2e-5)
+    o2 = causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="flex")
+    torch.testing.assert_close(o2, ref, atol=2e-5, rtol=2e-5)
+    assert len(calls) == 1  # the refused shape is remembered
+
+    def other_bug(*args, **kwargs):
+        raise ValueError("a real error")
+
+    monkeypatch.setattr(ab, "_flex_fn", lambda device: other_bug)
+    ab._flex_refused.clear()
+    with pytest.raises(ValueError, match="a real error"):  # not a compile failure: not hidden
+        causal_attention(q, k, v, window=window, cu_seqlens=cu_t, backend="flex")
+
+
 def test_rope_relative():
     """RoPE scores depend only on the position difference."""
     q, k, _ = _inputs(1, 1, 1, 1, 16)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
+import warnings
 from contextlib import nullcontext
 
 import torch
@@ -263,16 +264,45 @@ def _flex_doc_block_mask(cu: tuple, window: int | None, device_str: str):
                                     mask_mod=mask_mod, seq_lengths=(T, T))
 
 
+_flex_refused: set = set()  # shapes whose FlexAttention kernel the compiler could not build
+
+
+def _compile_error(e: BaseException) -> bool:
+    """An error raised by torch.compile's machinery (inductor found no valid kernel, a lowering failed),
+    not by the attention itself."""
+    return any(c.__module__.startswith(("torch._inductor", "torch._dynamo")) for c in type(e).__mro__)
+
+
 def _flex_attention(q, k, v, scale, *, window, cu_seqlens):
-    H, G = q.shape[2], k.shape[2]
-    T = q.shape[1]
+    B, T, H, D = q.shape
+    G = k.shape[2]
+    key = (T, H, G, D, q.dtype, window, cu_seqlens is not None, str(q.device))
+    if key in _flex_refused:
+        return _sdpa_instead_of_flex(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
     if cu_seqlens is None:
         bm = _flex_block_mask(T, window, str(q.device))
     else:
         bm = _flex_doc_block_mask(tuple(cu_seqlens.tolist()), window, str(q.device))
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
+    try:
+        o = _flex_fn(q.device)(qt, kt, vt, block_mask=bm, scale=scale, enable_gqa=G != H)
+    except Exception as e:
+        # seen on an H200 with torch 2.11: "NoValidChoicesError" for small shapes (T = 70, head_dim 32)
+        if not _compile_error(e):
+            raise
+        warnings.warn(f"FlexAttention could not be compiled for {T} tokens, {H}/{G} heads of {D}, {q.dtype} "
+                      f"({type(e).__name__}); this shape runs through SDPA instead", stacklevel=2)
+        _flex_refused.add(key)
+        return _sdpa_instead_of_flex(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
     return o.transpose(1, 2)
+
+
+def _sdpa_instead_of_flex(q, k, v, scale, *, window, cu_seqlens):
+    if cu_seqlens is not None:
+        return _per_document(q, k, v, scale, window=window, cu_seqlens=cu_seqlens)
+    if window is None:
+        return _sdpa(q, k, v, scale, is_causal=True)
+    return _sdpa(q, k, v, scale, allowed=causal_mask(q.shape[1], q.device, window=window))
 
 
 def _per_document(q, k, v, scale, *, window, cu_seqlens):
