@@ -35,6 +35,15 @@ def test_aggregate_and_report(tmp_path):
     assert paths["ratio_png"].stat().st_size > 1000 and paths["frontier_png"].stat().st_size > 1000
 
 
+def test_single_seed_reports_say_rankings_may_not_repeat(tmp_path):
+    (tmp_path / "one").mkdir()
+    one = write_report([result("CC", 0.0, 0, 80, 10), result("CA", 0.5, 0, 100, 90)], tmp_path / "one",
+                       {"name": "t", "sweep": "t.yaml"})
+    assert "One seed per variant" in one["md"].read_text()
+    two = write_report([result("CC", 0.0, s, 80, 10) for s in (0, 1)], tmp_path, {"name": "t", "sweep": "t.yaml"})
+    assert "One seed per variant" not in two["md"].read_text()
+
+
 def test_learning_curves_plot(tmp_path):
     rs = [result("CC", 0.0, 0, 80, 10), result("CA", 0.5, 0, 100, 90)]
     rs[1]["train"]["answer_acc_curve"] = [[100, 0.4], [200, 0.9]]

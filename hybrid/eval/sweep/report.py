@@ -238,6 +238,12 @@ def markdown(variants: list[dict], meta: dict) -> str:
              "extrapolate (RoPE attention beyond its training positions), which the 1x column separates from "
              "retrieval failures. These are expectations; the tables above are the measurement.")
     L.append("")
+    if not spread:
+        L.append("One seed per variant: a small model learns retrieval suddenly, at a step that varies from run to "
+                 "run (and some runs of a variant that can learn it do not within the budget), so a ranking of "
+                 "two variants with similar scores may not repeat. `--seeds N` trains every variant N times and "
+                 "shows mean ± std.")
+        L.append("")
     L.append("## Scores per task and length" + (" (mean ± std over seeds)" if spread else ""))
     L.append("")
     head = ["variant"] + [f"{t}{' *' if t in v0['ruler_like_tasks'] else ''} @{n}" for t in tasks for n in lengths]
