@@ -68,32 +68,27 @@ def pack_rows(rows: list[tuple], allow_plain: bool = True) -> Batch:
     CPU (B sequences in parallel instead of one B*T-long sequence)."""
     with_answers = bool(rows) and all(len(r) > 3 and r[3] is not None for r in rows)
     if allow_plain and len({len(r[0]) for r in rows}) == 1 and all(list(r[2]) in ([], [0]) for r in rows):
-        labels = np.stack([r[1] for r in rows]).astype(np.int64)
-        labels[:, 0] = IGNORE
-        ans = None
-        if with_answers:
-            ans = np.stack([r[3] for r in rows]).astype(np.int64)
-            ans[:, 0] = IGNORE
-            ans = torch.from_numpy(ans)
-        return Batch(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)), torch.from_numpy(labels),
-                     None, ans)
-    ids, labels, answers, cu = [], [], [], []
-    offset = 0
+        def stacked(col: int) -> torch.Tensor:  # a label column; the first token of a row has no target
+            lab = np.stack([r[col] for r in rows]).astype(np.int64)
+            lab[:, 0] = IGNORE
+            return torch.from_numpy(lab)
+
+        return Batch(torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.int64)), stacked(1), None,
+                     stacked(3) if with_answers else None)
+
+    def flat(col: int) -> torch.Tensor:  # a label column; no target at a segment start
+        out = []
+        for r in rows:
+            lab = r[col].copy()
+            lab[np.asarray(r[2], dtype=np.int64)] = IGNORE
+            out.append(lab)
+        return torch.from_numpy(np.concatenate(out).astype(np.int64))[None]
+
+    cu, offset = [], 0
     for r in rows:
-        r_ids, r_labels, starts = r[0], r[1].copy(), r[2]
-        r_ans = r[3].copy() if with_answers else None
-        for s in starts:
-            cu.append(offset + s)
-            r_labels[s] = IGNORE
-            if r_ans is not None:
-                r_ans[s] = IGNORE
-        ids.append(r_ids)
-        labels.append(r_labels)
-        answers.append(r_ans)
-        offset += len(r_ids)
+        cu += [offset + s for s in r[2]]
+        offset += len(r[0])
     cu.append(offset)
     cu_arr = np.unique(np.asarray(cu, dtype=np.int64))
-    ans = torch.from_numpy(np.concatenate(answers).astype(np.int64))[None] if with_answers else None
-    return Batch(torch.from_numpy(np.concatenate(ids).astype(np.int64))[None],
-                 torch.from_numpy(np.concatenate(labels).astype(np.int64))[None],
-                 torch.from_numpy(cu_arr.astype(np.int32)), ans)
+    return Batch(torch.from_numpy(np.concatenate([r[0] for r in rows]).astype(np.int64))[None], flat(1),
+                 torch.from_numpy(cu_arr.astype(np.int32)), flat(3) if with_answers else None)

@@ -143,6 +143,15 @@ def plot_frontier(variants: list[dict], path: Path) -> Path:
     return path
 
 
+def draw_learning(ax, series) -> None:
+    """Answer-token accuracy curves on ``ax``: ``series`` of (label or None, color, [[step, acc], ...])."""
+    for label, color, curve in series:
+        steps, acc = zip(*curve)
+        ax.plot(steps, [100 * a for a in acc], "o-", ms=3, lw=1.2, color=color, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.grid(alpha=0.3)
+
+
 def plot_learning(variants: list[dict], path: Path) -> Path | None:
     """Held-out answer-token accuracy during training, one line per variant (and seed): when (and whether)
     each variant learned to retrieve. None when no run logged it."""
@@ -154,17 +163,13 @@ def plot_learning(variants: list[dict], path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for i, v in enumerate(variants):
-        for j, c in enumerate(c for c in v["answer_acc_curves"] if c):
-            steps, acc = zip(*c)
-            ax.plot(steps, [100 * a for a in acc], "o-", ms=3, lw=1.2, color=f"C{i % 10}",
-                    label=f"{v['name']} ({v['layout']})" if j == 0 else None)
-    ax.set_xlabel("optimizer step")
+    draw_learning(ax, [(f"{v['name']} ({v['layout']})" if j == 0 else None, f"C{i % 10}", c)
+                       for i, v in enumerate(variants)
+                       for j, c in enumerate(c for c in v["answer_acc_curves"] if c)])
     ax.set_ylabel("held-out answer-token accuracy (%)")
     ax.set_ylim(0, 102)
     ax.set_title("learning to retrieve: next-token accuracy on the answers of held-out training documents",
                  fontsize=9)
-    ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
