@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import numpy as np
 import pytest
@@ -352,3 +353,55 @@ def test_ruler_mix_followups_ask_about_other_facts(tok):
     assert n_follow >= 8  # about 2 follow-ups per document here
     plain = RulerSource(tokenizer=tok, tasks=["niah_multikey_2"], seq_len=512, batch_size=8, loss_on="answer")
     assert "mentioned in the provided text is" in tok.decode(plain.batch(0, 0).input_ids[0])
+
+
+def test_prefetch_makes_batches_itself_while_workers_start():
+    """Before any worker has delivered, a batch that is not ready is made in this process (spawned
+    workers take seconds to import torch); the stream is the same, and the workers take over."""
+    from hybrid.train.prefetch import Prefetcher
+
+    src = MQARSource(vocab_size=256, seq_len=32, batch_size=2, num_kv_pairs=4)
+    steps = 600
+    pf = Prefetcher(src, steps=steps, accum=1, workers=1)
+    try:
+        first = pf.get(0, 0)  # the worker process cannot have started yet
+        assert pf.made_inline == 1 and not pf.warm
+        assert torch.equal(first.input_ids, src.batch(0, 0).input_ids)
+        step = 1
+        while step < steps and not pf.warm:  # a slow consumer: the worker starts within a minute
+            assert torch.equal(pf.get(step, 0).input_ids, src.batch(step, 0).input_ids)
+            step += 1
+            time.sleep(0.1)
+        assert pf.warm and pf.made_inline < step
+        for s in range(step, step + 5):  # from the worker now
+            assert torch.equal(pf.get(s, 0).input_ids, src.batch(s, 0).input_ids)
+        assert pf.made_inline < step
+    finally:
+        pf.close()
+
+
+def test_prefetch_pool_is_kept_for_the_same_source():
+    """A sweep trains several variants on the same data in one process: the second Prefetcher of an
+    identical source reuses the started workers; a different source gets its own."""
+    from hybrid.train import prefetch
+
+    src = MQARSource(vocab_size=256, seq_len=32, batch_size=2, num_kv_pairs=4)
+    a = prefetch.Prefetcher(src, steps=3, accum=1, workers=1)
+    pool = a.pool
+    a.get(0, 0)
+    a.close()
+    b = prefetch.Prefetcher(MQARSource(vocab_size=256, seq_len=32, batch_size=2, num_kv_pairs=4),
+                            steps=3, accum=1, workers=1)
+    try:
+        assert b.pool is pool
+        assert torch.equal(b.get(1, 0).input_ids, src.batch(1, 0).input_ids)
+    finally:
+        b.close()
+    other = MQARSource(vocab_size=256, seq_len=32, batch_size=2, num_kv_pairs=4, seed=1)
+    c = prefetch.Prefetcher(other, steps=3, accum=1, workers=1)
+    try:
+        assert c.pool is not pool and c.pool is not None
+        assert torch.equal(c.get(2, 0).input_ids, other.batch(2, 0).input_ids)
+    finally:
+        c.close(keep=False)
+    assert not prefetch._KEPT

@@ -21,7 +21,10 @@ Backends (the attention block's ``backend`` setting):
 - ``math``: the plain definition in fp32; the reference for the others and the CPU default.
 - ``auto``: CPU -> math (packed documents one by one through SDPA, so the cost is the sum of the
   squared document lengths, not the packed length squared); CUDA -> flash_attn if importable (half
-  precision), else sdpa for full causal attention, flex for windows and packed documents.
+  precision), else sdpa for full causal attention; for windows and packed documents varlen (half
+  precision, when torch has it), else flex. FlexAttention compiles a kernel per shape and grad mode:
+  in the H200 sweep of 2026-11-29 its compilations and recompilations cost about a minute per
+  variant with attention, which varlen does not pay.
 
 ``masked_attention`` takes an explicit ``[B, Tq, L]`` boolean mask (decoding from a cache, padded
 batches): math, or SDPA with the mask.
@@ -110,6 +113,8 @@ def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype, *, w
             return "flash_attn"
         if window is None and not packed:
             return "sdpa"
+        if "varlen" in avail:  # FlashAttention kernels with cu_seqlens and windows, nothing to compile
+            return "varlen"
         return "flex" if "flex" in avail else "sdpa"
     if backend not in avail:
         why = {"flash_attn": "needs the flash_attn package, a CUDA device and fp16/bf16 inputs",

@@ -7,11 +7,17 @@ whose prompt generation and tokenization cost more CPU time than a small model's
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import multiprocessing as mp
 import os
+import pickle
 from concurrent.futures import ProcessPoolExecutor
 
 _SOURCE = None
+# the last pool, kept for the next Prefetcher of the same source and worker count (the variants of a
+# sweep share their data): (key, pool, warm)
+_KEPT: list = []
 
 
 def _init(source):
@@ -36,19 +42,35 @@ def auto_workers(kind: str, device_type: str, world_size: int) -> int:
 
 class Prefetcher:
     """``get(step, micro)`` returns ``source.batch(step, micro)``; with workers > 0 the next
-    ``2 * workers`` micro-batches are already being generated in a process pool."""
+    ``2 * workers`` micro-batches are already being generated in a process pool.
+
+    Spawned workers are slow to start: each imports torch and this package (11 s for the package in
+    the main process on the H200 machine), and in the H200 sweep of 2026-11-29 the first step of every
+    variant took 50-67 s where compiling its kernels takes under 20 s. So until the first worker
+    result arrives, a batch that is not ready is made here instead of waited for (a batch is a pure
+    function of its key: the stream is the same); from then on the pool is trusted to keep up. And
+    ``close()`` keeps the started pool for the next Prefetcher of an identical source (the variants
+    of a sweep share their data), which then starts warm."""
 
     def __init__(self, source, *, steps: int, accum: int, workers: int = 0):
         self.source, self.steps, self.accum, self.workers = source, steps, accum, workers
         self.pending: dict[tuple[int, int], object] = {}
         self.pool = None
+        self.warm = False  # has any worker delivered a batch yet?
+        self.made_inline = 0  # batches made in this process while the workers were starting
         if workers > 0:
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             # spawn, not fork: in a sweep the second training starts in a process that has already used
             # OpenMP (torch CPU ops), CUDA and compiler thread pools; forked workers can then deadlock in
             # their first OpenMP region (observed on the H200: the second variant never finished step 1)
-            ctx = mp.get_context("spawn")
-            self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,))
+            self.key = (hashlib.sha1(pickle.dumps(source)).hexdigest(), workers)
+            if _KEPT and _KEPT[0] == self.key:
+                _, self.pool, self.warm = _KEPT
+                _KEPT.clear()
+            else:
+                _drop_kept()
+                ctx = mp.get_context("spawn")
+                self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,))
 
     def _keys_after(self, step: int, micro: int, n: int):
         s, m = step, micro
@@ -69,11 +91,34 @@ class Prefetcher:
                 self.pending[key] = self.pool.submit(_make, *key)
         for key in [k for k in self.pending if k not in want]:  # e.g. after a jump
             self.pending.pop(key).cancel()
-        return self.pending.pop((step, micro)).result()
+        fut = self.pending.pop((step, micro))
+        if not self.warm:
+            self.warm = fut.done() or any(f.done() and not f.cancelled() for f in self.pending.values())
+        if not self.warm:
+            fut.cancel()  # may already be handed to a worker; its result is then dropped
+            self.made_inline += 1
+            return self.source.batch(step, micro)
+        return fut.result()
 
-    def close(self) -> None:
+    def close(self, keep: bool = True) -> None:
+        """Stop prefetching; with ``keep`` the started workers stay for the next Prefetcher of the same
+        source in this process (the next variant of a sweep), which then skips their start-up."""
         if self.pool is not None:
             for f in self.pending.values():
                 f.cancel()
-            self.pool.shutdown(wait=False, cancel_futures=True)
+            self.pending.clear()
+            if keep:
+                _drop_kept()
+                _KEPT.extend([self.key, self.pool, self.warm])
+            else:
+                self.pool.shutdown(wait=False, cancel_futures=True)
             self.pool = None
+
+
+def _drop_kept() -> None:
+    if _KEPT:
+        _KEPT[1].shutdown(wait=False, cancel_futures=True)
+        _KEPT.clear()
+
+
+atexit.register(_drop_kept)
