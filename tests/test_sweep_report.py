@@ -51,3 +51,27 @@ def test_learning_curves_plot(tmp_path):
     assert paths["learning_png"].stat().st_size > 1000 and "learning.png" in paths["md"].read_text()
     (tmp_path / "one").mkdir()
     assert "learning_png" not in write_report(rs[:1], tmp_path / "one", {"name": "t", "sweep": "t.yaml"})
+
+
+def test_training_rate_is_the_steady_one(tmp_path):
+    """The report's tokens/s leaves out the start-up (first two logged windows: kernel compilation,
+    data-worker start); results without the steady rate fall back to the whole-run average, and
+    results written before it existed get it from their own metrics log."""
+    from hybrid.eval.sweep.runner import _with_steady_rate, steady_tokens_per_s
+
+    log = tmp_path / "run" / "model" / "metrics.jsonl"
+    log.parent.mkdir(parents=True)
+    rows = [{"kind": "train", "step": s, "tok_per_s": r} for s, r in ((1, 10.0), (10, 900.0), (20, 5000.0),
+                                                                      (30, 4000.0), (40, 6000.0))]
+    rows.insert(3, {"kind": "eval", "step": 20, "eval_loss": 1.0})
+    log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert steady_tokens_per_s(log) == 5000.0
+    assert steady_tokens_per_s(tmp_path / "missing.jsonl") is None
+    old = result("CA", 0.5, 0, 100, 90, tps=1234.0)
+    assert _with_steady_rate(old, tmp_path / "run")["train"]["steady_tokens_per_s"] == 5000.0
+    plain = result("CC", 0.0, 0, 80, 10, tps=777.0)
+    vs = aggregate([old, plain])
+    assert vs[0]["train_tokens_per_s"] == [5000.0] and vs[0]["train_tokens_per_s_whole_run"] == [1234.0]
+    assert vs[1]["train_tokens_per_s"] == [777.0]
+    md = write_report([old, plain], tmp_path, {"name": "t", "sweep": "t.yaml"})["md"].read_text()
+    assert "| 5,000 |" in md and "| 777 |" in md

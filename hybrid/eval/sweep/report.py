@@ -43,7 +43,9 @@ def aggregate(results: list[dict]) -> list[dict]:
             "attention_layers": first["attention_layers"], "attention_share": first["attention_share"],
             "params": first["params"], "seeds": [r["seed"] for r in rs], "train_length": first["train_length"],
             "lengths": lengths, "tasks": tasks, "scores": scores, "mean": means, "answer_token_acc": tf,
-            "train_tokens_per_s": [r["train"]["tokens_per_s"] for r in rs],
+            # steady rate (start-up left out) where the run has it, else the whole-run average
+            "train_tokens_per_s": [r["train"].get("steady_tokens_per_s") or r["train"]["tokens_per_s"] for r in rs],
+            "train_tokens_per_s_whole_run": [r["train"]["tokens_per_s"] for r in rs],
             "train_final_loss": [r["train"]["final_loss"] for r in rs],
             "answer_acc_curves": [r["train"].get("answer_acc_curve") or [] for r in rs],
             "train_wall_s": [r["train"]["wall_time_s"] for r in rs],
@@ -130,7 +132,9 @@ def plot_frontier(variants: list[dict], path: Path) -> Path:
             x, xs = _ms(v[key])
             y, ys = _ms(v["mean"][longest])
             ax.errorbar([x], [y], xerr=[xs], yerr=[ys], marker="o", color=f"C{i % 10}", capsize=3)
-            ax.annotate(f"{v['name']}\n{v['layout']}", (x, y), fontsize=6, xytext=(4, 4), textcoords="offset points")
+            text = v["name"] if v["layout"] in v["name"] else f"{v['name']}\n{v['layout']}"
+            # staggered heights, so variants with close costs and scores keep readable labels
+            ax.annotate(text, (x, y), fontsize=6, xytext=(4, 4 + 9 * (i % 3)), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylim(-3, 103)
         ax.set_ylabel(f"mean RULER score at {longest} tokens")
@@ -285,7 +289,9 @@ def markdown(variants: list[dict], meta: dict) -> str:
                  "tokens of held-out training documents predicted right, teacher-forced. Retrieval is learned "
                  "suddenly; the step where a variant's curve jumps is when it learned to copy the needle.")
         L.append("")
-    L.append("Costs: training tokens/s and decode ms per token are measured on the device above (decode: greedy, "
+    L.append("Costs: training tokens/s (the median over logged windows after the first two, so kernel compilation "
+             "and data-worker start-up are left out; `report.json` also has the whole-run average) and decode ms "
+             "per token are measured on the device above (decode: greedy, "
              f"batch 1, at {v0['decode_context']} tokens of context). `pred.` columns come from `hybrid.analytic` "
              "(cache = recurrent states + KV cache in bf16, batch 1).")
     L.append("")

@@ -15,6 +15,7 @@ sweep from there (a half-trained model resumes from its last checkpoint)."""
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,29 @@ def _answer_curve(metrics_path: Path) -> list[list[float]]:
     return curve
 
 
+def steady_tokens_per_s(metrics_path: Path) -> float | None:
+    """Training throughput with the start-up left out: the median tokens/s of the logged windows after
+    the first two (the first holds kernel compilation and data-worker start-up, which in the H200
+    sweep of 2026-11-29 made the first variant's whole-run average 58% lower than its steady rate);
+    ``None`` when the run logged fewer than three windows."""
+    if not metrics_path.is_file():
+        return None
+    rates = []
+    for line in metrics_path.read_text().splitlines():
+        r = json.loads(line) if line.strip() else {}
+        if r.get("kind") == "train" and r.get("tok_per_s"):
+            rates.append(r["tok_per_s"])
+    return statistics.median(rates[2:]) if len(rates) > 2 else None
+
+
+def _with_steady_rate(result: dict, run_dir: Path) -> dict:
+    """Results written before the steady rate existed get it from their metrics (same run, same log)."""
+    tr = result.get("train", {})
+    if "steady_tokens_per_s" not in tr:
+        tr["steady_tokens_per_s"] = steady_tokens_per_s(run_dir / "model" / "metrics.jsonl")
+    return result
+
+
 def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, train_fn=None) -> dict:
     """Train, evaluate and time one (variant, seed); returns and saves its result dict."""
     from hybrid.eval.config import EvalConfig
@@ -127,6 +151,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     curve = _answer_curve(model_dir / "metrics.jsonl")
     if curve:
         train["answer_acc_curve"] = curve
+    train["steady_tokens_per_s"] = steady_tokens_per_s(model_dir / "metrics.jsonl")
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
@@ -134,7 +159,8 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
         "attention_share": attention_share(rec.layers),
         "params": sum(p.numel() for p in model.parameters()),
         "train": {k: train.get(k) for k in ("steps", "final_loss", "eval_loss", "tokens_per_s", "wall_time_s",
-                                            "tokens_seen", "mfu", "flops_per_token", "answer_acc_curve")},
+                                            "tokens_seen", "mfu", "flops_per_token", "answer_acc_curve",
+                                            "steady_tokens_per_s")},
         "train_length": cfg.seq_len, "lengths": lengths,
         "ruler": run.to_dict(), "decode": decode,
         "analytic": predictions(rec, lengths),
@@ -165,7 +191,7 @@ def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool 
         if vr.done:
             if console:
                 console.print(f"{tag}: done earlier, kept")
-            results.append(json.loads((vr.dir / "result.json").read_text()))
+            results.append(_with_steady_rate(json.loads((vr.dir / "result.json").read_text()), vr.dir))
             continue
         if stop_after is not None and fresh >= stop_after:
             break
