@@ -276,7 +276,7 @@ def test_prefetch_workers_give_the_same_stream():
             for m in range(2):
                 assert torch.equal(pf.get(step, m).input_ids, src.batch(step, m).input_ids)
     finally:
-        pf.close()
+        pf.close(keep=False)
 
 
 def test_ruler_mix_documents_fill_the_rows(tok):
@@ -377,7 +377,7 @@ def test_prefetch_makes_batches_itself_while_workers_start():
             assert torch.equal(pf.get(s, 0).input_ids, src.batch(s, 0).input_ids)
         assert pf.made_inline < step
     finally:
-        pf.close()
+        pf.close(keep=False)
 
 
 def test_prefetch_pool_is_kept_for_the_same_source():
