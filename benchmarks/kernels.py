@@ -75,6 +75,17 @@ def variants(x, fla, B, T, H, K, impl="v1"):
     out["carve_gdn2_mode"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_v"], None, None,
                                                    scale=None, chunk_size=64)[0],
                               ["q", "k", "v", "g", "a", "w_v"])
+    # 32-row chunks: with content off the operator does not depend on the chunk size, so these time the
+    # same function with half-size tiles (compiled for sm_90 the forward spills 1032 B instead of
+    # 2840 B); if faster, a C = 64 content chunk can be processed as two 32-row sub-chunks
+    # (docs/kernels.md). carve_content_c32 is the operator with a 32-token content lag.
+    for name in ("carve_content", "carve_nocontent", "carve_gdn2_mode"):
+        w_key = "w_v" if name == "carve_gdn2_mode" else "w_s"
+        content = name == "carve_content"
+        out[name + "_c32"] = ((lambda w_key=w_key, content=content: carve_triton(
+            x["q"], x["k"], x["v"], x["g"], x["a"], x[w_key], x["ud"] if content else None,
+            x["uu"] if content else None, scale=None, chunk_size=32)[0]),
+            ["q", "k", "v", "g", "a", w_key] + (["ud", "uu"] if content else []))
     # the other warp count of the sequential kernels: v1 defaults to 4 (variant: 8), v2 to 8 (variant: 4)
     warps_env, warps, tag = (("HYBRID_CARVE_V2_NUM_WARPS", "4", "_w4") if impl == "v2"
                              else ("HYBRID_CARVE_NUM_WARPS", "8", "_w8"))
