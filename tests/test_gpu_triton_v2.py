@@ -103,3 +103,16 @@ def test_triton_v2_bf16_saved_states(name, monkeypatch):
     print(name, "bf16 states", {k: f"{v:.2e}" for k, v in errs.items()})
     record_errors(name + "_bf16_states", errs, "gpu-errors-v2.jsonl")
     assert_within(errs, O_TOL, G_TOL)
+
+
+@pytest.mark.parametrize("name,rows", [("T1000_decay30", "32"), ("varlen_state", "32"), ("T4096_decay0.5", "16")])
+def test_triton_v2_subchunk_tiles(name, rows, monkeypatch):
+    """HYBRID_CARVE_V2_SUBCHUNK: 64-token content chunks walked as 32- or 16-row tiles. Same operator,
+    same bounds."""
+    from hybrid.kernels.triton_check import assert_within, record_errors, run_case
+
+    monkeypatch.setenv("HYBRID_CARVE_V2_SUBCHUNK", rows)
+    errs = run_case(**{**BASE, **CASES[name]})
+    print(name, f"{rows}-row tiles", {k: f"{v:.2e}" for k, v in errs.items()})
+    record_errors(f"{name}_sub{rows}", errs, "gpu-errors-v2.jsonl")
+    assert_within(errs, O_TOL, G_TOL)

@@ -17,6 +17,10 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
   operands (A is rounded to bf16 for its products anyway), else ``ieee``; ``tf32x3`` is a middle way.
 - ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
   for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
+- ``HYBRID_CARVE_V2_SUBCHUNK``: rows per tile of the sweeps (16, 32 or 64; default: the chunk size).
+  A smaller tile walks each content chunk as several sub-chunks, the state passing exactly between
+  them, so the operator (its 64-token content chunk) is unchanged while the live tiles shrink (the
+  sm_90 forward spills 896 B with 32-row tiles against 2840 B with 64). To be timed on the GPU.
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
   ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8);
   ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1: the chunk loops
@@ -73,6 +77,21 @@ def _state_dtype() -> torch.dtype:
     return torch.float32 if name == "fp32" else torch.bfloat16
 
 
+def _tile_rows(C: int) -> int:
+    """Rows per tile of the sweeps: HYBRID_CARVE_V2_SUBCHUNK, or the chunk size."""
+    raw = os.environ.get("HYBRID_CARVE_V2_SUBCHUNK")
+    if raw is None:
+        return C
+    try:
+        sc = int(raw)
+    except ValueError:
+        sc = 0
+    if sc not in SUPPORTED_CHUNKS or sc > C or C % sc:
+        raise CarveInputError(f"HYBRID_CARVE_V2_SUBCHUNK must be one of {SUPPORTED_CHUNKS} dividing the chunk size "
+                              f"{C}, got {raw!r}")
+    return sc
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -111,7 +130,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
-            V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w,
+            V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
@@ -163,7 +182,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
-            HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None,
+            HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
         dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
@@ -205,9 +224,11 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if g.dtype not in (torch.float32, dt):
         g = g.float()
     C = chunk_size
-    starts, lens, pos, ns, offs, total = v1._layout(shp, q, cu_seqlens, initial_state, C)
+    SC = _tile_rows(C)  # the kernels' chunk grid is the tile grid; content chunks are C // SC tiles
+    starts, lens, pos, ns, offs, total = v1._layout(shp, q, cu_seqlens, initial_state, SC)
     meta = v1._Meta()
-    meta.N, meta.H, meta.K, meta.V, meta.R, meta.C = shp.n_seq, shp.H, shp.K, shp.V, shp.r, C
+    meta.N, meta.H, meta.K, meta.V, meta.R, meta.C = shp.n_seq, shp.H, shp.K, shp.V, shp.r, SC
+    meta.sub = C // SC
     meta.starts, meta.lens, meta.pos, meta.ns, meta.offs, meta.total = starts, lens, pos, ns, offs, total
     n_chunks = total - shp.n_seq
     meta.n_chunks = n_chunks

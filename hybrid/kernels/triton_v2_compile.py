@@ -53,9 +53,9 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
-        "fwd": (kk.carve_v2_fwd_kernel, dict(full, VEC_W=False, LOWP=lowp, PREC="tf32",
+        "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=1, VEC_W=False, LOWP=lowp, PREC="tf32",
                                              PREC_INV="tf32" if lowp else "ieee")),
-        "bwd": (kk.carve_v2_bwd_kernel, dict(full, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
+        "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=1, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32")),
     }[which]

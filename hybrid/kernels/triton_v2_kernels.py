@@ -228,7 +228,7 @@ def carve_v2_fwd_kernel(
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -300,8 +300,9 @@ def carve_v2_fwd_kernel(
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
         osum = osum + tl.sum(tl.where(rmask[:, None], O, 0.0), axis=0)
-        complete = (j + 1) * C <= p + L
-        m = tl.where(complete, osum / C, m)
+        # a content chunk (SUB tiles of C rows) ends with this tile: its mean becomes the next m_prev
+        complete = (((j + 1) % SUB) == 0) & ((j + 1) * C <= p + L)
+        m = tl.where(complete, osum / (C * SUB), m)
         osum = tl.where(complete, 0.0, osum)
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
@@ -322,7 +323,7 @@ def carve_v2_bwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -355,6 +356,7 @@ def carve_v2_bwd_kernel(
     else:
         dosv = tl.zeros((BV,), dtype=tl.float32)
     dos0v = dosv
+    dmp = tl.zeros((BV,), dtype=tl.float32)  # gradient of the current content chunk's m_prev, gathered
     if HAS_CONTENT:
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
@@ -367,7 +369,7 @@ def carve_v2_bwd_kernel(
         j = NS - 1 - jj
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
-        complete = (j + 1) * C <= p + L
+        complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
         if HAS_CONTENT:
             m = tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0)
             low = tl.sum(udt * m[None, :], axis=1)
@@ -395,7 +397,7 @@ def carve_v2_bwd_kernel(
         Ad = _cast(A, q, LOWP)
         rhs = w_t * v_t - tl.dot(ge, S0d, input_precision=PREC)
         Ud = _cast(tl.dot(Ad, _cast(rhs, q, LOWP), input_precision=PREC), q, LOWP)
-        corr = tl.where(complete, dmn / C, dosv)
+        corr = tl.where(complete, dmn / (C * SUB), dosv)
         dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V)
         dOd = _cast(tl.where(rmask[:, None] & vm[None, :], dO + corr[None, :], 0.0), q, LOWP)
         dSd = _cast(dS, q, LOWP)
@@ -439,16 +441,19 @@ def carve_v2_bwd_kernel(
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
         tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
-        dm_new = tl.where(complete, 0.0, dmn)
         if HAS_CONTENT:
             dc = tl.sum(dlogit, axis=0)
             tl.store(dcb + cidx * K + rk, dc, mask=km)
             dlow = tl.sum(upt * dc[:, None], axis=0)
             tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
             if FULL_CONTENT_GRAD:
-                dm_new += tl.sum(udt * dlow[:, None], axis=0)
-        dos0v = tl.where(j == 0, tl.where(complete, dmn / C, dosv), dos0v)
-        dmn = dm_new
+                dmp += tl.sum(udt * dlow[:, None], axis=0)
+        dos0v = tl.where(j == 0, corr, dos0v)
+        # at the first tile of a content chunk: dmn becomes the gradient of the previous chunk's mean
+        # (its m_prev's gradient gathered over the chunk's SUB tiles, plus dm_f through an incomplete one)
+        first = (j % SUB) == 0
+        dmn = tl.where(first, tl.where(complete, 0.0, dmn) + dmp, dmn)
+        dmp = tl.where(first, 0.0, dmp)
     tl.store(dS0 + nh * KV + rk[:, None] * V + cv[None, :], dS, mask=smask)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
