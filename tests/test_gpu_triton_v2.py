@@ -81,38 +81,26 @@ def test_triton_v2_equals_v1_forward_bf16():
     assert rel(o2, o1) <= 2 * O_TOL and rel(s2.S, s1.S) <= 2 * O_TOL
 
 
-@pytest.mark.parametrize("name", ["T1000_decay0.05", "T1000_decay30"])
-def test_triton_v2_bf16_decayed_products(name, monkeypatch):
-    """Opt-in HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients): same bounds."""
+# opt-in knobs, same bounds: HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients),
+# HYBRID_CARVE_V2_SAVE_STATE=bf16 (chunk-start states kept in bf16 for the backward), and
+# HYBRID_CARVE_V2_SUBCHUNK (64-token content chunks walked as 32- or 16-row tiles: the same operator)
+KNOB_CASES = [
+    ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
+    ("T1000_decay0.05", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
+    ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_SUBCHUNK", "32", "sub32"),
+    ("varlen_state", "HYBRID_CARVE_V2_SUBCHUNK", "32", "sub32"),
+    ("T4096_decay0.5", "HYBRID_CARVE_V2_SUBCHUNK", "16", "sub16"),
+]
+
+
+@pytest.mark.parametrize("name,var,value,tag", KNOB_CASES)
+def test_triton_v2_knobs(name, var, value, tag, monkeypatch):
     from hybrid.kernels.triton_check import assert_within, record_errors, run_case
 
-    monkeypatch.setenv("HYBRID_CARVE_V2_DEC", "bf16")
+    monkeypatch.setenv(var, value)
     errs = run_case(**{**BASE, **CASES[name]})
-    print(name, "bf16 decayed products", {k: f"{v:.2e}" for k, v in errs.items()})
-    record_errors(name + "_dec_bf16", errs, "gpu-errors-v2.jsonl")
-    assert_within(errs, O_TOL, G_TOL)
-
-
-@pytest.mark.parametrize("name", ["T1000_decay0.05", "varlen_state"])
-def test_triton_v2_bf16_saved_states(name, monkeypatch):
-    """Chunk-start states kept in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE=bf16): same bounds."""
-    from hybrid.kernels.triton_check import assert_within, record_errors, run_case
-
-    monkeypatch.setenv("HYBRID_CARVE_V2_SAVE_STATE", "bf16")
-    errs = run_case(**{**BASE, **CASES[name]})
-    print(name, "bf16 states", {k: f"{v:.2e}" for k, v in errs.items()})
-    record_errors(name + "_bf16_states", errs, "gpu-errors-v2.jsonl")
-    assert_within(errs, O_TOL, G_TOL)
-
-
-@pytest.mark.parametrize("name,rows", [("T1000_decay30", "32"), ("varlen_state", "32"), ("T4096_decay0.5", "16")])
-def test_triton_v2_subchunk_tiles(name, rows, monkeypatch):
-    """HYBRID_CARVE_V2_SUBCHUNK: 64-token content chunks walked as 32- or 16-row tiles. Same operator,
-    same bounds."""
-    from hybrid.kernels.triton_check import assert_within, record_errors, run_case
-
-    monkeypatch.setenv("HYBRID_CARVE_V2_SUBCHUNK", rows)
-    errs = run_case(**{**BASE, **CASES[name]})
-    print(name, f"{rows}-row tiles", {k: f"{v:.2e}" for k, v in errs.items()})
-    record_errors(f"{name}_sub{rows}", errs, "gpu-errors-v2.jsonl")
+    print(name, tag, {k: f"{v:.2e}" for k, v in errs.items()})
+    record_errors(f"{name}_{tag}", errs, "gpu-errors-v2.jsonl")
     assert_within(errs, O_TOL, G_TOL)
