@@ -12,6 +12,7 @@ import hashlib
 import multiprocessing as mp
 import os
 import pickle
+import tempfile
 from concurrent.futures import ProcessPoolExecutor
 
 _SOURCE = None
@@ -20,9 +21,10 @@ _SOURCE = None
 _KEPT: list = []
 
 
-def _init(source):
+def _init(source_path: str):
     global _SOURCE
-    _SOURCE = source
+    with open(source_path, "rb") as f:
+        _SOURCE = pickle.load(f)
     import torch
 
     torch.set_num_threads(1)  # workers share the cores; one thread each
@@ -52,7 +54,9 @@ class Prefetcher:
     ``close()`` keeps the started pool for the next Prefetcher of an identical source (the variants
     of a sweep share their data), which then starts warm. In the next H200 sweep the second and third
     variants' first steps took 17 s (kernel compilation) and 0.3 s; the first variant's still took
-    45 s, and its steps 2-20 another 28 s, for reasons not measured."""
+    45 s, and its steps 2-20 another 28 s. The cause, found afterwards on the CPU: the source was an
+    initializer argument, and spawning blocked the loop until each worker had imported the main
+    module (see ``__init__``); it now goes through a file. Not yet re-measured on the H200."""
 
     def __init__(self, source, *, steps: int, accum: int, workers: int = 0):
         self.source, self.steps, self.accum, self.workers = source, steps, accum, workers
@@ -65,14 +69,24 @@ class Prefetcher:
             # spawn, not fork: in a sweep the second training starts in a process that has already used
             # OpenMP (torch CPU ops), CUDA and compiler thread pools; forked workers can then deadlock in
             # their first OpenMP region (observed on the H200: the second variant never finished step 1)
-            self.key = (hashlib.sha1(pickle.dumps(source)).hexdigest(), workers)
+            blob = pickle.dumps(source)
+            self.key = (hashlib.sha1(blob).hexdigest(), workers)
             if _KEPT and _KEPT[0] == self.key:
                 _, self.pool, self.warm = _KEPT
                 _KEPT.clear()
             else:
                 _drop_kept()
+                # the source goes to the workers through a file, not as an initializer argument: spawning
+                # writes a worker's arguments into a pipe, and arguments above the pipe's 64 KB block that
+                # write (the training loop) until the new process has imported the parent's main module,
+                # once per worker (the RULER source pickles to ~100 KB: the first steps of an H200 sweep
+                # waited 45-67 s)
+                fd, path = tempfile.mkstemp(prefix="hybrid-data-source-", suffix=".pkl")
+                with os.fdopen(fd, "wb") as f:
+                    f.write(blob)
+                _FILES.append(path)
                 ctx = mp.get_context("spawn")
-                self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(source,))
+                self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init, initargs=(path,))
 
     def _keys_after(self, step: int, micro: int, n: int):
         s, m = step, micro
@@ -123,4 +137,16 @@ def _drop_kept() -> None:
         _KEPT.clear()
 
 
-atexit.register(_drop_kept)
+_FILES: list[str] = []  # pickled sources read by starting workers; removed when this process exits
+
+
+def _at_exit() -> None:
+    _drop_kept()
+    for path in _FILES:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+
+atexit.register(_at_exit)
