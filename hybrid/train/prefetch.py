@@ -46,17 +46,13 @@ class Prefetcher:
     """``get(step, micro)`` returns ``source.batch(step, micro)``; with workers > 0 the next
     ``2 * workers`` micro-batches are already being generated in a process pool.
 
-    Spawned workers are slow to start: each imports torch and this package (11 s for the package in
-    the main process on the H200 machine). In an H200 sweep of 2026-11-29 the first step of every
-    variant took 50-67 s, where compiling its kernels takes under 20 s. So until the first worker
-    result arrives, a batch that is not ready is made here instead of waited for (a batch is a pure
-    function of its key: the stream is the same); from then on the pool is trusted to keep up. And
-    ``close()`` keeps the started pool for the next Prefetcher of an identical source (the variants
-    of a sweep share their data), which then starts warm. In the next H200 sweep the second and third
-    variants' first steps took 17 s (kernel compilation) and 0.3 s; the first variant's still took
-    45 s, and its steps 2-20 another 28 s. The cause, found afterwards on the CPU: the source was an
-    initializer argument, and spawning blocked the loop until each worker had imported the main
-    module (see ``__init__``); it now goes through a file. Not yet re-measured on the H200."""
+    Spawned workers take seconds to start: each imports torch, this package and the main module.
+    Until the first worker result arrives, a batch that is not ready is made here instead of waited
+    for (a batch is a pure function of its key: the stream is the same); from then on the pool is
+    trusted to keep up. ``close()`` keeps the started pool for the next Prefetcher of an identical
+    source (the variants of a sweep share their data), which then starts warm. The source reaches
+    the workers through a file (see ``__init__``). History and measurements: BENCHMARKS.md, "Inside
+    the shipped sweep"."""
 
     def __init__(self, source, *, steps: int, accum: int, workers: int = 0):
         self.source, self.steps, self.accum, self.workers = source, steps, accum, workers
