@@ -57,7 +57,7 @@ def test_training_rate_is_the_steady_one(tmp_path):
     """The report's tokens/s leaves out the start-up (first two logged windows: kernel compilation,
     data-worker start); results without the steady rate fall back to the whole-run average, and
     results written before it existed get it from their own metrics log."""
-    from hybrid.eval.sweep.runner import _with_steady_rate, steady_tokens_per_s
+    from hybrid.eval.sweep.runner import _with_steady_rate, read_metrics, steady_tokens_per_s
 
     log = tmp_path / "run" / "model" / "metrics.jsonl"
     log.parent.mkdir(parents=True)
@@ -65,8 +65,8 @@ def test_training_rate_is_the_steady_one(tmp_path):
                                                                       (30, 4000.0), (40, 6000.0))]
     rows.insert(3, {"kind": "eval", "step": 20, "eval_loss": 1.0})
     log.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert steady_tokens_per_s(log) == 5000.0
-    assert steady_tokens_per_s(tmp_path / "missing.jsonl") is None
+    assert steady_tokens_per_s(read_metrics(log)) == 5000.0
+    assert steady_tokens_per_s(read_metrics(tmp_path / "missing.jsonl")) is None
     old = result("CA", 0.5, 0, 100, 90, tps=1234.0)
     assert _with_steady_rate(old, tmp_path / "run")["train"]["steady_tokens_per_s"] == 5000.0
     plain = result("CC", 0.0, 0, 80, 10, tps=777.0)

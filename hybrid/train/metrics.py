@@ -76,9 +76,15 @@ class MetricsLog:
             f.write(json.dumps(rec) + "\n")
 
     def read(self) -> list[dict]:
-        if not self.path.exists():
-            return []
-        return [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        return read_metrics(self.path)
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The records of a metrics.jsonl (empty when the file does not exist)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def plot_loss(records: list[dict], out: Path, title: str, baselines: dict | None = None) -> Path | None:

@@ -73,31 +73,25 @@ def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -
     return runs
 
 
-def _answer_curve(metrics_path: Path) -> list[list[float]]:
-    """[[step, held-out answer-token accuracy], ...] from a training run's metrics (ruler_mix data with
-    periodic evaluation); empty when the run logged none."""
-    if not metrics_path.is_file():
-        return []
-    curve = []
-    for line in metrics_path.read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if r.get("kind") == "eval" and r.get("eval_answer_acc") is not None:
-            curve.append([r["step"], r["eval_answer_acc"]])
-    return curve
+def read_metrics(path: Path) -> list[dict]:
+    from hybrid.train.metrics import read_metrics as read  # imports torch: not at module import
+
+    return read(path)
 
 
-def steady_tokens_per_s(metrics_path: Path) -> float | None:
+def _answer_curve(records: list[dict]) -> list[list[float]]:
+    """[[step, held-out answer-token accuracy], ...] from a training run's metrics records (ruler_mix data
+    with periodic evaluation); empty when the run logged none."""
+    return [[r["step"], r["eval_answer_acc"]] for r in records
+            if r.get("kind") == "eval" and r.get("eval_answer_acc") is not None]
+
+
+def steady_tokens_per_s(records: list[dict]) -> float | None:
     """Training throughput with the start-up left out: the median tokens/s of the logged windows after
     the first two (the first holds kernel compilation and data-worker start-up, which in the H200
     sweep of 2026-11-29 made the first variant's whole-run average 58% lower than its steady rate);
     ``None`` when the run logged fewer than three windows."""
-    if not metrics_path.is_file():
-        return None
-    rates = []
-    for line in metrics_path.read_text().splitlines():
-        r = json.loads(line) if line.strip() else {}
-        if r.get("kind") == "train" and r.get("tok_per_s"):
-            rates.append(r["tok_per_s"])
+    rates = [r["tok_per_s"] for r in records if r.get("kind") == "train" and r.get("tok_per_s")]
     return statistics.median(rates[2:]) if len(rates) > 2 else None
 
 
@@ -105,7 +99,7 @@ def _with_steady_rate(result: dict, run_dir: Path) -> dict:
     """Results written before the steady rate existed get it from their metrics (same run, same log)."""
     tr = result.get("train", {})
     if "steady_tokens_per_s" not in tr:
-        tr["steady_tokens_per_s"] = steady_tokens_per_s(run_dir / "model" / "metrics.jsonl")
+        tr["steady_tokens_per_s"] = steady_tokens_per_s(read_metrics(run_dir / "model" / "metrics.jsonl"))
     return result
 
 
@@ -148,10 +142,11 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
     decode["via"] = "model forward with cache, batch 1"
     t_end = time.perf_counter()
-    curve = _answer_curve(model_dir / "metrics.jsonl")
+    records = read_metrics(model_dir / "metrics.jsonl")
+    curve = _answer_curve(records)
     if curve:
         train["answer_acc_curve"] = curve
-    train["steady_tokens_per_s"] = steady_tokens_per_s(model_dir / "metrics.jsonl")
+    train["steady_tokens_per_s"] = steady_tokens_per_s(records)
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
