@@ -76,7 +76,7 @@ def variants(x, fla, B, T, H, K, impl="v1"):
                                                    scale=None, chunk_size=64)[0],
                               ["q", "k", "v", "g", "a", "w_v"])
     # 32-row chunks: with content off the operator does not depend on the chunk size, so these time the
-    # same function with half-size tiles (compiled for sm_90 the forward spills 1032 B instead of
+    # same function with half-size tiles (compiled for sm_90 the forward spills 896 B instead of
     # 2840 B); if faster, a C = 64 content chunk can be processed as two 32-row sub-chunks
     # (docs/kernels.md). carve_content_c32 is the operator with a 32-token content lag.
     for name in ("carve_content", "carve_nocontent", "carve_gdn2_mode"):
