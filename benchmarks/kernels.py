@@ -77,8 +77,8 @@ def variants(x, fla, B, T, H, K, impl="v1"):
                               ["q", "k", "v", "g", "a", "w_v"])
     # 32-row chunks: with content off the operator does not depend on the chunk size, so these time the
     # same function with half-size tiles (compiled for sm_90 the forward spills 896 B instead of
-    # 2840 B); if faster, a C = 64 content chunk can be processed as two 32-row sub-chunks
-    # (docs/kernels.md). carve_content_c32 is the operator with a 32-token content lag.
+    # 2840 B); carve_content_sub32/sub16 below keep C = 64 content chunks on such tiles
+    # (HYBRID_CARVE_V2_SUBCHUNK). carve_content_c32 is the operator with a 32-token content lag.
     for name in ("carve_content", "carve_nocontent", "carve_gdn2_mode"):
         w_key = "w_v" if name == "carve_gdn2_mode" else "w_s"
         content = name == "carve_content"
