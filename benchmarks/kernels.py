@@ -59,7 +59,7 @@ def make(B, T, H, K, V, *, dev="cuda", dt=torch.bfloat16, seed=0):
     return dict(q=q, k=k, v=v, g=g, a=a, w_s=w_s, w_v=w_v, ud=ud, uu=uu)
 
 
-def variants(x, fla, B, T, H, K, impl="v1"):
+def variants(x, fla, B, T, H, K, impl="v1", extra=()):
     if impl == "v2":
         from hybrid.kernels.triton_v2 import carve_triton_v2 as carve_triton
     else:
@@ -118,6 +118,9 @@ def variants(x, fla, B, T, H, K, impl="v1"):
         # the same operator (64-token content chunks) on 32- and 16-row tiles
         out["carve_content_sub32"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="32"), base[1])
         out["carve_content_sub16"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="16"), base[1])
+        for spec in extra:  # --variant NAME:BASE:KEY=VAL,...
+            name, base_name, env = parse_variant(spec)
+            out[name] = (with_env(out[base_name][0], **env), out[base_name][1])
     if fla is not None:
         out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
                                                            x["w_v"])[0],
@@ -139,6 +142,46 @@ def variants(x, fla, B, T, H, K, impl="v1"):
     out["sdpa_cudnn"] = (sdpa(SDPBackend.CUDNN_ATTENTION), ["q", "k", "v"])
     out["sdpa_flash"] = (sdpa(SDPBackend.FLASH_ATTENTION), ["q", "k", "v"])
     return out
+
+
+def parse_variant(spec):
+    """'NAME:BASE:KEY=VAL,KEY=VAL' -> (NAME, BASE, {KEY: VAL}); BASE is a CARVE variant such as carve_content."""
+    try:
+        name, base, pairs = spec.split(":", 2)
+        env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
+    except ValueError:
+        raise SystemExit(f"--variant wants NAME:BASE:KEY=VAL[,KEY=VAL...], got {spec!r}") from None
+    if not base.startswith("carve_"):
+        raise SystemExit(f"--variant {spec!r}: BASE must be a CARVE variant (carve_content, ...)")
+    return name, base, env
+
+
+def kernel_times(fn, names, x, reps=5):
+    """CUDA time per kernel (ms per fwd+bwd, summed over launches), from the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    leaves = [x[n] for n in names]
+    for t in leaves:
+        t.requires_grad_(True)
+    o = fn()
+    do = torch.randn_like(o)
+    fn().backward(do)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn().backward(do)
+        torch.cuda.synchronize()
+    for t in leaves:
+        t.grad = None
+        t.requires_grad_(False)
+    rows = {}
+    for ev in prof.key_averages():
+        us = getattr(ev, "device_time_total", None)
+        if us is None:
+            us = ev.cuda_time_total
+        if us > 0:
+            rows[ev.key] = round(us / reps / 1000, 4)
+    return dict(sorted(rows.items(), key=lambda kv: -kv[1])[:12])
 
 
 def bench_one(fn, names, x):
@@ -187,6 +230,11 @@ def main():
                          "fla autotunes for minutes at every new T, so a device call may not hold every T")
     ap.add_argument("--impl", choices=["v1", "v2"], default="v2",
                     help="CARVE Triton kernels: v2 (triton_v2, the default, as dispatched) or v1 (triton_carve)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:BASE:KEY=VAL,...",
+                    help="extra v2 variant: BASE (e.g. carve_content) run with these environment settings, "
+                         "e.g. sub16w4:carve_content:HYBRID_CARVE_V2_SUBCHUNK=16,HYBRID_CARVE_V2_NUM_WARPS=4")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record the CUDA time of each kernel of one fwd+bwd (CARVE variants), from the torch profiler")
     args = ap.parse_args()
     import triton
 
@@ -211,8 +259,9 @@ def main():
         B = args.tokens // T
         x = make(B, T, H, K, V)
         res = {}
-        for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl).items():
-            if args.only and name not in args.only:
+        extra_names = [parse_variant(spec)[0] for spec in args.variant]
+        for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl, args.variant).items():
+            if args.only and name not in args.only and name not in extra_names:
                 continue
             if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                 res[name] = dict(error="not measured: --time-limit reached")
@@ -222,6 +271,8 @@ def main():
                 res[name] = bench_one(fn, names, x)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 res[name] = dict(error=repr(exc)[:300])
+            if args.profile and name.startswith("carve") and "error" not in res[name]:
+                res[name]["kernels_ms"] = kernel_times(fn, names, x)
             print(T, name, res[name], flush=True)
         info["results"][str(T)] = res
         del x
@@ -241,6 +292,9 @@ def main():
             rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
             print(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
                   f"  peak {r['peak_mib']:8.0f}")
+            for kname, ms in r.get("kernels_ms", {}).items():
+                if ms >= 0.05:
+                    print(f"      {ms:8.3f} ms  {kname[:90]}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,8 @@
 Same cases and bounds as tests/test_gpu_triton.py (v1): bf16 inputs unless stated, relative RMS error
 <= 5e-3 on outputs and states and <= 1e-2 on every gradient; every kernel output is poisoned with NaN
 first, so an unwritten element fails. The oracle is the token-by-token float64 reference for short
-sequences and the chunked float64 implementation (on the GPU) for long ones. v2 runs its sequential
-kernels with 8 warps by default; the "_w4" cases run them with 4. K or V above 128 falls back to v1
+sequences and the chunked float64 implementation (on the GPU) for long ones. v2 runs its kernels on
+32-row tiles with 8 warps by default; the "_w4" case runs the sequential ones with 4. K or V above 128 falls back to v1
 (the K256 case checks that the fallback is wired). Cases are ordered by importance, so a run cut by a
 time limit still reports the main ones ($OUT/gpu-errors-v2.jsonl is appended after every case).
 """
@@ -83,15 +83,20 @@ def test_triton_v2_equals_v1_forward_bf16():
 
 # opt-in knobs, same bounds: HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients),
 # HYBRID_CARVE_V2_SAVE_STATE=bf16 (chunk-start states kept in bf16 for the backward), and
-# HYBRID_CARVE_V2_SUBCHUNK (64-token content chunks walked as 32- or 16-row tiles: the same operator)
+# HYBRID_CARVE_V2_SUBCHUNK (64-token content chunks walked as 16- or 64-row tiles; 32 is the default),
+# HYBRID_CARVE_V2_GATHER=0 (the level reference decays read back from memory), and warp counts
 KNOB_CASES = [
     ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
     ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
     ("T1000_decay0.05", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
     ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
-    ("T1000_decay30", "HYBRID_CARVE_V2_SUBCHUNK", "32", "sub32"),
-    ("varlen_state", "HYBRID_CARVE_V2_SUBCHUNK", "32", "sub32"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_SUBCHUNK", "64", "tile64"),
+    ("varlen_state", "HYBRID_CARVE_V2_SUBCHUNK", "64", "tile64"),
     ("T4096_decay0.5", "HYBRID_CARVE_V2_SUBCHUNK", "16", "sub16"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_GATHER", "1", "gather1"),
+    ("T1000_decay5", "HYBRID_CARVE_V2_POST_BK", "128", "postbk128"),
+    ("T1000_decay5", "HYBRID_CARVE_V2_NUM_WARPS", "16", "w16"),
+    ("varlen_state", "HYBRID_CARVE_V2_PAR_WARPS", "4", "pw4"),
 ]
 
 

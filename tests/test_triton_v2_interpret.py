@@ -22,10 +22,16 @@ pytest.importorskip("triton")
 ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
-    "c64_two_chunks_odd": dict(C=64, T=70, K=20, V=24),
+    # 64-row tiles (the tile size before 32 became the default), the post-pass split over key columns
+    # (K = 20 as two programs of 16), and the level reference decays gathered from the tile
+    "c64_two_chunks_odd": dict(C=64, T=70, K=20, V=24, env={"HYBRID_CARVE_V2_SUBCHUNK": "64",
+                                                            "HYBRID_CARVE_V2_POST_BK": "16"}),
     "c64_short": dict(C=64, T=21, K=16, V=16, init_state=True, final_grad=True),
-    "c64_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True),
-    "c64_mixed_decay": dict(C=64, T=200, K=16, V=16, decay=3.5),  # in-chunk decays from 1 to e^-400
+    "c64_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
+                                   env={"HYBRID_CARVE_V2_GATHER": "1"}),
+    "c64_tile64_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
+                                          env={"HYBRID_CARVE_V2_SUBCHUNK": "64"}),
+    "c64_mixed_decay": dict(C=64, T=200, K=16, V=16, decay=3.5),  # in-chunk decays from 1 to e^-400 (32-row tiles)
     "c16_odd": dict(C=16, T=37),
     "c32_vector_w_state": dict(C=32, T=50, init_state=True, final_grad=True, vec_w=True),
     "gdn2_mode_vector_w": dict(C=16, T=37, vec_w=True, content=False),
@@ -141,10 +147,10 @@ print("SEEN", sorted(set(seen)))
 
 
 def test_subchunk_knob_runs_smaller_tiles():
-    """HYBRID_CARVE_V2_SUBCHUNK=32 launches the sweeps on 32-row tiles, two per 64-token content chunk
-    (the cases above check that the function is still the C = 64 operator); a bad value is refused."""
-    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT),
-               HYBRID_CARVE_V2_SUBCHUNK="32")
+    """By default the sweeps run on 32-row tiles, two per 64-token content chunk (the cases above check
+    that the function is still the C = 64 operator); a bad HYBRID_CARVE_V2_SUBCHUNK is refused."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    env.pop("HYBRID_CARVE_V2_SUBCHUNK", None)
     proc = subprocess.run([sys.executable, "-c", TILE_WORKER], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

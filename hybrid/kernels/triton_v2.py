@@ -17,10 +17,16 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
   operands (A is rounded to bf16 for its products anyway), else ``ieee``; ``tf32x3`` is a middle way.
 - ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
   for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
-- ``HYBRID_CARVE_V2_SUBCHUNK``: rows per tile of the sweeps (16, 32 or 64; default: the chunk size).
-  A smaller tile walks each content chunk as several sub-chunks, the state passing exactly between
-  them, so the operator (its 64-token content chunk) is unchanged while the live tiles shrink (the
-  sm_90 forward spills 896 B with 32-row tiles against 2840 B with 64). To be timed on the GPU.
+- ``HYBRID_CARVE_V2_SUBCHUNK``: rows per tile of all four kernels (16, 32 or 64; default: 32, or the
+  chunk size if smaller). A tile smaller than the chunk walks each content chunk as several tiles, the
+  state passing exactly between them, so the operator (its 64-token content chunk) is unchanged while
+  the live tiles shrink (the sm_90 forward spills 896 B with 32-row tiles against 2840 B with 64; on the
+  H200, fwd+bwd at T = 4096 took 15.0 ms with 32-row tiles, 18.0 with 16 and 24.5 with 64).
+- ``HYBRID_CARVE_V2_GATHER``: ``1`` takes the reference decays of the dyadic levels from the tile in
+  registers (``tl.gather``); ``0`` (default) reads them back from the cumulative-decay buffer. On the
+  H200 the gather made the forward slower (4.61 against 4.13 ms at T = 4096), so it is opt-in.
+- ``HYBRID_CARVE_V2_POST_BK``: key columns per program of the gradient post-pass (default 64).
+- ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the two parallel launches (default 128; 0: none).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
   ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8);
   ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1: the chunk loops
@@ -45,6 +51,7 @@ from .triton_v2_kernels import (
 )
 
 SUPPORTED_CHUNKS = (16, 32, 64)
+DEFAULT_TILE_ROWS = 32  # 64-token chunks walked as two 32-row tiles: 1.6x faster fwd+bwd on the H200 (docs/kernels.md)
 MAX_REGISTER_DIM = 128  # K and V above this fall back to v1
 MAX_FP32_OPERAND_TILE = 128 * 64  # padded K*V above this falls back to v1 unless the products take bf16
 
@@ -81,7 +88,7 @@ def _tile_rows(C: int) -> int:
     """Rows per tile of the sweeps: HYBRID_CARVE_V2_SUBCHUNK, or the chunk size."""
     raw = os.environ.get("HYBRID_CARVE_V2_SUBCHUNK")
     if raw is None:
-        return C
+        return min(C, DEFAULT_TILE_ROWS)
     try:
         sc = int(raw)
     except ValueError:
@@ -90,6 +97,15 @@ def _tile_rows(C: int) -> int:
         raise CarveInputError(f"HYBRID_CARVE_V2_SUBCHUNK must be one of {SUPPORTED_CHUNKS} dividing the chunk size "
                               f"{C}, got {raw!r}")
     return sc
+
+
+def _post_columns(BK: int) -> int:
+    """Key columns per program of the gradient post-pass (HYBRID_CARVE_V2_POST_BK, default 64): its
+    columns are independent, so K = 128 runs as two programs per (chunk, head), each with half the registers."""
+    raw = os.environ.get("HYBRID_CARVE_V2_POST_BK", "64")
+    if raw not in ("16", "32", "64", "128"):
+        raise CarveInputError(f"HYBRID_CARVE_V2_POST_BK must be 16, 32, 64 or 128, got {raw!r}")
+    return min(BK, int(raw))
 
 
 def _seq_warps() -> int:
@@ -120,11 +136,11 @@ class CarveTritonV2Fn(torch.autograd.Function):
         abuf = _empty(meta.total, H, C, C, device=dev, dtype=cc_dtype)
         osf = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init,
-                      DEC_BF16=meta.dec_bf16)
+                      DEC_BF16=meta.dec_bf16, GATHER=meta.gather)
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **common)
+                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts, **common)
         carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
@@ -171,7 +187,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dm0 = _empty(N, H, V, device=dev, dtype=f32)
         dos0 = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV,
-                      BR=meta.BR, DEC_BF16=meta.dec_bf16,
+                      BR=meta.BR, DEC_BF16=meta.dec_bf16, GATHER=meta.gather,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
         carve_v2_bwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, do, Gb, Pb,
@@ -188,10 +204,10 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
-            carve_v2_post_kernel[(meta.n_chunks, H)](
+            carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
                 qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
-                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **common)
+                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H, BKP=meta.bkp,
+                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
@@ -248,8 +264,14 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.num_warps = _seq_warps()
     meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
+    # register cap of the parallel launches, so that two programs share an SM (offline sm_90: prep 123
+    # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
+    maxnreg = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+    meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
+    meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
     meta.state_dtype = _state_dtype()
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
+    meta.bkp = _post_columns(meta.BK)
     meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))
     meta.ud_dtype = u_down.dtype if u_down is not None else None
     meta.uu_dtype = u_up.dtype if u_up is not None else None

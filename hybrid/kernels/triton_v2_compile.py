@@ -48,22 +48,22 @@ def _signature(fn, const: dict, dtype: str) -> dict:
 
 def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
                 overrides: dict | None = None) -> dict:
-    base = dict(K=128, C=64, NB=4, LOG2C=6, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16)
+    base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
-        "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=1, VEC_W=False, LOWP=lowp, PREC="tf32",
+        "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=2, VEC_W=False, LOWP=lowp, PREC="tf32",
                                              PREC_INV="tf32" if lowp else "ieee")),
-        "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=1, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
+        "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=2, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
-        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32")),
+        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=64)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype),
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages))
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **({"maxnreg": int(os.environ["MAXNREG"])} if os.environ.get("MAXNREG") else {})))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:

@@ -76,15 +76,21 @@ def _ddot(x, y, PREC: tl.constexpr, DEC_BF16: tl.constexpr):
 
 
 @triton.jit
-def _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h):
+def _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h,
+                  GATHER: tl.constexpr):
     """Dyadic level h: rows form groups of 2h, split into halves; e = the last row of the first half.
     Returns exp(-|G_x - G_e(x)|) per row x: exp(G_e - G_x) on the first half, exp(G_x - G_e) on the
-    second (G is non-increasing), so every factor is <= 1. G_e is read back from the G buffer."""
+    second (G is non-increasing), so every factor is <= 1. G_e comes from the tile itself (GATHER) or
+    is read back from the G buffer; both give 0 on leading masked rows and G_last on trailing ones."""
     i = tl.arange(0, C)
-    te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
-    Ge = tl.load(Gb + ((bos + te)[:, None].to(tl.int64) * H + hh) * K + rk[None, :],
-                 mask=((te >= 0) & (te < L))[:, None] & km[None, :], other=0.0)
-    Ge = tl.where((te >= L)[:, None], gl[None, :], Ge)
+    if GATHER:
+        ie = (i // (2 * h)) * (2 * h) + h - 1
+        Ge = tl.gather(G, tl.broadcast_to(ie[:, None], G.shape), 0)
+    else:
+        te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
+        Ge = tl.load(Gb + ((bos + te)[:, None].to(tl.int64) * H + hh) * K + rk[None, :],
+                     mask=((te >= 0) & (te < L))[:, None] & km[None, :], other=0.0)
+        Ge = tl.where((te >= L)[:, None], gl[None, :], Ge)
     return tl.exp(-tl.abs(G - Ge))
 
 
@@ -98,7 +104,7 @@ def _level_mask(h, C: tl.constexpr):
 
 @triton.jit
 def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
-             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr):
+             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr):
     """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
 
     Dyadic decomposition: every pair r > s belongs to exactly one level h (the largest power of two
@@ -108,7 +114,7 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
     acc = tl.zeros((C, C), dtype=tl.float32)
     for lv in range(LOG2C):  # a loop, not unrolled: keeps one level's tiles live at a time
         h = C // (2 << lv)
-        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
+        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
         acc += tl.where(_level_mask(h, C), _ddot(x * f, tl.trans(y * f), PREC, DEC_BF16), 0.0)
     if not STRICT:
         i = tl.arange(0, C)
@@ -119,13 +125,13 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
 @triton.jit
 def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
              LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
-             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr):
+             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, GATHER: tl.constexpr):
     """Gradients of _dec_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (dD masked as D)."""
     dx = tl.zeros(x.shape, dtype=tl.float32)
     dy = tl.zeros(x.shape, dtype=tl.float32)
     for lv in range(LOG2C):
         h = C // (2 << lv)
-        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
+        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
         dDh = tl.where(_level_mask(h, C), dD, 0.0)
         if NEED_DX:
             dx += f * _ddot(dDh, y * f, PREC, DEC_BF16)
@@ -188,7 +194,7 @@ def carve_v2_prep_kernel(
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
-    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
+    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -212,8 +218,9 @@ def carve_v2_prep_kernel(
     G = tl.where((t >= L)[:, None], gl[None, :], G)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
-    tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
-    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16)
+    if not GATHER:
+        tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
+    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16, GATHER)
     cidx = ((off + j) * H + hh).to(tl.int64)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P.to(Pb.dtype.element_ty))
 
@@ -229,6 +236,7 @@ def carve_v2_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
+    GATHER: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -275,7 +283,7 @@ def carve_v2_fwd_kernel(
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16)
+        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, GATHER)
         A = _inverse(M, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty))
         # operands of the state products (in the operand dtype; G and the factors end here)
@@ -323,7 +331,7 @@ def carve_v2_bwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -435,8 +443,8 @@ def carve_v2_bwd_kernel(
         tl.store(dqb + tb, gam * dgq, mask=tmask)
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
-        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, True,
-                                False)
+        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC,
+                                DEC_BF16, True, False, GATHER)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
@@ -465,8 +473,9 @@ def carve_v2_post_kernel(
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, BKP: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
+    GATHER: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -480,7 +489,7 @@ def carve_v2_post_kernel(
     else:
         p = bos * 0
     t, rmask, tok = _chunk_rows(j, p, L, bos, C)
-    rk = tl.arange(0, BK)
+    rk = tl.program_id(2) * BKP + tl.arange(0, BKP)  # key columns are independent here: split over programs
     km = rk < K
     i = tl.arange(0, C)
     cidx = ((off + j) * H + hh).to(tl.int64)
@@ -500,11 +509,21 @@ def carve_v2_post_kernel(
     e = b * k_t
     dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
-    dqP, dkP = _dec_bwd(dP, q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16,
-                        True, True)
-    _u, dkM = _dec_bwd(dM, e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16,
-                        False, True)
-    dkK = dkP + dkM
+    # the decayed-product gradients of P (q side and k side) and of M (k side) in one pass over the
+    # dyadic levels, sharing each level's factor (see _dec_bwd)
+    dqP = tl.zeros((C, BKP), dtype=tl.float32)
+    dkK = tl.zeros((C, BKP), dtype=tl.float32)
+    for lv in range(LOG2C):
+        h = C // (2 << lv)
+        f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
+        lm = _level_mask(h, C)
+        dPh = tl.where(lm, dP, 0.0)
+        dMh = tl.where(lm, dM, 0.0)
+        dqP += f * _ddot(dPh, k_t * f, PREC, DEC_BF16)
+        dkK += f * (_ddot(tl.trans(dPh), q_t * f, PREC, DEC_BF16) + _ddot(tl.trans(dMh), e * f, PREC, DEC_BF16))
+    dd = tl.sum(tl.where(i[:, None] == i[None, :], dP, 0.0), axis=1)  # P's diagonal (no decay)
+    dqP += dd[:, None] * k_t
+    dkK += dd[:, None] * q_t
     tmask = rmask[:, None] & km[None, :]
     tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
     X = tl.load(dqb + tb, mask=tmask, other=0.0)
