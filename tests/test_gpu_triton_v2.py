@@ -84,19 +84,19 @@ def test_triton_v2_equals_v1_forward_bf16():
 # opt-in knobs, same bounds: HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients),
 # HYBRID_CARVE_V2_SAVE_STATE=bf16 (chunk-start states kept in bf16 for the backward), and
 # HYBRID_CARVE_V2_SUBCHUNK (64-token content chunks walked as 16- or 64-row tiles; 32 is the default),
-# HYBRID_CARVE_V2_GATHER=0 (the level reference decays read back from memory), and warp counts
+# HYBRID_CARVE_V2_GATHER=1 (level reference decays gathered in registers), HYBRID_CARVE_V2_POST_BK, warp counts
 KNOB_CASES = [
-    ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
-    ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
-    ("T1000_decay0.05", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
-    ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
     ("T1000_decay30", "HYBRID_CARVE_V2_SUBCHUNK", "64", "tile64"),
     ("varlen_state", "HYBRID_CARVE_V2_SUBCHUNK", "64", "tile64"),
-    ("T4096_decay0.5", "HYBRID_CARVE_V2_SUBCHUNK", "16", "sub16"),
     ("T1000_decay30", "HYBRID_CARVE_V2_GATHER", "1", "gather1"),
     ("T1000_decay5", "HYBRID_CARVE_V2_POST_BK", "128", "postbk128"),
     ("T1000_decay5", "HYBRID_CARVE_V2_NUM_WARPS", "16", "w16"),
     ("varlen_state", "HYBRID_CARVE_V2_PAR_WARPS", "4", "pw4"),
+    ("T4096_decay0.5", "HYBRID_CARVE_V2_SUBCHUNK", "16", "sub16"),
+    ("T1000_decay0.05", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
+    ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
+    ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
 ]
 
 
