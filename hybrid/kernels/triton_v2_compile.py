@@ -2,7 +2,8 @@
 
 Uses Triton's bundled ptxas/cuobjdump, so it runs on a CUDA-less machine (the numbers come from this
 machine's Triton, which may differ from the device's). The shape is the benchmark's: K = V = 128,
-r = 16, C = 64, bf16, content on, scalar w.
+r = 16, bf16, content on, scalar w, on the dispatched defaults: 32-row tiles (SUB = 2 per 64-token content
+chunk), post-pass on 64 key columns, prep and post capped at 128 registers.
 
     .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps 8] [--stages 1] [--kernels fwd bwd] [--dec-bf16]
 """
@@ -47,7 +48,7 @@ def _signature(fn, const: dict, dtype: str) -> dict:
 
 
 def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
-                overrides: dict | None = None) -> dict:
+                overrides: dict | None = None, maxnreg: int | None = None) -> dict:
     base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
@@ -63,7 +64,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype),
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()
-    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **({"maxnreg": int(os.environ["MAXNREG"])} if os.environ.get("MAXNREG") else {})))
+    ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {})))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -86,17 +87,22 @@ def main():
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
+    ap.add_argument("--maxnreg", type=int, default=None,
+                    help="register cap per thread (the dispatcher caps prep and post at 128: HYBRID_CARVE_V2_PAR_MAXNREG)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
                     help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
     flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
-             "DEC_BF16"}
+             "DEC_BF16", "GATHER"}
     overrides = {}
     for item in args.set:
         name, val = item.split("=", 1)
         overrides[name] = bool(int(val)) if name in flags else (int(val) if val.lstrip("-").isdigit() else val)
     for which in args.kernels:
-        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides)),
+        cap = args.maxnreg
+        if cap is None and which in ("prep", "post"):
+            cap = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128")) or None  # as dispatched
+        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap)),
               flush=True)
 
 
