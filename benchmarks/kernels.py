@@ -169,6 +169,8 @@ def kernel_times(fn, names, x, reps=5):
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(reps):
+            for t in leaves:  # as do_bench's grad_to_none: no gradient accumulation kernels in the profile
+                t.grad = None
             fn().backward(do)
         torch.cuda.synchronize()
     for t in leaves:

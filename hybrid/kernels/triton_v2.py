@@ -28,6 +28,7 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
 - ``HYBRID_CARVE_V2_POST_BK``: key columns per program of the gradient post-pass (default 64).
 - ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the two parallel launches (default 128; 0: none).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
+  ``HYBRID_CARVE_V2_BWD_WARPS``: warps of the backward sweep alone (default: as the forward);
   ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8);
   ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1: the chunk loops
   carry their state in registers, and deeper pipelining only added shared memory and spills offline).
@@ -199,7 +200,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
+            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.bwd_warps, num_stages=meta.num_stages, **common)
         dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
@@ -262,6 +263,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     # decayed products (M, P and their gradients) with bf16 operands: opt-in, bf16 inputs on a GPU only
     meta.dec_bf16 = meta.lowp and os.environ.get("HYBRID_CARVE_V2_DEC", "fp32") == "bf16"
     meta.num_warps = _seq_warps()
+    meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
     # register cap of the parallel launches, so that two programs share an SM (offline sm_90: prep 123

@@ -27,10 +27,12 @@ INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
 DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
 
 
-def _signature(fn, const: dict, dtype: str) -> dict:
+def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
     sig = {}
     for name in fn.arg_names:
-        if name in ("Pb", "abuf"):  # kept in bf16 when the products take bf16 operands
+        if name == "hbuf" and state_bf16:
+            sig[name] = "*bf16"
+        elif name in ("Pb", "abuf"):  # kept in bf16 when the products take bf16 operands
             sig[name] = "*bf16" if const.get("LOWP", dtype == "bf16") else "*fp32"
         elif name in const:
             sig[name] = "constexpr"
@@ -48,7 +50,7 @@ def _signature(fn, const: dict, dtype: str) -> dict:
 
 
 def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
-                overrides: dict | None = None, maxnreg: int | None = None) -> dict:
+                overrides: dict | None = None, maxnreg: int | None = None, state_bf16: bool = False) -> dict:
     base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
@@ -61,7 +63,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=64)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
-    src = ASTSource(fn=fn, signature=_signature(fn, const, dtype),
+    src = ASTSource(fn=fn, signature=_signature(fn, const, dtype, state_bf16),
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()
     ck = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {})))
@@ -87,6 +89,7 @@ def main():
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
+    ap.add_argument("--state-bf16", action="store_true", help="chunk-start states saved in bf16 (HYBRID_CARVE_V2_SAVE_STATE=bf16)")
     ap.add_argument("--maxnreg", type=int, default=None,
                     help="register cap per thread (the dispatcher caps prep and post at 128: HYBRID_CARVE_V2_PAR_MAXNREG)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -102,7 +105,8 @@ def main():
         cap = args.maxnreg
         if cap is None and which in ("prep", "post"):
             cap = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128")) or None  # as dispatched
-        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap)),
+        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
+                                     args.state_bf16)),
               flush=True)
 
 
