@@ -1,0 +1,32 @@
+"""The command-line pieces of benchmarks/kernels.py that run without a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _kernels_bench():
+    spec = importlib.util.spec_from_file_location("bench_kernels", ROOT / "benchmarks" / "kernels.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_variant_spec_parses_name_base_and_settings():
+    bench = _kernels_bench()
+    name, base, env = bench.parse_variant(
+        "carve_bw16:carve_content:HYBRID_CARVE_V2_BWD_WARPS=16,HYBRID_CARVE_V2_POST_BK=128")
+    assert (name, base) == ("carve_bw16", "carve_content")
+    assert env == {"HYBRID_CARVE_V2_BWD_WARPS": "16", "HYBRID_CARVE_V2_POST_BK": "128"}
+
+
+@pytest.mark.parametrize("spec", ["carve_x", "carve_x:carve_content:NOEQUALS", "x:fla_chunk_gdn2:A=1"])
+def test_bad_variant_spec_is_refused(spec):
+    bench = _kernels_bench()
+    with pytest.raises(SystemExit, match="variant"):
+        bench.parse_variant(spec)
