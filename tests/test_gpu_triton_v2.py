@@ -93,6 +93,7 @@ KNOB_CASES = [
     ("T1000_decay5", "HYBRID_CARVE_V2_NUM_WARPS", "16", "w16"),
     ("varlen_state", "HYBRID_CARVE_V2_PAR_WARPS", "4", "pw4"),
     ("varlen_state", "HYBRID_CARVE_V2_BWD_WARPS", "16", "bw16"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_UNROLL", "all", "unroll_all"),
     ("T4096_decay0.5", "HYBRID_CARVE_V2_SUBCHUNK", "16", "sub16"),
     ("T1000_decay0.05", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),
     ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "bf16", "bf16_states"),

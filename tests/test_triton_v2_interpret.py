@@ -51,6 +51,9 @@ CASES = {
                                    env={"HYBRID_CARVE_V2_SUBCHUNK": "16"}),
     "c32_sub16_detach_vector_w": dict(C=32, T=50, content_grad="detach", vec_w=True, init_state=True,
                                       final_grad=True, env={"HYBRID_CARVE_V2_SUBCHUNK": "16"}),
+    # the dyadic level loops unrolled in every kernel (HYBRID_CARVE_V2_UNROLL)
+    "c64_unroll_all_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
+                                              env={"HYBRID_CARVE_V2_UNROLL": "all"}),
     # chunk-start states saved in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE): own bound, below
     "save_state_bf16": dict(C=64, T=300, K=32, V=32, decay=0.05, init_state=True, final_grad=True,
                             env={"HYBRID_CARVE_V2_SAVE_STATE": "bf16"}),

@@ -26,6 +26,8 @@ Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
   registers (``tl.gather``); ``0`` (default) reads them back from the cumulative-decay buffer. On the
   H200 the gather made the forward slower (4.61 against 4.13 ms at T = 4096), so it is opt-in.
 - ``HYBRID_CARVE_V2_POST_BK``: key columns per program of the gradient post-pass (default 64).
+- ``HYBRID_CARVE_V2_UNROLL``: ``none`` (default), ``seq``, ``par`` or ``all``: which kernels unroll
+  the loop over the dyadic levels (see ``_unroll``).
 - ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the two parallel launches (default 128; 0: none).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
   ``HYBRID_CARVE_V2_BWD_WARPS``: warps of the backward sweep alone (default: as the forward);
@@ -109,6 +111,18 @@ def _post_columns(BK: int) -> int:
     return min(BK, int(raw))
 
 
+def _unroll(levels: int) -> tuple[int, int]:
+    """Unroll factors of the dyadic level loops (sequential kernels, parallel kernels) from
+    HYBRID_CARVE_V2_UNROLL: none (default), seq, par or all. Offline (sm_90, 32-row tiles), unrolled
+    levels cut the sweeps' spill stack (fwd 912 -> 736 B, bwd 2872 -> 2264 B) but raise post's under
+    its register cap (360 -> 976 B)."""
+    raw = os.environ.get("HYBRID_CARVE_V2_UNROLL", "none")
+    if raw not in ("none", "seq", "par", "all"):
+        raise CarveInputError(f"HYBRID_CARVE_V2_UNROLL must be none, seq, par or all, got {raw!r}")
+    full = max(levels, 1)
+    return (full if raw in ("seq", "all") else 1), (full if raw in ("par", "all") else 1)
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -141,14 +155,16 @@ class CarveTritonV2Fn(torch.autograd.Function):
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts, **common)
+                PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
+                **meta.par_opts, **common)
         carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, num_warps=meta.num_warps, num_stages=meta.num_stages, **common)
+            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, num_warps=meta.num_warps,
+            num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
         ctx.meta = meta
@@ -200,7 +216,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, num_warps=meta.bwd_warps, num_stages=meta.num_stages, **common)
+            LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_seq, num_warps=meta.bwd_warps, num_stages=meta.num_stages,
+            **common)
         dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
@@ -208,7 +225,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
                 qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H, BKP=meta.bkp,
-                PREC=meta.prec, num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts, **common)
+                PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
+                **meta.par_opts, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
@@ -274,6 +292,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.state_dtype = _state_dtype()
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.bkp = _post_columns(meta.BK)
+    meta.unroll_seq, meta.unroll_par = _unroll(SC.bit_length() - 1)
     meta.BR = max(2, triton.next_power_of_2(max(shp.r, 1)))
     meta.ud_dtype = u_down.dtype if u_down is not None else None
     meta.uu_dtype = u_up.dtype if u_up is not None else None

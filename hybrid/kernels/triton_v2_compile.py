@@ -51,7 +51,7 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
 
 def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
                 overrides: dict | None = None, maxnreg: int | None = None, state_bf16: bool = False) -> dict:
-    base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False)
+    base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False, UNR=1)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
     fn, const = {

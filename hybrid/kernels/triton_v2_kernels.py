@@ -104,7 +104,8 @@ def _level_mask(h, C: tl.constexpr):
 
 @triton.jit
 def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
-             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr):
+             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
+             UNR: tl.constexpr):
     """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
 
     Dyadic decomposition: every pair r > s belongs to exactly one level h (the largest power of two
@@ -112,7 +113,7 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
     with e the last row of the first half of their group, two factors <= 1, so each level is one
     masked tensor-core product and no exponent is ever positive, however strong the decay."""
     acc = tl.zeros((C, C), dtype=tl.float32)
-    for lv in range(LOG2C):  # a loop, not unrolled: keeps one level's tiles live at a time
+    for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):  # UNR = 1: one level's tiles live at a time
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
         acc += tl.where(_level_mask(h, C), _ddot(x * f, tl.trans(y * f), PREC, DEC_BF16), 0.0)
@@ -125,11 +126,11 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
 @triton.jit
 def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
              LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
-             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, GATHER: tl.constexpr):
+             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr):
     """Gradients of _dec_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (dD masked as D)."""
     dx = tl.zeros(x.shape, dtype=tl.float32)
     dy = tl.zeros(x.shape, dtype=tl.float32)
-    for lv in range(LOG2C):
+    for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
         dDh = tl.where(_level_mask(h, C), dD, 0.0)
@@ -176,15 +177,31 @@ def _inverse(M, C: tl.constexpr, NB: tl.constexpr, PREC_INV: tl.constexpr):
 
 
 @triton.jit
-def _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
-           HAS_CONTENT: tl.constexpr):
-    """b = sigmoid(a + c) with the content term c = U_up low, low = U_down m."""
+def _up_tile(uu, rk, km, hh, K: tl.constexpr, R: tl.constexpr, BR: tl.constexpr):
+    """U_up of head hh as a [BK, BR] fp32 tile (loaded once per program)."""
+    rr = tl.arange(0, BR)
+    return tl.load(uu + hh * K * R + rk[:, None] * R + rr[None, :], mask=km[:, None] & (rr[None, :] < R),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _content(udt, upt, m, HAS_CONTENT: tl.constexpr):
+    """(low, c): low = U_down m (the r content numbers) and the content term c = U_up low, over key columns."""
+    if HAS_CONTENT:
+        low = tl.sum(udt * m[None, :], axis=1)
+        c = tl.sum(upt * low[None, :], axis=1)
+    else:
+        low = tl.zeros((2,), dtype=tl.float32)
+        c = 0.0
+    return low, c
+
+
+@triton.jit
+def _gates(a, c, tok, rmask, rk, km, hh, H, K: tl.constexpr, HAS_CONTENT: tl.constexpr):
+    """b = sigmoid(a + c), c the chunk's content term over key columns (see _content)."""
     a_t = _tile(a + hh * K, tok, rmask, rk, km, H * K)
     if HAS_CONTENT:
-        rr = tl.arange(0, BR)
-        up = tl.load(uu + hh * K * R + rk[:, None] * R + rr[None, :], mask=km[:, None] & (rr[None, :] < R),
-                     other=0.0).to(tl.float32)
-        a_t = a_t + tl.sum(up * low[None, :], axis=1)[None, :]
+        a_t = a_t + c[None, :]
     return tl.sigmoid(a_t)
 
 
@@ -194,7 +211,7 @@ def carve_v2_prep_kernel(
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
-    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
+    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -220,7 +237,7 @@ def carve_v2_prep_kernel(
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     if not GATHER:
         tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
-    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16, GATHER)
+    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16, GATHER, UNR)
     cidx = ((off + j) * H + hh).to(tl.int64)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P.to(Pb.dtype.element_ty))
 
@@ -236,7 +253,7 @@ def carve_v2_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
-    GATHER: tl.constexpr,
+    GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -269,21 +286,22 @@ def carve_v2_fwd_kernel(
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
                       other=0.0).to(tl.float32)
+        upt = _up_tile(uu, rk, km, hh, K, R, BR)
+    else:
+        udt = 0.0
+        upt = 0.0
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
-        if HAS_CONTENT:
-            low = tl.sum(udt * m[None, :], axis=1)
-        else:
-            low = tl.zeros((2,), dtype=tl.float32)
+        low, c = _content(udt, upt, m, HAS_CONTENT)
         # content-dependent couplings and their inverse
-        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, GATHER)
+        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, GATHER, UNR)
         A = _inverse(M, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty))
         # operands of the state products (in the operand dtype; G and the factors end here)
@@ -331,7 +349,7 @@ def carve_v2_bwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -369,8 +387,10 @@ def carve_v2_bwd_kernel(
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
                       other=0.0).to(tl.float32)
-        upt = tl.load(uu + hh * K * R + rk[:, None] * R + rr[None, :], mask=km[:, None] & (rr[None, :] < R),
-                      other=0.0).to(tl.float32)
+        upt = _up_tile(uu, rk, km, hh, K, R, BR)
+    else:
+        udt = 0.0
+        upt = 0.0
     strict = i[:, None] > i[None, :]
     lower = i[:, None] >= i[None, :]
     for jj in range(0, NS):
@@ -380,11 +400,11 @@ def carve_v2_bwd_kernel(
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
         if HAS_CONTENT:
             m = tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0)
-            low = tl.sum(udt * m[None, :], axis=1)
         else:
-            low = tl.zeros((2,), dtype=tl.float32)
+            m = 0.0
+        low, c = _content(udt, upt, m, HAS_CONTENT)
         # operands of the products, in the operand dtype (recomputed in fp32 further down where needed)
-        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
@@ -433,7 +453,7 @@ def carve_v2_bwd_kernel(
             tl.trans(ge), dRd, input_precision=PREC)
         # K-sized gradients (fp32, recomputed from the inputs): X = exp(G) dgq, Y = exp(G_C - G) dkt and
         # de go to the post-pass, which adds the decayed-product parts and forms dq, dk, dg
-        b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
@@ -444,7 +464,7 @@ def carve_v2_bwd_kernel(
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
         deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC,
-                                DEC_BF16, True, False, GATHER)
+                                DEC_BF16, True, False, GATHER, UNR)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
@@ -475,7 +495,7 @@ def carve_v2_post_kernel(
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, BKP: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
-    GATHER: tl.constexpr,
+    GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -499,10 +519,13 @@ def carve_v2_post_kernel(
         m = tl.load(mbuf + cidx * V + cv, mask=cv < V, other=0.0)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & (cv < V)[None, :],
                       other=0.0).to(tl.float32)
-        low = tl.sum(udt * m[None, :], axis=1)
+        upt = _up_tile(uu, rk, km, hh, K, R, BR)
     else:
-        low = tl.zeros((2,), dtype=tl.float32)
-    b = _gates(a, k, uu, low, tok, rmask, rk, km, hh, H, K, R, BR, HAS_CONTENT)
+        m = 0.0
+        udt = 0.0
+        upt = 0.0
+    low, c = _content(udt, upt, m, HAS_CONTENT)
+    b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
@@ -513,7 +536,7 @@ def carve_v2_post_kernel(
     # dyadic levels, sharing each level's factor (see _dec_bwd)
     dqP = tl.zeros((C, BKP), dtype=tl.float32)
     dkK = tl.zeros((C, BKP), dtype=tl.float32)
-    for lv in range(LOG2C):
+    for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
         lm = _level_mask(h, C)
