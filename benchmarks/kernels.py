@@ -16,6 +16,7 @@ TIMING ONLY (its gradients there are not trustworthy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -156,26 +157,34 @@ def parse_variant(spec):
     return name, base, env
 
 
+@contextlib.contextmanager
+def _grad_leaves(x, names):
+    """The inputs `names` of `x` as leaves that take gradients, for the duration; yields them."""
+    leaves = [x[n] for n in names]
+    for t in leaves:
+        t.requires_grad_(True)
+    try:
+        yield leaves
+    finally:
+        for t in leaves:
+            t.grad = None
+            t.requires_grad_(False)
+
+
 def kernel_times(fn, names, x, reps=5):
     """CUDA time per kernel (ms per fwd+bwd, summed over launches), from the torch profiler."""
     from torch.profiler import ProfilerActivity, profile
 
-    leaves = [x[n] for n in names]
-    for t in leaves:
-        t.requires_grad_(True)
-    o = fn()
-    do = torch.randn_like(o)
-    fn().backward(do)
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            for t in leaves:  # as do_bench's grad_to_none: no gradient accumulation kernels in the profile
-                t.grad = None
-            fn().backward(do)
+    with _grad_leaves(x, names) as leaves:
+        do = torch.randn_like(fn())
+        fn().backward(do)
         torch.cuda.synchronize()
-    for t in leaves:
-        t.grad = None
-        t.requires_grad_(False)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                for t in leaves:  # as do_bench's grad_to_none: no gradient accumulation kernels in the profile
+                    t.grad = None
+                fn().backward(do)
+            torch.cuda.synchronize()
     rows = {}
     for ev in prof.key_averages():
         us = getattr(ev, "device_time_total", None)
@@ -189,35 +198,30 @@ def kernel_times(fn, names, x, reps=5):
 def bench_one(fn, names, x):
     import triton.testing as tt
 
-    leaves = [x[n] for n in names]
-    for t in leaves:
-        t.requires_grad_(True)
-    o = fn()
-    do = torch.randn_like(o)
+    with _grad_leaves(x, names) as leaves:
+        o = fn()
+        do = torch.randn_like(o)
 
-    def fwd():
-        return fn()
+        def fwd():
+            return fn()
 
-    def fwdbwd():
-        fn().backward(do)
+        def fwdbwd():
+            fn().backward(do)
 
-    fwdbwd()
-    torch.cuda.synchronize()
-    t_f = tt.do_bench(fwd, warmup=25, rep=100, return_mode="median")
-    t_fb = tt.do_bench(fwdbwd, warmup=25, rep=150, grad_to_none=leaves, return_mode="median")
-    for t in leaves:
-        t.grad = None
-    del o
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated()
-    torch.cuda.reset_peak_memory_stats()
-    fwdbwd()
-    torch.cuda.synchronize()
-    peak = (torch.cuda.max_memory_allocated() - base) / 2**20
-    for t in leaves:
-        t.grad = None
-        t.requires_grad_(False)
+        fwdbwd()
+        torch.cuda.synchronize()
+        t_f = tt.do_bench(fwd, warmup=25, rep=100, return_mode="median")
+        t_fb = tt.do_bench(fwdbwd, warmup=25, rep=150, grad_to_none=leaves, return_mode="median")
+        for t in leaves:
+            t.grad = None
+        del o
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fwdbwd()
+        torch.cuda.synchronize()
+        peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     return dict(fwd_ms=t_f, fwdbwd_ms=t_fb, peak_mib=peak)
 
 

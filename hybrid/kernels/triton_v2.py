@@ -88,7 +88,7 @@ def _state_dtype() -> torch.dtype:
 
 
 def _tile_rows(C: int) -> int:
-    """Rows per tile of the sweeps: HYBRID_CARVE_V2_SUBCHUNK, or the chunk size."""
+    """Rows per tile of the kernels: HYBRID_CARVE_V2_SUBCHUNK, else 32 (or the chunk size if smaller)."""
     raw = os.environ.get("HYBRID_CARVE_V2_SUBCHUNK")
     if raw is None:
         return min(C, DEFAULT_TILE_ROWS)

@@ -124,28 +124,17 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
 
 
 @triton.jit
-def _dec_bwd(dD, x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
-             LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
-             NEED_DX: tl.constexpr, NEED_DY: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr):
-    """Gradients of _dec_fwd: dx_r = sum_s dD_rs y_s E_rs, dy_s = sum_r dD_rs x_r E_rs (dD masked as D)."""
-    dx = tl.zeros(x.shape, dtype=tl.float32)
-    dy = tl.zeros(x.shape, dtype=tl.float32)
+def _dec_bwd_dx(dD, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
+                LOG2C: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
+                UNR: tl.constexpr):
+    """Gradient of a strict _dec_fwd with respect to its x: dx_r = sum_{s<r} dD_rs y_s E_rs. (The post
+    pass forms the other decayed-product gradients in its own level loop.)"""
+    dx = tl.zeros(y.shape, dtype=tl.float32)
     for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
-        dDh = tl.where(_level_mask(h, C), dD, 0.0)
-        if NEED_DX:
-            dx += f * _ddot(dDh, y * f, PREC, DEC_BF16)
-        if NEED_DY:
-            dy += f * _ddot(tl.trans(dDh), x * f, PREC, DEC_BF16)
-    if not STRICT:
-        i = tl.arange(0, C)
-        dd = tl.sum(tl.where(i[:, None] == i[None, :], dD, 0.0), axis=1)
-        if NEED_DX:
-            dx += dd[:, None] * y
-        if NEED_DY:
-            dy += dd[:, None] * x
-    return dx, dy
+        dx += f * _ddot(tl.where(_level_mask(h, C), dD, 0.0), y * f, PREC, DEC_BF16)
+    return dx
 
 
 @triton.jit
@@ -463,8 +452,8 @@ def carve_v2_bwd_kernel(
         tl.store(dqb + tb, gam * dgq, mask=tmask)
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
-        deM, _unused = _dec_bwd(dM, b * k_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC,
-                                DEC_BF16, True, False, GATHER, UNR)
+        deM = _dec_bwd_dx(dM, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, PREC, DEC_BF16, GATHER,
+                          UNR)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
@@ -533,7 +522,7 @@ def carve_v2_post_kernel(
     dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
     # the decayed-product gradients of P (q side and k side) and of M (k side) in one pass over the
-    # dyadic levels, sharing each level's factor (see _dec_bwd)
+    # dyadic levels, sharing each level's factor (as in _dec_bwd_dx)
     dqP = tl.zeros((C, BKP), dtype=tl.float32)
     dkK = tl.zeros((C, BKP), dtype=tl.float32)
     for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
