@@ -47,6 +47,7 @@ from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
 from .triton_v2_kernels import (
+    carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
     carve_v2_fwd_kernel,
     carve_v2_post_kernel,
@@ -145,6 +146,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         cc_dtype = torch.bfloat16 if meta.lowp else f32
         Pb = _empty(meta.total, H, C, C, device=dev, dtype=cc_dtype)
         o = _empty(q.shape[0], q.shape[1], H, V, device=dev, dtype=q.dtype)
+        ubuf = _empty(TT, H, V, device=dev, dtype=cc_dtype)  # U in the operand dtype, for the backward
         hbuf = _empty(meta.total, H, K, V, device=dev, dtype=meta.state_dtype)  # chunk-start states
         S_f = _empty(N, H, K, V, device=dev, dtype=f32)
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
@@ -158,7 +160,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
         carve_v2_fwd_kernel[(N, H)](
-            qc, kc, vc, ac, wc, udc, uuc, o, Gb, Pb,
+            qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
@@ -166,7 +168,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
-        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf)
+        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf)
         ctx.meta = meta
         ctx.has_init = has_init
         ctx.content = content
@@ -175,7 +177,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dS_f, dm_f, dos_f):
-        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf = ctx.saved_tensors
+        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf = ctx.saved_tensors
         meta = ctx.meta
         N, H, K, V, R, C = meta.N, meta.H, meta.K, meta.V, meta.R, meta.C
         dev = qc.device
@@ -186,11 +188,10 @@ class CarveTritonV2Fn(torch.autograd.Function):
             do = torch.zeros(qc.shape[0], qc.shape[1], H, V, device=dev, dtype=qc.dtype)
         do = do.contiguous()
         dummy = torch.zeros(1, device=dev, dtype=f32)
-        dqb = _empty(TT, H, K, device=dev, dtype=f32)
         dkb = _empty(TT, H, K, device=dev, dtype=f32)
         deb = _empty(TT, H, K, device=dev, dtype=f32)
         dglb = _empty(meta.total, H, K, device=dev, dtype=f32)
-        dPb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        corrb = _empty(meta.total, H, V, device=dev, dtype=f32)
         dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
         dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -206,13 +207,23 @@ class CarveTritonV2Fn(torch.autograd.Function):
         common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV,
                       BR=meta.BR, DEC_BF16=meta.dec_bf16, GATHER=meta.gather,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
+        # the dS-free parts of the backward, in parallel over tiles (see carve_v2_bprep_kernel)
+        w1b = _empty(TT, H, K, device=dev, dtype=ubuf.dtype)
+        dr0b = _empty(TT, H, V, device=dev, dtype=f32)
+        a2b = _empty(TT, H, device=dev, dtype=f32)
+        if meta.n_chunks > 0:
+            carve_v2_bprep_kernel[(meta.n_chunks, H)](
+                kc, do, Gb, Pb, abuf, w1b, dr0b, a2b,
+                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H,
+                K=K, V=V, C=C, BK=meta.BK, BV=meta.BV, HAS_INIT=ctx.has_init, LOWP=meta.lowp, PREC=meta.prec,
+                num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts)
         carve_v2_bwd_kernel[(N, H)](
-            qc, kc, vc, ac, wc, udc, uuc, do, Gb, Pb,
-            meta.pos, hbuf, mbuf, abuf,
+            qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b,
+            meta.pos, hbuf, mbuf,
             dS_f.contiguous().float() if dS_f is not None else dummy,
             dm_f.contiguous().float() if dm_f is not None else dummy,
             dos_f.contiguous().float() if dos_f is not None else dummy,
-            dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
+            corrb, dkb, deb, dglb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
@@ -223,9 +234,9 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
-                qc, kc, ac, uuc, Gb, mbuf, udc, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
-                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H, BKP=meta.bkp,
-                PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
+                qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dq, dk, dg,
+                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
+                LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
         dud = duu = None
         if content:

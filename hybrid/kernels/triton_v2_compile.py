@@ -32,7 +32,7 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
     for name in fn.arg_names:
         if name == "hbuf" and state_bf16:
             sig[name] = "*bf16"
-        elif name in ("Pb", "abuf"):  # kept in bf16 when the products take bf16 operands
+        elif name in ("Pb", "abuf", "ubuf", "w1b"):  # kept in bf16 when the products take bf16 operands
             sig[name] = "*bf16" if const.get("LOWP", dtype == "bf16") else "*fp32"
         elif name in const:
             sig[name] = "constexpr"
@@ -58,9 +58,11 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
         "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=2, VEC_W=False, LOWP=lowp, PREC="tf32",
                                              PREC_INV="tf32" if lowp else "ieee")),
+        "bprep": (kk.carve_v2_bprep_kernel, dict(K=128, V=128, C=32, BK=128, BV=128, HAS_INIT=False, LOWP=lowp,
+                                                 PREC="tf32")),
         "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=2, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
-        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=64)),
+        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=64, LOWP=lowp)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype, state_bf16),
@@ -84,7 +86,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bwd", "post"])
+    ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bprep", "bwd", "post"])
     ap.add_argument("--warps", type=int, default=8)
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
@@ -103,7 +105,7 @@ def main():
         overrides[name] = bool(int(val)) if name in flags else (int(val) if val.lstrip("-").isdigit() else val)
     for which in args.kernels:
         cap = args.maxnreg
-        if cap is None and which in ("prep", "post"):
+        if cap is None and which in ("prep", "bprep", "post"):
             cap = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128")) or None  # as dispatched
         print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
                                      args.state_bf16)),

@@ -233,7 +233,7 @@ def carve_v2_prep_kernel(
 
 @triton.jit
 def carve_v2_fwd_kernel(
-    q, k, v, a, w, ud, uu, o, Gb, Pb,
+    q, k, v, a, w, ud, uu, o, ubuf, Gb, Pb,
     h0, m0, os0, pos0,
     hbuf, mbuf, abuf, osf, sf,
     seq_start, seq_len, chunk_off,
@@ -310,6 +310,8 @@ def carve_v2_fwd_kernel(
         rhs = tl.dot(-ge, Sd, acc=z, input_precision=PREC)
         U = tl.dot(_cast(A, q, LOWP), _cast(rhs, q, LOWP), input_precision=PREC)
         Ud = _cast(U, q, LOWP)
+        tl.store(ubuf + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], Ud.to(ubuf.dtype.element_ty),
+                 mask=rmask[:, None] & vm[None, :])  # the backward loads U instead of recomputing it
         P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
         O = scale * tl.dot(_cast(P, q, LOWP), Ud, acc=tl.dot(gq, Sd, input_precision=PREC), input_precision=PREC)
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
@@ -327,11 +329,60 @@ def carve_v2_fwd_kernel(
 
 
 @triton.jit
+def carve_v2_bprep_kernel(
+    k, do, Gb, Pb, abuf, w1b, dr0b, a2b,
+    seq_start, seq_len, chunk_off, pos0, cseq, cj,
+    scale, H,
+    K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    HAS_INIT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+):
+    """The parts of the backward that need no loop-carried gradient, in parallel over (tile, head).
+
+    With dO' = dO + 1 corr^T (corr: the content-chunk correction, known only in the sweep) the sweep's
+    dR = A^T (s P^T dO' + kt dS) = dR0 + a2 corr^T + W1 dS, where W1 = A^T kt, dR0 = s A^T P^T dO and
+    a2 = s A^T P^T 1 (over the tile's valid rows). Writes W1 (operand dtype), dR0 and a2 (fp32)."""
+    ci = tl.program_id(0)
+    hh = tl.program_id(1)
+    n = tl.load(cseq + ci)
+    j = tl.load(cj + ci)
+    bos = tl.load(seq_start + n)
+    L = tl.load(seq_len + n)
+    off = tl.load(chunk_off + n)
+    if HAS_INIT:
+        p = tl.load(pos0 + n)
+    else:
+        p = bos * 0
+    t, rmask, tok = _chunk_rows(j, p, L, bos, C)
+    rk = tl.arange(0, BK)
+    km = rk < K
+    cv = tl.arange(0, BV)
+    vm = cv < V
+    i = tl.arange(0, C)
+    cidx = ((off + j) * H + hh).to(tl.int64)
+    k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
+    G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
+    kt = _cast(k_t * tl.exp(gl[None, :] - G), do, LOWP)
+    A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
+    Ad = _cast(A, do, LOWP)
+    P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
+    dOd = _cast(_tile(do + hh * V, tok, rmask, cv, vm, H * V), do, LOWP)
+    trow = tok[:, None].to(tl.int64) * H + hh
+    W1 = tl.dot(tl.trans(Ad), kt, input_precision=PREC)
+    tl.store(w1b + trow * K + rk[None, :], W1.to(w1b.dtype.element_ty), mask=rmask[:, None] & km[None, :])
+    dU0 = scale * tl.dot(tl.trans(_cast(P, do, LOWP)), dOd, input_precision=PREC)
+    dR0 = tl.dot(tl.trans(Ad), _cast(dU0, do, LOWP), input_precision=PREC)
+    tl.store(dr0b + trow * V + cv[None, :], dR0, mask=rmask[:, None] & vm[None, :])
+    pcol = scale * tl.sum(tl.where(rmask[:, None], P, 0.0), axis=0)  # s P^T 1 over the valid rows
+    a2 = tl.sum(A * pcol[:, None], axis=0)
+    tl.store(a2b + tok.to(tl.int64) * H + hh, a2, mask=rmask)
+
+
+@triton.jit
 def carve_v2_bwd_kernel(
-    q, k, v, a, w, ud, uu, do, Gb, Pb,
-    pos0, hbuf, mbuf, abuf,
+    q, k, v, a, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b,
+    pos0, hbuf, mbuf,
     dht, dmf, dosf,
-    dqb, dkb, deb, dglb, da, dv, dw, dPb, dMb, dcb, dlowb, dS0, dm0, dos0,
+    corrb, dkb, deb, dglb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
@@ -381,7 +432,6 @@ def carve_v2_bwd_kernel(
         udt = 0.0
         upt = 0.0
     strict = i[:, None] > i[None, :]
-    lower = i[:, None] >= i[None, :]
     for jj in range(0, NS):
         j = NS - 1 - jj
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
@@ -398,7 +448,6 @@ def carve_v2_bwd_kernel(
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
         ge = _cast(gam * b * k_t, q, LOWP)
-        kt = _cast(k_t * tl.exp(gl[None, :] - G), q, LOWP)
         gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
         egl = tl.exp(gl)
         S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0).to(tl.float32)
@@ -410,19 +459,19 @@ def carve_v2_bwd_kernel(
         else:
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
             w_t = w_r[:, None] + tl.zeros((C, BV), dtype=tl.float32)
-        A = tl.load(abuf + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
-        Ad = _cast(A, q, LOWP)
-        rhs = w_t * v_t - tl.dot(ge, S0d, input_precision=PREC)
-        Ud = _cast(tl.dot(Ad, _cast(rhs, q, LOWP), input_precision=PREC), q, LOWP)
-        corr = tl.where(complete, dmn / (C * SUB), dosv)
-        dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V)
-        dOd = _cast(tl.where(rmask[:, None] & vm[None, :], dO + corr[None, :], 0.0), q, LOWP)
-        dSd = _cast(dS, q, LOWP)
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
-        dU = scale * tl.dot(tl.trans(_cast(P, q, LOWP)), dOd, input_precision=PREC) + tl.dot(
-            kt, dSd, input_precision=PREC)
-        dR = tl.dot(tl.trans(Ad), _cast(dU, q, LOWP), input_precision=PREC)
         vmask = rmask[:, None] & vm[None, :]
+        trow = tok[:, None].to(tl.int64) * H + hh
+        Ud = _cast(tl.load(ubuf + trow * V + cv[None, :], mask=vmask, other=0.0), q, LOWP)  # saved by the forward
+        corr = tl.where(complete, dmn / (C * SUB), dosv)
+        tl.store(corrb + cidx * V + cv, corr, mask=vm)  # the post-pass forms dP and dq with it
+        dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V)
+        dOd = _cast(tl.where(vmask, dO + corr[None, :], 0.0), q, LOWP)
+        dSd = _cast(dS, q, LOWP)
+        # dR = A^T (s P^T dO' + kt dS), with the dS-free parts from the parallel pre-pass
+        W1 = _cast(tl.load(w1b + trow * K + rk[None, :], mask=rmask[:, None] & km[None, :], other=0.0), q, LOWP)
+        a2 = tl.load(a2b + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0)
+        dR = tl.dot(W1, dSd, acc=tl.load(dr0b + trow * V + cv[None, :], mask=vmask, other=0.0)
+                    + a2[:, None] * corr[None, :], input_precision=PREC)
         tl.store(dv + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], (w_t * dR).to(dv.dtype.element_ty),
                  mask=vmask)
         if VEC_W:
@@ -433,9 +482,6 @@ def carve_v2_bwd_kernel(
         dRd = _cast(dR, q, LOWP)
         dM = tl.where(strict, -tl.dot(dRd, tl.trans(Ud), input_precision=PREC), 0.0)
         tl.store(dMb + cidx * C * C + i[:, None] * C + i[None, :], dM)
-        tl.store(dPb + cidx * C * C + i[:, None] * C + i[None, :],
-                 tl.where(lower, scale * tl.dot(dOd, tl.trans(Ud), input_precision=PREC), 0.0))
-        dgq = scale * tl.dot(dOd, tl.trans(S0d), input_precision=PREC)
         dge = -tl.dot(dRd, tl.trans(S0d), input_precision=PREC)
         dkt = tl.dot(Ud, tl.trans(dSd), input_precision=PREC)
         dS = egl[:, None] * dS + scale * tl.dot(tl.trans(gq), dOd, input_precision=PREC) - tl.dot(
@@ -449,7 +495,6 @@ def carve_v2_bwd_kernel(
         Y = tl.exp(gl[None, :] - G) * dkt
         tmask = rmask[:, None] & km[None, :]
         tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
-        tl.store(dqb + tb, gam * dgq, mask=tmask)
         tl.store(dkb + tb, Y, mask=tmask)
         tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
         deM = _dec_bwd_dx(dM, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, PREC, DEC_BF16, GATHER,
@@ -478,13 +523,13 @@ def carve_v2_bwd_kernel(
 
 @triton.jit
 def carve_v2_post_kernel(
-    q, k, a, uu, Gb, mbuf, ud, dPb, dMb, dqb, dkb, deb, dglb, dq, dk, dg,
+    q, k, a, uu, do, Gb, mbuf, ud, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dq, dk, dg,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
-    H,
+    scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, BKP: tl.constexpr,
-    HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr,
-    GATHER: tl.constexpr, UNR: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
+    DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     ci = tl.program_id(0)
     hh = tl.program_id(1)
@@ -502,8 +547,9 @@ def carve_v2_post_kernel(
     km = rk < K
     i = tl.arange(0, C)
     cidx = ((off + j) * H + hh).to(tl.int64)
+    cv = tl.arange(0, BV)
+    vm = cv < V
     if HAS_CONTENT:
-        cv = tl.arange(0, BV)
         rr = tl.arange(0, BR)
         m = tl.load(mbuf + cidx * V + cv, mask=cv < V, other=0.0)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & (cv < V)[None, :],
@@ -519,7 +565,16 @@ def carve_v2_post_kernel(
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
     e = b * k_t
-    dP = tl.load(dPb + cidx * C * C + i[:, None] * C + i[None, :])
+    # dP = s dO' U^T and dq's state part s dO' S0^T, with dO' = dO + corr (the sweep's content correction)
+    vmask = rmask[:, None] & vm[None, :]
+    trow = tok[:, None].to(tl.int64) * H + hh
+    corr = tl.load(corrb + cidx * V + cv, mask=vm, other=0.0)
+    dOd = _cast(tl.where(vmask, _tile(do + hh * V, tok, rmask, cv, vm, H * V) + corr[None, :], 0.0), q, LOWP)
+    Ud = _cast(tl.load(ubuf + trow * V + cv[None, :], mask=vmask, other=0.0), q, LOWP)
+    dP = tl.where(i[:, None] >= i[None, :], scale * tl.dot(dOd, tl.trans(Ud), input_precision=PREC), 0.0)
+    S0d = _cast(tl.load(hbuf + cidx * K * V + rk[:, None] * V + cv[None, :], mask=km[:, None] & vm[None, :],
+                        other=0.0).to(tl.float32), q, LOWP)
+    X = tl.exp(G) * (scale * tl.dot(dOd, tl.trans(S0d), input_precision=PREC))
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
     # the decayed-product gradients of P (q side and k side) and of M (k side) in one pass over the
     # dyadic levels, sharing each level's factor (as in _dec_bwd_dx)
@@ -538,7 +593,6 @@ def carve_v2_post_kernel(
     dkK += dd[:, None] * q_t
     tmask = rmask[:, None] & km[None, :]
     tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
-    X = tl.load(dqb + tb, mask=tmask, other=0.0)
     Y = tl.load(dkb + tb, mask=tmask, other=0.0)
     Z = tl.load(deb + tb, mask=tmask, other=0.0)
     # dG = q X - k Y + e de (the exp(G) e and M-row parts together) + decayed-product parts; the
@@ -551,4 +605,5 @@ def carve_v2_post_kernel(
     tl.store(dg + tb, dgv.to(dg.dtype.element_ty), mask=tmask)
 
 
-__all__ = ["carve_v2_prep_kernel", "carve_v2_fwd_kernel", "carve_v2_bwd_kernel", "carve_v2_post_kernel", "triton"]
+__all__ = ["carve_v2_prep_kernel", "carve_v2_fwd_kernel", "carve_v2_bprep_kernel", "carve_v2_bwd_kernel",
+           "carve_v2_post_kernel", "triton"]
