@@ -109,6 +109,11 @@ def _post_columns(BK: int) -> int:
     return min(BK, int(raw))
 
 
+def par_maxnreg() -> int:
+    """Register cap of the parallel launches (prep, post): HYBRID_CARVE_V2_PAR_MAXNREG, default 128; 0 = none."""
+    return int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -268,7 +273,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
     # register cap of the parallel launches, so that two programs share an SM (offline sm_90: prep 123
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
-    maxnreg = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+    maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
     meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
     meta.state_dtype = _state_dtype()
