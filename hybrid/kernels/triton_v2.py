@@ -124,6 +124,11 @@ def _unroll(levels: int) -> tuple[int, int]:
     return (full if raw in ("seq", "all") else 1), (full if raw in ("par", "all") else 1)
 
 
+def par_maxnreg() -> int:
+    """Register cap of the parallel launches (prep, bprep, post): HYBRID_CARVE_V2_PAR_MAXNREG, default 128; 0 = none."""
+    return int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -297,7 +302,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
     # register cap of the parallel launches, so that two programs share an SM (offline sm_90: prep 123
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
-    maxnreg = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+    maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
     meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
     meta.state_dtype = _state_dtype()

@@ -22,6 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
+from .triton_v2 import DEFAULT_TILE_ROWS, _post_columns, par_maxnreg
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
 DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
@@ -51,18 +52,20 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
 
 def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
                 overrides: dict | None = None, maxnreg: int | None = None, state_bf16: bool = False) -> dict:
-    base = dict(K=128, C=32, NB=2, LOG2C=5, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16, GATHER=False, UNR=1)
+    C = DEFAULT_TILE_ROWS  # the dispatched tile: 32 rows, SUB = 64 // 32 tiles per content chunk
+    base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16,
+                GATHER=False, UNR=1)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
-        "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=2, VEC_W=False, LOWP=lowp, PREC="tf32",
+        "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=64 // C, VEC_W=False, LOWP=lowp, PREC="tf32",
                                              PREC_INV="tf32" if lowp else "ieee")),
-        "bprep": (kk.carve_v2_bprep_kernel, dict(K=128, V=128, C=32, BK=128, BV=128, HAS_INIT=False, LOWP=lowp,
+        "bprep": (kk.carve_v2_bprep_kernel, dict(K=128, V=128, C=C, BK=128, BV=128, HAS_INIT=False, LOWP=lowp,
                                                  PREC="tf32")),
-        "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=2, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
+        "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=64 // C, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
-        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=64, LOWP=lowp)),
+        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype, state_bf16),
@@ -106,7 +109,7 @@ def main():
     for which in args.kernels:
         cap = args.maxnreg
         if cap is None and which in ("prep", "bprep", "post"):
-            cap = int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128")) or None  # as dispatched
+            cap = par_maxnreg() or None  # as dispatched
         print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
                                      args.state_bf16)),
               flush=True)
