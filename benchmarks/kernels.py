@@ -115,7 +115,7 @@ def variants(x, fla, B, T, H, K, impl="v1", extra=()):
 
         base = out["carve_content"]
         out["carve_content_decbf16"] = (with_env(base[0], HYBRID_CARVE_V2_DEC="bf16"), base[1])
-        out["carve_content_statebf16"] = (with_env(base[0], HYBRID_CARVE_V2_SAVE_STATE="bf16"), base[1])
+        out["carve_content_state32"] = (with_env(base[0], HYBRID_CARVE_V2_SAVE_STATE="fp32"), base[1])
         # the same operator (64-token content chunks) on 32- and 16-row tiles
         out["carve_content_sub32"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="32"), base[1])
         out["carve_content_sub16"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="16"), base[1])

@@ -80,9 +80,11 @@ def _settings(dtype):
     return lowp, ("tf32" if mode == "input" else mode), inv
 
 
-def _state_dtype() -> torch.dtype:
-    """dtype of the chunk-start states saved for the backward (the final state is always fp32)."""
-    name = os.environ.get("HYBRID_CARVE_V2_SAVE_STATE", "fp32")
+def _state_dtype(lowp: bool) -> torch.dtype:
+    """dtype of the chunk-start states saved for the backward (the final state is always fp32): bf16 when
+    the state products take bf16 operands (LOWP), since the backward only reads them as such operands
+    (and in the dgl row sums), fp32 otherwise; HYBRID_CARVE_V2_SAVE_STATE overrides."""
+    name = os.environ.get("HYBRID_CARVE_V2_SAVE_STATE", "bf16" if lowp else "fp32")
     if name not in ("fp32", "bf16"):
         raise CarveInputError(f"HYBRID_CARVE_V2_SAVE_STATE must be fp32 or bf16, got {name!r}")
     return torch.float32 if name == "fp32" else torch.bfloat16
@@ -101,6 +103,38 @@ def _tile_rows(C: int) -> int:
         raise CarveInputError(f"HYBRID_CARVE_V2_SUBCHUNK must be one of {SUPPORTED_CHUNKS} dividing the chunk size "
                               f"{C}, got {raw!r}")
     return sc
+
+
+def _grid(shp, q, cu_seqlens, initial_state, SC: int):
+    """The tile grid of the kernels: per sequence its start, length, start position, tile count and
+    buffer offset (one extra slot per sequence for the final m), the buffer size, and for the parallel
+    launches each tile's sequence and index. A fixed-length batch without a carried state has the same
+    grid for every sequence, built here without reading anything back from the GPU (a device sync
+    before the first launch would leave the GPU idle while the host prepares the launches); varlen
+    batches and carried states need their lengths and positions on the host once."""
+    dev = q.device
+    i64 = torch.int64
+    if cu_seqlens is None and initial_state is None:
+        N, ns_i = shp.n_seq, -(-shp.T // SC)
+        starts = torch.arange(N, device=dev, dtype=i64) * shp.T
+        lens = torch.full((N,), shp.T, device=dev, dtype=i64)
+        pos = torch.zeros(N, device=dev, dtype=i64)
+        ns = torch.full((N,), ns_i, device=dev, dtype=i64)
+        offs = torch.arange(N, device=dev, dtype=i64) * (ns_i + 1)
+        total, n_chunks = N * (ns_i + 1), N * ns_i
+        if n_chunks == 0:
+            return starts, lens, pos, ns, offs, total, 0, None, None
+        tiles = torch.arange(n_chunks, device=dev, dtype=i64)
+        return starts, lens, pos, ns, offs, total, n_chunks, tiles // ns_i, tiles % ns_i
+    starts, lens, pos, ns, offs, total = v1._layout(shp, q, cu_seqlens, initial_state, SC)
+    n_chunks = total - shp.n_seq
+    if n_chunks == 0:
+        return starts, lens, pos, ns, offs, total, 0, None, None
+    seqs = torch.arange(shp.n_seq, device=dev, dtype=i64)
+    cseq = torch.repeat_interleave(seqs, ns, output_size=n_chunks)
+    first = torch.cumsum(ns, 0) - ns
+    cj = torch.arange(n_chunks, device=dev, dtype=i64) - first[cseq]
+    return starts, lens, pos, ns, offs, total, n_chunks, cseq, cj
 
 
 def _post_columns(BK: int) -> int:
@@ -127,6 +161,16 @@ def _unroll(levels: int) -> tuple[int, int]:
 def par_maxnreg() -> int:
     """Register cap of the parallel launches (prep, bprep, post): HYBRID_CARVE_V2_PAR_MAXNREG, default 128; 0 = none."""
     return int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
+
+
+def _par_warps() -> tuple[int, int, int]:
+    """Warps of the parallel launches (prep, bprep, post): HYBRID_CARVE_V2_PAR_WARPS sets all three;
+    by default 4, 4 and 8 (on the H200, 4 warps took prep from 1.03 to 0.80 ms and bprep from 0.56 to
+    0.34 ms at T = 4096, but post from 3.65 to 4.13 ms)."""
+    raw = os.environ.get("HYBRID_CARVE_V2_PAR_WARPS")
+    if raw is not None:
+        return int(raw), int(raw), int(raw)
+    return 4, 4, 8
 
 
 def _seq_warps() -> int:
@@ -162,7 +206,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
-                PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
+                PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
         carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb,
@@ -170,7 +214,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, num_warps=meta.num_warps,
+            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq,
+            num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf)
@@ -221,7 +266,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 kc, do, Gb, Pb, abuf, w1b, dr0b, a2b,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H,
                 K=K, V=V, C=C, BK=meta.BK, BV=meta.BV, HAS_INIT=ctx.has_init, LOWP=meta.lowp, PREC=meta.prec,
-                num_warps=meta.par_warps, num_stages=meta.num_stages, **meta.par_opts)
+                num_warps=meta.bprep_warps, num_stages=meta.num_stages, **meta.par_opts)
         carve_v2_bwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b,
             meta.pos, hbuf, mbuf,
@@ -241,7 +286,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
                 qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
-                LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.par_warps, num_stages=meta.num_stages,
+                LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.post_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
         dud = duu = None
         if content:
@@ -276,20 +321,12 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
         g = g.float()
     C = chunk_size
     SC = _tile_rows(C)  # the kernels' chunk grid is the tile grid; content chunks are C // SC tiles
-    starts, lens, pos, ns, offs, total = v1._layout(shp, q, cu_seqlens, initial_state, SC)
     meta = v1._Meta()
     meta.N, meta.H, meta.K, meta.V, meta.R, meta.C = shp.n_seq, shp.H, shp.K, shp.V, shp.r, SC
     meta.sub = C // SC
-    meta.starts, meta.lens, meta.pos, meta.ns, meta.offs, meta.total = starts, lens, pos, ns, offs, total
-    n_chunks = total - shp.n_seq
-    meta.n_chunks = n_chunks
-    if n_chunks > 0:
-        seqs = torch.arange(shp.n_seq, device=q.device, dtype=torch.int64)
-        meta.cseq = torch.repeat_interleave(seqs, ns)
-        first = torch.cumsum(ns, 0) - ns
-        meta.cj = torch.arange(n_chunks, device=q.device, dtype=torch.int64) - first[meta.cseq]
-    else:
-        meta.cseq = meta.cj = None
+    (meta.starts, meta.lens, meta.pos, meta.ns, meta.offs, meta.total, meta.n_chunks, meta.cseq,
+     meta.cj) = _grid(shp, q, cu_seqlens, initial_state, SC)
+    pos, lens = meta.pos, meta.lens
     meta.scale = default_scale(shp.K, scale)
     meta.vec_w = shp.vector_w
     meta.content_grad = content_grad
@@ -298,14 +335,14 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.dec_bf16 = meta.lowp and os.environ.get("HYBRID_CARVE_V2_DEC", "fp32") == "bf16"
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
-    meta.par_warps = int(os.environ.get("HYBRID_CARVE_V2_PAR_WARPS", "8"))
+    meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
     meta.num_stages = int(os.environ.get("HYBRID_CARVE_V2_NUM_STAGES", "1"))
     # register cap of the parallel launches, so that two programs share an SM (offline sm_90: prep 123
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
     maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
     meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
-    meta.state_dtype = _state_dtype()
+    meta.state_dtype = _state_dtype(meta.lowp)
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.bkp = _post_columns(meta.BK)
     meta.unroll_seq, meta.unroll_par = _unroll(SC.bit_length() - 1)

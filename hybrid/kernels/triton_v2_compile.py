@@ -5,7 +5,7 @@ machine's Triton, which may differ from the device's). The shape is the benchmar
 r = 16, bf16, content on, scalar w, on the dispatched defaults: 32-row tiles (SUB = 2 per 64-token content
 chunk), post-pass on 64 key columns, prep and post capped at 128 registers.
 
-    .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps 8] [--stages 1] [--kernels fwd bwd] [--dec-bf16]
+    .venv/bin/python -m hybrid.kernels.triton_v2_compile [--warps N] [--stages 1] [--kernels fwd bwd] [--dec-bf16]
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
-from .triton_v2 import DEFAULT_TILE_ROWS, _post_columns, par_maxnreg
+from .triton_v2 import DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
 DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
@@ -90,11 +90,12 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bprep", "bwd", "post"])
-    ap.add_argument("--warps", type=int, default=8)
+    ap.add_argument("--warps", type=int, default=None, help="warps of every kernel (default: as dispatched)")
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
-    ap.add_argument("--state-bf16", action="store_true", help="chunk-start states saved in bf16 (HYBRID_CARVE_V2_SAVE_STATE=bf16)")
+    ap.add_argument("--state", choices=["bf16", "fp32"], default=None,
+                    help="dtype of the saved chunk-start states (as dispatched: bf16 with bf16 inputs, else fp32)")
     ap.add_argument("--maxnreg", type=int, default=None,
                     help="register cap per thread (the dispatcher caps prep and post at 128: HYBRID_CARVE_V2_PAR_MAXNREG)")
     ap.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
@@ -110,8 +111,9 @@ def main():
         cap = args.maxnreg
         if cap is None and which in ("prep", "bprep", "post"):
             cap = par_maxnreg() or None  # as dispatched
-        print(json.dumps(compile_one(which, args.warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
-                                     args.state_bf16)),
+        warps = args.warps or dict(zip(("prep", "bprep", "post"), _par_warps())).get(which, _seq_warps())
+        print(json.dumps(compile_one(which, warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
+                                     (args.state or ("bf16" if args.dtype == "bf16" else "fp32")) == "bf16")),
               flush=True)
 
 

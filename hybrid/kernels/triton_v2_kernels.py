@@ -279,12 +279,12 @@ def carve_v2_fwd_kernel(
     else:
         udt = 0.0
         upt = 0.0
+    c = _content(udt, upt, m, HAS_CONTENT)[1]  # content term of the current content chunk
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
-        low, c = _content(udt, upt, m, HAS_CONTENT)
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
@@ -321,6 +321,9 @@ def carve_v2_fwd_kernel(
         complete = (((j + 1) % SUB) == 0) & ((j + 1) * C <= p + L)
         m = tl.where(complete, osum / (C * SUB), m)
         osum = tl.where(complete, 0.0, osum)
+        if HAS_CONTENT:
+            if complete:  # the next content chunk's term, once per chunk
+                c = _content(udt, upt, m, HAS_CONTENT)[1]
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
@@ -422,7 +425,8 @@ def carve_v2_bwd_kernel(
     else:
         dosv = tl.zeros((BV,), dtype=tl.float32)
     dos0v = dosv
-    dmp = tl.zeros((BV,), dtype=tl.float32)  # gradient of the current content chunk's m_prev, gathered
+    dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
+    c = tl.zeros((BK,), dtype=tl.float32)  # content term of the current content chunk
     if HAS_CONTENT:
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
@@ -438,10 +442,8 @@ def carve_v2_bwd_kernel(
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
         if HAS_CONTENT:
-            m = tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0)
-        else:
-            m = 0.0
-        low, c = _content(udt, upt, m, HAS_CONTENT)
+            if ((j % SUB) == SUB - 1) | (jj == 0):  # the first tile of a content chunk in this reverse sweep
+                c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), HAS_CONTENT)[1]
         # operands of the products, in the operand dtype (recomputed in fp32 further down where needed)
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
@@ -450,15 +452,18 @@ def carve_v2_bwd_kernel(
         ge = _cast(gam * b * k_t, q, LOWP)
         gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
         egl = tl.exp(gl)
-        S0 = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0).to(tl.float32)
-        dgl = tl.sum(S0 * dS, axis=1)  # gradient of exp(G_C) through exp(G_C) S0
-        S0d = _cast(S0, q, LOWP)
+        S0r = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
+        dgl = tl.sum(S0r.to(tl.float32) * dS, axis=1)  # gradient of exp(G_C) through exp(G_C) S0
+        if LOWP:
+            S0d = S0r.to(q.dtype.element_ty)
+        else:
+            S0d = S0r.to(tl.float32)
         v_t = _tile(v + hh * V, tok, rmask, cv, vm, H * V)
         if VEC_W:
             w_t = _tile(w + hh * V, tok, rmask, cv, vm, H * V)
         else:
             w_r = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)
-            w_t = w_r[:, None] + tl.zeros((C, BV), dtype=tl.float32)
+            w_t = w_r[:, None]  # broadcast where used, not materialised as a tile
         vmask = rmask[:, None] & vm[None, :]
         trow = tok[:, None].to(tl.int64) * H + hh
         Ud = _cast(tl.load(ubuf + trow * V + cv[None, :], mask=vmask, other=0.0), q, LOWP)  # saved by the forward
@@ -504,18 +509,23 @@ def carve_v2_bwd_kernel(
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
         tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
         if HAS_CONTENT:
-            dc = tl.sum(dlogit, axis=0)
-            tl.store(dcb + cidx * K + rk, dc, mask=km)
-            dlow = tl.sum(upt * dc[:, None], axis=0)
-            tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
-            if FULL_CONTENT_GRAD:
-                dmp += tl.sum(udt * dlow[:, None], axis=0)
+            dcc += tl.sum(dlogit, axis=0)
         dos0v = tl.where(j == 0, corr, dos0v)
-        # at the first tile of a content chunk: dmn becomes the gradient of the previous chunk's mean
-        # (its m_prev's gradient gathered over the chunk's SUB tiles, plus dm_f through an incomplete one)
-        first = (j % SUB) == 0
-        dmn = tl.where(first, tl.where(complete, 0.0, dmn) + dmp, dmn)
-        dmp = tl.where(first, 0.0, dmp)
+        # at the first tile of a content chunk (the last one visited): the content gradient of the chunk,
+        # and dmn becomes the gradient of the previous chunk's mean (its m_prev's gradient, plus dm_f
+        # through an incomplete chunk). dcb and dlowb hold per-chunk sums on that tile (zero elsewhere).
+        if (j % SUB) == 0:
+            if HAS_CONTENT:
+                tl.store(dcb + cidx * K + rk, dcc, mask=km)
+                dlow = tl.sum(upt * dcc[:, None], axis=0)
+                tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
+                if FULL_CONTENT_GRAD:
+                    dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
+                else:
+                    dmn = tl.where(complete, 0.0, dmn)
+                dcc = tl.zeros((BK,), dtype=tl.float32)
+            else:
+                dmn = tl.where(complete, 0.0, dmn)
     tl.store(dS0 + nh * KV + rk[:, None] * V + cv[None, :], dS, mask=smask)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
