@@ -58,6 +58,24 @@ def _chunk_rows(j, p, L, bos, C: tl.constexpr):
 
 
 @triton.jit
+def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
+    """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
+    its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
+    ci = tl.program_id(0)
+    n = tl.load(cseq + ci)
+    j = tl.load(cj + ci)
+    bos = tl.load(seq_start + n)
+    L = tl.load(seq_len + n)
+    off = tl.load(chunk_off + n)
+    if HAS_INIT:
+        p = tl.load(pos0 + n)
+    else:
+        p = bos * 0
+    t, rmask, tok = _chunk_rows(j, p, L, bos, C)
+    return j, bos, L, off, p, t, rmask, tok
+
+
+@triton.jit
 def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
     """Cumulative log-decay tile [C, BK]; trailing masked rows get G_last. Returns (G, G_last)."""
     G = _tile(Gb + hh * K, tok, rmask, rk, km, H * K)
@@ -202,18 +220,8 @@ def carve_v2_prep_kernel(
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
     HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
-    ci = tl.program_id(0)
+    j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
-    n = tl.load(cseq + ci)
-    j = tl.load(cj + ci)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
-    t, rmask, tok = _chunk_rows(j, p, L, bos, C)
     rk = tl.arange(0, BK)
     km = rk < K
     i = tl.arange(0, C)
@@ -344,18 +352,8 @@ def carve_v2_bprep_kernel(
     With dO' = dO + 1 corr^T (corr: the content-chunk correction, known only in the sweep) the sweep's
     dR = A^T (s P^T dO' + kt dS) = dR0 + a2 corr^T + W1 dS, where W1 = A^T kt, dR0 = s A^T P^T dO and
     a2 = s A^T P^T 1 (over the tile's valid rows). Writes W1 (operand dtype), dR0 and a2 (fp32)."""
-    ci = tl.program_id(0)
+    j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
-    n = tl.load(cseq + ci)
-    j = tl.load(cj + ci)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
-    t, rmask, tok = _chunk_rows(j, p, L, bos, C)
     rk = tl.arange(0, BK)
     km = rk < K
     cv = tl.arange(0, BV)
@@ -541,18 +539,8 @@ def carve_v2_post_kernel(
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
     DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
-    ci = tl.program_id(0)
+    j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
-    n = tl.load(cseq + ci)
-    j = tl.load(cj + ci)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
-    t, rmask, tok = _chunk_rows(j, p, L, bos, C)
     rk = tl.program_id(2) * BKP + tl.arange(0, BKP)  # key columns are independent here: split over programs
     km = rk < K
     i = tl.arange(0, C)
