@@ -58,12 +58,8 @@ def _chunk_rows(j, p, L, bos, C: tl.constexpr):
 
 
 @triton.jit
-def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
-    """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
-    its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
-    ci = tl.program_id(0)
-    n = tl.load(cseq + ci)
-    j = tl.load(cj + ci)
+def _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr):
+    """Sequence n's start, length, buffer offset and start position p (inside its first chunk)."""
     bos = tl.load(seq_start + n)
     L = tl.load(seq_len + n)
     off = tl.load(chunk_off + n)
@@ -71,6 +67,17 @@ def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.conste
         p = tl.load(pos0 + n)
     else:
         p = bos * 0
+    return bos, L, off, p
+
+
+@triton.jit
+def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
+    """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
+    its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
+    ci = tl.program_id(0)
+    n = tl.load(cseq + ci)
+    j = tl.load(cj + ci)
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     t, rmask, tok = _chunk_rows(j, p, L, bos, C)
     return j, bos, L, off, p, t, rmask, tok
 
@@ -255,13 +262,7 @@ def carve_v2_fwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     nh = (n * H + hh).to(tl.int64)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     i = tl.arange(0, C)
     rk = tl.arange(0, BK)
@@ -395,13 +396,7 @@ def carve_v2_bwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     nh = (n * H + hh).to(tl.int64)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     i = tl.arange(0, C)
     rk = tl.arange(0, BK)
