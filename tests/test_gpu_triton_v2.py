@@ -40,6 +40,9 @@ CASES = {
     "varlen_gdn2_state": dict(lengths=[100, 33, 0, 190], init_state=True, final_grad=True, decay=1.0,
                               content=False, vec_w=True, oracle="chunked"),
     "detach_T500": dict(B=2, T=500, decay=1.0, content_grad="detach", oracle="chunked"),
+    # values of 1e4: dP and dM overflow fp16 (the decayed products' default operands with bf16 inputs)
+    # unless each operand tile is scaled first
+    "large_values_T300": dict(B=2, T=300, decay=1.0, content=False, v_scale=1e4, oracle="chunked"),
     # 4 warps in the sequential kernels (8 is v2's default)
     "T1000_decay1_w4": dict(B=2, T=1000, decay=1.0, oracle="chunked", num_warps=4),
     # other dtypes and head sizes
@@ -81,7 +84,8 @@ def test_triton_v2_equals_v1_forward_bf16():
     assert rel(o2, o1) <= 2 * O_TOL and rel(s2.S, s1.S) <= 2 * O_TOL
 
 
-# opt-in knobs, same bounds: HYBRID_CARVE_V2_DEC=bf16 (bf16 operands for M, P and their gradients),
+# opt-in knobs, same bounds: HYBRID_CARVE_V2_DEC=bf16 or fp32 (bf16 or tf32 operands for M, P and their
+# gradients; scaled fp16 is the default),
 # HYBRID_CARVE_V2_SAVE_STATE=fp32 (chunk-start states kept in fp32 for the backward; bf16 is the
 # default with bf16 inputs), and
 # HYBRID_CARVE_V2_SUBCHUNK (64-token content chunks walked as 16- or 64-row tiles; 32 is the default),
@@ -100,6 +104,7 @@ KNOB_CASES = [
     ("varlen_state", "HYBRID_CARVE_V2_SAVE_STATE", "fp32", "fp32_states"),
     ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
     ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "fp32", "dec_fp32"),
 ]
 
 

@@ -54,14 +54,30 @@ CASES = {
     # the dyadic level loops unrolled in every kernel (HYBRID_CARVE_V2_UNROLL)
     "c64_unroll_all_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
                                               env={"HYBRID_CARVE_V2_UNROLL": "all"}),
+    # the backward sweep forming dkt and the tile-decay gradient itself (HYBRID_CARVE_V2_DS_OUT=0)
+    # instead of saving dS per tile for the post-pass
+    "ds_out0_varlen_state": dict(C=64, lengths=[70, 0, 9, 130], K=16, V=16, decay=2.0, init_state=True,
+                                 final_grad=True, env={"HYBRID_CARVE_V2_DS_OUT": "0"}),
     # chunk-start states saved in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE): own bound, below
     "save_state_bf16": dict(C=64, T=300, K=32, V=32, decay=0.05, init_state=True, final_grad=True,
                             env={"HYBRID_CARVE_V2_SAVE_STATE": "bf16"}),
+    # fp16 operands in the decayed products (HYBRID_CARVE_V2_DEC=fp16, the default for bf16 inputs on a
+    # GPU), each operand tile scaled by its largest entry: own bound, below. Values of 1e5 make dP and dM
+    # overflow fp16 (65504) unless scaled.
+    "dec_fp16_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
+                                        env={"HYBRID_CARVE_V2_DEC": "fp16"}),
+    "dec_fp16_mixed_decay_vector_w": dict(C=64, T=200, K=16, V=16, decay=3.5, vec_w=True,
+                                          env={"HYBRID_CARVE_V2_DEC": "fp16"}),
+    "dec_fp16_large_values": dict(C=32, T=70, K=16, V=16, content=False, v_scale=1e5,
+                                  env={"HYBRID_CARVE_V2_DEC": "fp16"}),
 }
 TOL = 1e-4
 # bf16 chunk-start states: the forward is unchanged (fp32 here), the gradients that read the state lose
 # about 8 bits. Measured on this case: dq 1.2e-3, du_down 1.4e-3, dm0 1.5e-3 (fp32 states: <= 5.1e-7).
 TOL_BF16_STATE = 5e-3
+# fp16 decayed products: operands rounded to 11 significant bits, as tf32 on the GPU. Bound set from
+# the measured errors of the cases above (see the test).
+TOL_DEC_FP16 = 2e-3
 
 WORKER = """
 import json, sys
@@ -95,12 +111,16 @@ def results():
 def test_triton_v2_interpreter_matches_reference(results, name):
     errs = results[name]
     assert errs, name
-    bf16_state = CASES[name].get("env", {}).get("HYBRID_CARVE_V2_SAVE_STATE") == "bf16"
+    env = CASES[name].get("env", {})
+    bf16_state = env.get("HYBRID_CARVE_V2_SAVE_STATE") == "bf16"
+    dec_fp16 = env.get("HYBRID_CARVE_V2_DEC") == "fp16"
     for key, val in errs.items():
         if key.endswith("_ok"):
             assert val == 1.0, (name, key)
         elif bf16_state and key.startswith("d"):
             assert val <= TOL_BF16_STATE, (name, key, val)
+        elif dec_fp16:
+            assert val <= TOL_DEC_FP16, (name, key, val)
         else:
             assert val <= TOL, (name, key, val)  # NaN (unwritten output) fails too
     assert {"dq", "dk", "dv", "dg", "da", "dw"} <= set(errs), name

@@ -21,9 +21,10 @@ from .testing import rel_err as rel  # relative RMS error; non-finite results co
 
 
 def make_inputs(B, T, H, K, V, r, *, content=True, vec_w=False, decay=1.0, dtype=torch.float32, device="cpu",
-                gen=None):
+                gen=None, v_scale=1.0):
     """Random CARVE inputs like a block produces: L2-normalised q/k, log-decay g <= 0 with a mean
-    strength ``decay`` per step (uniform in [0, 2*decay]), gate logits, write gates in (0, 1)."""
+    strength ``decay`` per step (uniform in [0, 2*decay]), gate logits, write gates in (0, 1); values
+    standard normal times ``v_scale``."""
     def rnd(*s):
         return torch.randn(*s, generator=gen, device=device)
 
@@ -32,7 +33,7 @@ def make_inputs(B, T, H, K, V, r, *, content=True, vec_w=False, decay=1.0, dtype
 
     q = F.normalize(rnd(B, T, H, K), dim=-1)
     k = F.normalize(rnd(B, T, H, K), dim=-1)
-    v = rnd(B, T, H, V)
+    v = rnd(B, T, H, V) * v_scale
     g = -decay * 2.0 * uni(B, T, H, K)
     a = rnd(B, T, H, K)
     w = uni(B, T, H, V) if vec_w else uni(B, T, H)
@@ -54,7 +55,7 @@ def random_state(N, H, K, V, C, *, device="cpu", gen=None):
 def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False, decay=1.0,
              dtype=torch.float32, device="cpu", init_state=False, lengths=None, final_grad=False,
              content_grad="full", oracle="reference", seed=0, backward=True, v_split=None, num_warps=None,
-             impl="v1") -> dict:
+             impl="v1", v_scale=1.0) -> dict:
     """Runs one case. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths)).
 
     ``impl`` picks the kernels: "v1" (``carve_triton``) or "v2" (``carve_triton_v2``)."""
@@ -66,7 +67,7 @@ def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False
         os.environ["HYBRID_CARVE_NUM_WARPS" if impl == "v1" else "HYBRID_CARVE_V2_NUM_WARPS"] = str(num_warps)
     try:
         return _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths,
-                         final_grad, content_grad, oracle, seed, backward, triton_carve, impl)
+                         final_grad, content_grad, oracle, seed, backward, triton_carve, impl, v_scale)
     finally:
         os.environ.pop("HYBRID_CARVE_V_SPLIT", None)
         os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
@@ -74,7 +75,7 @@ def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False
 
 
 def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths, final_grad,
-              content_grad, oracle, seed, backward, triton_carve, impl="v1"):
+              content_grad, oracle, seed, backward, triton_carve, impl="v1", v_scale=1.0):
     if impl == "v1":
         kernel_fn = triton_carve.carve_triton
     elif impl == "v2":
@@ -89,7 +90,7 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
         cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int64, device=device)
     N = B if cu is None else len(lengths)
     xs = make_inputs(B, T, H, K, V, r, content=content, vec_w=vec_w, decay=decay, dtype=dtype, device=device,
-                     gen=gen)
+                     gen=gen, v_scale=v_scale)
     st = random_state(N, H, K, V, C, device=device, gen=gen) if init_state else None
     need_state = final_grad or init_state
     leaves = [x.clone().requires_grad_(backward) if x is not None else None for x in xs]

@@ -90,6 +90,22 @@ def _state_dtype(lowp: bool) -> torch.dtype:
     return torch.float32 if name == "fp32" else torch.bfloat16
 
 
+DEC_MODES = {"fp32": 0, "bf16": 1, "fp16": 2}
+
+
+def _dec_mode(lowp: bool) -> int:
+    """Operands of the decayed products (M, P and their gradients), HYBRID_CARVE_V2_DEC: ``fp16``
+    (default with LOWP: each operand tile scaled by its largest entry, then fp16, so tf32's mantissa at
+    the 16-bit tensor-core rate), ``fp32`` (fp32 operands at PREC, the default otherwise) or ``bf16``
+    (LOWP only: an 8-bit mantissa). Returns the kernels' DEC constant."""
+    name = os.environ.get("HYBRID_CARVE_V2_DEC", "fp16" if lowp else "fp32")
+    if name not in DEC_MODES:
+        raise CarveInputError(f"HYBRID_CARVE_V2_DEC must be one of {sorted(DEC_MODES)}, got {name!r}")
+    if name == "bf16" and not lowp:
+        name = "fp32"
+    return DEC_MODES[name]
+
+
 def _tile_rows(C: int) -> int:
     """Rows per tile of the kernels: HYBRID_CARVE_V2_SUBCHUNK, else 32 (or the chunk size if smaller)."""
     raw = os.environ.get("HYBRID_CARVE_V2_SUBCHUNK")
@@ -200,16 +216,18 @@ class CarveTritonV2Fn(torch.autograd.Function):
         S_f = _empty(N, H, K, V, device=dev, dtype=f32)
         mbuf = _empty(meta.total, H, V, device=dev, dtype=f32)
         abuf = _empty(meta.total, H, C, C, device=dev, dtype=cc_dtype)
+        # per tile, the largest |q| and |k| (scales of the fp16 decayed products, DEC_MODES["fp16"])
+        qks = _empty(meta.total, H, 2, device=dev, dtype=f32) if meta.dec == DEC_MODES["fp16"] else dummy
         osf = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init,
-                      DEC_BF16=meta.dec_bf16, GATHER=meta.gather)
+                      DEC=meta.dec, GATHER=meta.gather)
         if meta.n_chunks > 0:
             carve_v2_prep_kernel[(meta.n_chunks, H)](
-                qc, kc, gc, Gb, Pb, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
+                qc, kc, gc, Gb, Pb, qks, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
         carve_v2_fwd_kernel[(N, H)](
-            qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb,
+            qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
             hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
@@ -218,7 +236,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
-        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf)
+        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks)
         ctx.meta = meta
         ctx.has_init = has_init
         ctx.content = content
@@ -227,7 +245,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dS_f, dm_f, dos_f):
-        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf = ctx.saved_tensors
+        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks = ctx.saved_tensors
         meta = ctx.meta
         N, H, K, V, R, C = meta.N, meta.H, meta.K, meta.V, meta.R, meta.C
         dev = qc.device
@@ -238,9 +256,14 @@ class CarveTritonV2Fn(torch.autograd.Function):
             do = torch.zeros(qc.shape[0], qc.shape[1], H, V, device=dev, dtype=qc.dtype)
         do = do.contiguous()
         dummy = torch.zeros(1, device=dev, dtype=f32)
-        dkb = _empty(TT, H, K, device=dev, dtype=f32)
         deb = _empty(TT, H, K, device=dev, dtype=f32)
-        dglb = _empty(meta.total, H, K, device=dev, dtype=f32)
+        if meta.ds_out:  # the state gradient at each tile's end, for the post-pass (operand dtype)
+            dsb = _empty(meta.total, H, K, V, device=dev, dtype=ubuf.dtype)
+            dkb = dglb = dummy
+        else:
+            dsb = dummy
+            dkb = _empty(TT, H, K, device=dev, dtype=f32)
+            dglb = _empty(meta.total, H, K, device=dev, dtype=f32)
         corrb = _empty(meta.total, H, V, device=dev, dtype=f32)
         dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
@@ -255,7 +278,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dm0 = _empty(N, H, V, device=dev, dtype=f32)
         dos0 = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV,
-                      BR=meta.BR, DEC_BF16=meta.dec_bf16, GATHER=meta.gather,
+                      BR=meta.BR, DEC=meta.dec, GATHER=meta.gather, DS_OUT=meta.ds_out,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
         # the dS-free parts of the backward, in parallel over tiles (see carve_v2_bprep_kernel)
         w1b = _empty(TT, H, K, device=dev, dtype=ubuf.dtype)
@@ -268,12 +291,12 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 K=K, V=V, C=C, BK=meta.BK, BV=meta.BV, HAS_INIT=ctx.has_init, LOWP=meta.lowp, PREC=meta.prec,
                 num_warps=meta.bprep_warps, num_stages=meta.num_stages, **meta.par_opts)
         carve_v2_bwd_kernel[(N, H)](
-            qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b,
+            qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks,
             meta.pos, hbuf, mbuf,
             dS_f.contiguous().float() if dS_f is not None else dummy,
             dm_f.contiguous().float() if dm_f is not None else dummy,
             dos_f.contiguous().float() if dos_f is not None else dummy,
-            corrb, dkb, deb, dglb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+            corrb, dkb, deb, dglb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
             meta.starts, meta.lens, meta.offs, meta.scale, H,
             FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
             HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
@@ -284,7 +307,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
-                qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dq, dk, dg,
+                qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
                 LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.post_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
@@ -331,8 +354,10 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.vec_w = shp.vector_w
     meta.content_grad = content_grad
     meta.lowp, meta.prec, meta.prec_inv = _settings(dt)
-    # decayed products (M, P and their gradients) with bf16 operands: opt-in, bf16 inputs on a GPU only
-    meta.dec_bf16 = meta.lowp and os.environ.get("HYBRID_CARVE_V2_DEC", "fp32") == "bf16"
+    meta.dec = _dec_mode(meta.lowp)
+    # the backward sweep saves its state gradient per tile and the post-pass forms dkt = U dS^T and the
+    # tile-decay gradient from it (1, default), or the sweep forms both (0)
+    meta.ds_out = os.environ.get("HYBRID_CARVE_V2_DS_OUT", "1") == "1"
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()

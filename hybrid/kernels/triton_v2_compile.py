@@ -22,7 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
-from .triton_v2 import DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
+from .triton_v2 import DEC_MODES, DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
 DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
@@ -33,7 +33,7 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
     for name in fn.arg_names:
         if name == "hbuf" and state_bf16:
             sig[name] = "*bf16"
-        elif name in ("Pb", "abuf", "ubuf", "w1b"):  # kept in bf16 when the products take bf16 operands
+        elif name in ("Pb", "abuf", "ubuf", "w1b", "dsb"):  # kept in bf16 when the products take bf16 operands
             sig[name] = "*bf16" if const.get("LOWP", dtype == "bf16") else "*fp32"
         elif name in const:
             sig[name] = "constexpr"
@@ -50,10 +50,10 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
     return sig
 
 
-def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf16: bool = False,
+def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: int = 0,
                 overrides: dict | None = None, maxnreg: int | None = None, state_bf16: bool = False) -> dict:
     C = DEFAULT_TILE_ROWS  # the dispatched tile: 32 rows, SUB = 64 // 32 tiles per content chunk
-    base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC_BF16=dec_bf16,
+    base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC=dec,
                 GATHER=False, UNR=1)
     full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
     lowp = dtype == "bf16"
@@ -64,8 +64,8 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
         "bprep": (kk.carve_v2_bprep_kernel, dict(K=128, V=128, C=C, BK=128, BV=128, HAS_INIT=False, LOWP=lowp,
                                                  PREC="tf32")),
         "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=64 // C, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
-                                             HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
-        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp)),
+                                             HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32", DS_OUT=True)),
+        "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp, DS_OUT=True)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype, state_bf16),
@@ -81,7 +81,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec_bf
     line = next((ln.strip() for ln in usage.splitlines() if "REG:" in ln), "")
     fields = dict(tok.split(":", 1) for tok in line.split() if ":" in tok)
     ptx = ck.asm["ptx"]
-    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, dec_bf16=dec_bf16,
+    return dict(kernel=which, num_warps=warps, num_stages=stages, dtype=dtype, dec=dec,
                 overrides=overrides or {}, regs=int(fields.get("REG", -1)),
                 stack_bytes=int(fields.get("STACK", -1)), shared_bytes=ck.metadata.shared,
                 wgmma=ptx.count("wgmma.mma_async"), compile_s=round(time.time() - t0, 1))
@@ -93,7 +93,8 @@ def main():
     ap.add_argument("--warps", type=int, default=None, help="warps of every kernel (default: as dispatched)")
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
-    ap.add_argument("--dec-bf16", action="store_true", help="bf16 operands in the decayed products")
+    ap.add_argument("--dec", choices=sorted(DEC_MODES), default=None,
+                    help="operands of the decayed products (as dispatched: fp16 with bf16 inputs, else fp32)")
     ap.add_argument("--state", choices=["bf16", "fp32"], default=None,
                     help="dtype of the saved chunk-start states (as dispatched: bf16 with bf16 inputs, else fp32)")
     ap.add_argument("--maxnreg", type=int, default=None,
@@ -102,17 +103,18 @@ def main():
                     help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
     flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
-             "DEC_BF16", "GATHER"}
+             "GATHER", "DS_OUT"}
     overrides = {}
     for item in args.set:
         name, val = item.split("=", 1)
         overrides[name] = bool(int(val)) if name in flags else (int(val) if val.lstrip("-").isdigit() else val)
+    dec = DEC_MODES[args.dec or ("fp16" if args.dtype == "bf16" else "fp32")]
     for which in args.kernels:
         cap = args.maxnreg
         if cap is None and which in ("prep", "bprep", "post"):
             cap = par_maxnreg() or None  # as dispatched
         warps = args.warps or dict(zip(("prep", "bprep", "post"), _par_warps())).get(which, _seq_warps())
-        print(json.dumps(compile_one(which, warps, args.stages, args.dtype, args.dec_bf16, overrides, cap,
+        print(json.dumps(compile_one(which, warps, args.stages, args.dtype, dec, overrides, cap,
                                      (args.state or ("bf16" if args.dtype == "bf16" else "fp32")) == "bf16")),
               flush=True)
 

@@ -92,12 +92,41 @@ def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
 
 
 @triton.jit
-def _ddot(x, y, PREC: tl.constexpr, DEC_BF16: tl.constexpr):
-    """Product of the decayed-product helpers: fp32 operands at PREC, or bf16 operands (DEC_BF16)."""
-    if DEC_BF16:
+def _ddot(x, y, PREC: tl.constexpr, DEC: tl.constexpr):
+    """Product of the decayed-product helpers. DEC: 0 = fp32 operands at PREC, 1 = bf16 operands,
+    2 = fp16 operands (the callers scale them with _dscale first: fp16 has tf32's 10-bit mantissa but
+    a small range)."""
+    if DEC == 1:
         return tl.dot(x.to(tl.bfloat16), y.to(tl.bfloat16))
+    elif DEC == 2:
+        return tl.dot(x.to(tl.float16), y.to(tl.float16))
     else:
         return tl.dot(x, y, input_precision=PREC)
+
+
+@triton.jit
+def _dscale(x, DEC: tl.constexpr):
+    """(1 / s, s) for an operand x of the decayed products: with fp16 operands (DEC 2) s = max |x| over
+    the tile, so that every scaled entry x / s is at most 1 (fp16 overflows at 65504; entries below
+    6e-5 s lose precision, their part of any sum is below fp16's rounding of the largest), else 1."""
+    if DEC == 2:
+        s = tl.max(tl.max(tl.abs(x), axis=1), axis=0)
+        s = tl.where(s > 0.0, s, 1.0)
+        return 1.0 / s, s
+    else:
+        return 1.0, 1.0
+
+
+@triton.jit
+def _qk_scales(qks, cidx, DEC: tl.constexpr):
+    """(1 / s_q, s_q, 1 / s_k, s_k): the tile's q and k scales saved by the prep kernel (DEC 2; they
+    bound e = b k too, b < 1), else ones."""
+    if DEC == 2:
+        sq = tl.load(qks + cidx * 2)
+        sk = tl.load(qks + cidx * 2 + 1)
+        return 1.0 / sq, sq, 1.0 / sk, sk
+    else:
+        return 1.0, 1.0, 1.0, 1.0
 
 
 @triton.jit
@@ -128,20 +157,22 @@ def _level_mask(h, C: tl.constexpr):
 
 
 @triton.jit
-def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, LOG2C: tl.constexpr,
-             STRICT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
+def _dec_fwd(x, y, ix, sx, iy, sy, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
+             LOG2C: tl.constexpr, STRICT: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, GATHER: tl.constexpr,
              UNR: tl.constexpr):
     """D_rs = sum_i x_r,i y_s,i exp(G_r,i - G_s,i) for s < r (STRICT) or s <= r, 0 above. [C, C] fp32.
 
     Dyadic decomposition: every pair r > s belongs to exactly one level h (the largest power of two
     separating them in the chunk's binary tree); there exp(G_r - G_s) = exp(G_r - G_e) exp(G_e - G_s)
     with e the last row of the first half of their group, two factors <= 1, so each level is one
-    masked tensor-core product and no exponent is ever positive, however strong the decay."""
+    masked tensor-core product and no exponent is ever positive, however strong the decay. The
+    operands enter scaled by ix and iy (see _dscale), the result is scaled back by sx sy."""
     acc = tl.zeros((C, C), dtype=tl.float32)
     for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):  # UNR = 1: one level's tiles live at a time
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
-        acc += tl.where(_level_mask(h, C), _ddot(x * f, tl.trans(y * f), PREC, DEC_BF16), 0.0)
+        acc += tl.where(_level_mask(h, C), _ddot(x * (f * ix), tl.trans(y * (f * iy)), PREC, DEC), 0.0)
+    acc = acc * (sx * sy)
     if not STRICT:
         i = tl.arange(0, C)
         acc += tl.where(i[:, None] == i[None, :], tl.sum(x * y, axis=1)[:, None], 0.0)
@@ -149,17 +180,19 @@ def _dec_fwd(x, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: t
 
 
 @triton.jit
-def _dec_bwd_dx(dD, y, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
-                LOG2C: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr,
+def _dec_bwd_dx(dD, y, iy, sy, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr,
+                LOG2C: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, GATHER: tl.constexpr,
                 UNR: tl.constexpr):
-    """Gradient of a strict _dec_fwd with respect to its x: dx_r = sum_{s<r} dD_rs y_s E_rs. (The post
-    pass forms the other decayed-product gradients in its own level loop.)"""
+    """Gradient of a strict _dec_fwd with respect to its x: dx_r = sum_{s<r} dD_rs y_s E_rs, y scaled
+    by iy (sy = 1 / iy). (The post pass forms the other decayed-product gradients in its own level loop.)"""
+    idd, sd = _dscale(dD, DEC)
+    dD = dD * idd
     dx = tl.zeros(y.shape, dtype=tl.float32)
     for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
         h = C // (2 << lv)
         f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, GATHER)
-        dx += f * _ddot(tl.where(_level_mask(h, C), dD, 0.0), y * f, PREC, DEC_BF16)
-    return dx
+        dx += f * _ddot(tl.where(_level_mask(h, C), dD, 0.0), y * (f * iy), PREC, DEC)
+    return dx * (sd * sy)
 
 
 @triton.jit
@@ -221,11 +254,11 @@ def _gates(a, c, tok, rmask, rk, km, hh, H, K: tl.constexpr, HAS_CONTENT: tl.con
 
 @triton.jit
 def carve_v2_prep_kernel(
-    q, k, g, Gb, Pb,
+    q, k, g, Gb, Pb, qks,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     H,
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
-    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
+    HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
@@ -241,14 +274,20 @@ def carve_v2_prep_kernel(
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     if not GATHER:
         tl.debug_barrier()  # the level factors read G back from Gb, written above by other threads
-    P = _dec_fwd(q_t, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC_BF16, GATHER, UNR)
     cidx = ((off + j) * H + hh).to(tl.int64)
+    iq, sq = _dscale(q_t, DEC)
+    ik, sk = _dscale(k_t, DEC)
+    if DEC == 2:  # the tile's q and k scales, for the other kernels (_qk_scales)
+        tl.store(qks + cidx * 2, sq)
+        tl.store(qks + cidx * 2 + 1, sk)
+    P = _dec_fwd(q_t, k_t, iq, sq, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, False, PREC, DEC,
+                 GATHER, UNR)
     tl.store(Pb + cidx * C * C + i[:, None] * C + i[None, :], P.to(Pb.dtype.element_ty))
 
 
 @triton.jit
 def carve_v2_fwd_kernel(
-    q, k, v, a, w, ud, uu, o, ubuf, Gb, Pb,
+    q, k, v, a, w, ud, uu, o, ubuf, Gb, Pb, qks,
     h0, m0, os0, pos0,
     hbuf, mbuf, abuf, osf, sf,
     seq_start, seq_len, chunk_off,
@@ -256,7 +295,7 @@ def carve_v2_fwd_kernel(
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
     GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
     n = tl.program_id(0)
@@ -299,7 +338,9 @@ def carve_v2_fwd_kernel(
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
-        M = _dec_fwd(e, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC_BF16, GATHER, UNR)
+        _, _, ik, sk = _qk_scales(qks, cidx, DEC)
+        M = _dec_fwd(e, k_t, ik, sk, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC,
+                     GATHER, UNR)
         A = _inverse(M, C, NB, PREC_INV)
         tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty))
         # operands of the state products (in the operand dtype; G and the factors end here)
@@ -381,17 +422,18 @@ def carve_v2_bprep_kernel(
 
 @triton.jit
 def carve_v2_bwd_kernel(
-    q, k, v, a, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b,
+    q, k, v, a, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b, qks,
     pos0, hbuf, mbuf,
     dht, dmf, dosf,
-    corrb, dkb, deb, dglb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+    corrb, dkb, deb, dglb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
-    LOWP: tl.constexpr, PREC: tl.constexpr, DEC_BF16: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
+    DS_OUT: tl.constexpr,
 ):
     n = tl.program_id(0)
     hh = tl.program_id(1)
@@ -434,6 +476,8 @@ def carve_v2_bwd_kernel(
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
+        if DS_OUT:  # the post-pass forms dkt = U dS^T and the exp(G_C) gradient from it
+            tl.store(dsb + cidx * KV + rk[:, None] * V + cv[None, :], dS.to(dsb.dtype.element_ty), mask=smask)
         if HAS_CONTENT:
             if ((j % SUB) == SUB - 1) | (jj == 0):  # the first tile of a content chunk in this reverse sweep
                 c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), HAS_CONTENT)[1]
@@ -446,7 +490,8 @@ def carve_v2_bwd_kernel(
         gq = _cast(gam * _tile(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)
         egl = tl.exp(gl)
         S0r = tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
-        dgl = tl.sum(S0r.to(tl.float32) * dS, axis=1)  # gradient of exp(G_C) through exp(G_C) S0
+        if not DS_OUT:
+            dgl = tl.sum(S0r.to(tl.float32) * dS, axis=1)  # gradient of exp(G_C) through exp(G_C) S0
         if LOWP:
             S0d = S0r.to(q.dtype.element_ty)
         else:
@@ -481,7 +526,8 @@ def carve_v2_bwd_kernel(
         dM = tl.where(strict, -tl.dot(dRd, tl.trans(Ud), input_precision=PREC), 0.0)
         tl.store(dMb + cidx * C * C + i[:, None] * C + i[None, :], dM)
         dge = -tl.dot(dRd, tl.trans(S0d), input_precision=PREC)
-        dkt = tl.dot(Ud, tl.trans(dSd), input_precision=PREC)
+        if not DS_OUT:
+            dkt = tl.dot(Ud, tl.trans(dSd), input_precision=PREC)
         dS = egl[:, None] * dS + scale * tl.dot(tl.trans(gq), dOd, input_precision=PREC) - tl.dot(
             tl.trans(ge), dRd, input_precision=PREC)
         # K-sized gradients (fp32, recomputed from the inputs): X = exp(G) dgq, Y = exp(G_C - G) dkt and
@@ -490,12 +536,14 @@ def carve_v2_bwd_kernel(
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)
-        Y = tl.exp(gl[None, :] - G) * dkt
         tmask = rmask[:, None] & km[None, :]
         tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
-        tl.store(dkb + tb, Y, mask=tmask)
-        tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
-        deM = _dec_bwd_dx(dM, k_t, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, PREC, DEC_BF16, GATHER,
+        if not DS_OUT:
+            Y = tl.exp(gl[None, :] - G) * dkt
+            tl.store(dkb + tb, Y, mask=tmask)
+            tl.store(dglb + cidx * K + rk, tl.sum(k_t * Y, axis=0) + egl * dgl, mask=km)
+        _, _, ik, sk = _qk_scales(qks, cidx, DEC)
+        deM = _dec_bwd_dx(dM, k_t, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, PREC, DEC, GATHER,
                           UNR)
         de = gam * dge + deM
         tl.store(deb + tb, de, mask=tmask)
@@ -526,13 +574,13 @@ def carve_v2_bwd_kernel(
 
 @triton.jit
 def carve_v2_post_kernel(
-    q, k, a, uu, do, Gb, mbuf, ud, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dq, dk, dg,
+    q, k, a, uu, do, Gb, mbuf, ud, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, BKP: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    DEC_BF16: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
+    DEC: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr, DS_OUT: tl.constexpr,
 ):
     j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
@@ -565,12 +613,31 @@ def carve_v2_post_kernel(
     dOd = _cast(tl.where(vmask, _tile(do + hh * V, tok, rmask, cv, vm, H * V) + corr[None, :], 0.0), q, LOWP)
     Ud = _cast(tl.load(ubuf + trow * V + cv[None, :], mask=vmask, other=0.0), q, LOWP)
     dP = tl.where(i[:, None] >= i[None, :], scale * tl.dot(dOd, tl.trans(Ud), input_precision=PREC), 0.0)
-    S0d = _cast(tl.load(hbuf + cidx * K * V + rk[:, None] * V + cv[None, :], mask=km[:, None] & vm[None, :],
-                        other=0.0).to(tl.float32), q, LOWP)
+    S0r = tl.load(hbuf + cidx * K * V + rk[:, None] * V + cv[None, :], mask=km[:, None] & vm[None, :], other=0.0)
+    S0d = _cast(S0r.to(tl.float32), q, LOWP)
     X = tl.exp(G) * (scale * tl.dot(dOd, tl.trans(S0d), input_precision=PREC))
+    tmask = rmask[:, None] & km[None, :]
+    tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
+    if DS_OUT:  # the sweep saved the state gradient dS at this tile's end: dkt = U dS^T, Y = exp(G_C - G) dkt
+        dSr = tl.load(dsb + cidx * K * V + rk[:, None] * V + cv[None, :], mask=km[:, None] & vm[None, :], other=0.0)
+        Y = tl.exp(gl[None, :] - G) * tl.dot(Ud, tl.trans(_cast(dSr.to(tl.float32), q, LOWP)), input_precision=PREC)
+        # gradient of the tile's decay exp(G_C): through exp(G_C) S0 and through k exp(G_C - G)
+        dglv = tl.exp(gl) * tl.sum(S0r.to(tl.float32) * dSr.to(tl.float32), axis=1) + tl.sum(k_t * Y, axis=0)
+    else:
+        Y = tl.load(dkb + tb, mask=tmask, other=0.0)
+        dglv = tl.load(dglb + cidx * K + rk, mask=km, other=0.0)
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
+    dd = tl.sum(tl.where(i[:, None] == i[None, :], dP, 0.0), axis=1)  # P's diagonal (no decay)
     # the decayed-product gradients of P (q side and k side) and of M (k side) in one pass over the
-    # dyadic levels, sharing each level's factor (as in _dec_bwd_dx)
+    # dyadic levels, sharing each level's factor (as in _dec_bwd_dx); operands scaled by _dscale
+    idP, sdP = _dscale(dP, DEC)
+    idM, sdM = _dscale(dM, DEC)
+    iq, sq, ik, sk = _qk_scales(qks, cidx, DEC)
+    ie, se = ik, sk  # |e| = b |k| <= |k|
+    dP = dP * idP
+    dM = dM * idM
+    cqk = sdP * sq  # scale of the dP^T (q f) part of dkK, and below of the dM^T (e f) part
+    cme = sdM * se
     dqP = tl.zeros((C, BKP), dtype=tl.float32)
     dkK = tl.zeros((C, BKP), dtype=tl.float32)
     for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
@@ -579,19 +646,17 @@ def carve_v2_post_kernel(
         lm = _level_mask(h, C)
         dPh = tl.where(lm, dP, 0.0)
         dMh = tl.where(lm, dM, 0.0)
-        dqP += f * _ddot(dPh, k_t * f, PREC, DEC_BF16)
-        dkK += f * (_ddot(tl.trans(dPh), q_t * f, PREC, DEC_BF16) + _ddot(tl.trans(dMh), e * f, PREC, DEC_BF16))
-    dd = tl.sum(tl.where(i[:, None] == i[None, :], dP, 0.0), axis=1)  # P's diagonal (no decay)
+        dqP += f * _ddot(dPh, k_t * (f * ik), PREC, DEC)
+        dkK += f * (cqk * _ddot(tl.trans(dPh), q_t * (f * iq), PREC, DEC)
+                    + cme * _ddot(tl.trans(dMh), e * (f * ie), PREC, DEC))
+    dqP = dqP * (sdP * sk)
     dqP += dd[:, None] * k_t
     dkK += dd[:, None] * q_t
-    tmask = rmask[:, None] & km[None, :]
-    tb = (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :]
-    Y = tl.load(dkb + tb, mask=tmask, other=0.0)
     Z = tl.load(deb + tb, mask=tmask, other=0.0)
     # dG = q X - k Y + e de (the exp(G) e and M-row parts together) + decayed-product parts; the
     # exp(G_C) term sits on the grid's last row (C - 1): the reverse cumsum carries it to every valid row
     dG = q_t * (X + dqP) - k_t * (Y + dkK) + e * Z
-    dG += tl.where((i == C - 1)[:, None], tl.load(dglb + cidx * K + rk, mask=km, other=0.0)[None, :], 0.0)
+    dG += tl.where((i == C - 1)[:, None], dglv[None, :], 0.0)
     dgv = tl.sum(dG, axis=0)[None, :] - tl.cumsum(dG, axis=0) + dG
     tl.store(dq + tb, (X + dqP).to(dq.dtype.element_ty), mask=tmask)
     tl.store(dk + tb, (Y + b * Z + dkK).to(dk.dtype.element_ty), mask=tmask)
