@@ -105,6 +105,9 @@ KNOB_CASES = [
     ("T1000_decay0.05", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
     ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "bf16", "dec_bf16"),
     ("T1000_decay30", "HYBRID_CARVE_V2_DEC", "fp32", "dec_fp32"),
+    ("varlen_state", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
+    ("varlen_state", "HYBRID_CARVE_V2_DS_OUT", "0", "ds_out0"),
 ]
 
 

@@ -58,6 +58,9 @@ CASES = {
     # instead of saving dS per tile for the post-pass
     "ds_out0_varlen_state": dict(C=64, lengths=[70, 0, 9, 130], K=16, V=16, decay=2.0, init_state=True,
                                  final_grad=True, env={"HYBRID_CARVE_V2_DS_OUT": "0"}),
+    # the backward sweep on [C, *] tiles (HYBRID_CARVE_V2_BWD=n) instead of the transposed one
+    "bwd_n_strong_decay_state": dict(C=64, T=150, K=16, V=24, decay=20.0, init_state=True, final_grad=True,
+                                     env={"HYBRID_CARVE_V2_BWD": "n"}),
     # chunk-start states saved in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE): own bound, below
     "save_state_bf16": dict(C=64, T=300, K=32, V=32, decay=0.05, init_state=True, final_grad=True,
                             env={"HYBRID_CARVE_V2_SAVE_STATE": "bf16"}),
@@ -146,7 +149,7 @@ TILE_WORKER = """
 import torch
 from hybrid.kernels import triton_v2
 seen = []
-for name in ("carve_v2_fwd_kernel", "carve_v2_bwd_kernel"):
+for name in ("carve_v2_fwd_kernel", "carve_v2_bwd_kernel", "carve_v2_bwdt_kernel"):
     real = getattr(triton_v2, name)
 
     class Spy:
@@ -178,7 +181,7 @@ def test_subchunk_knob_runs_smaller_tiles():
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     seen = [ln for ln in proc.stdout.splitlines() if ln.startswith("SEEN")][-1]
-    assert seen == "SEEN [('carve_v2_bwd_kernel', 32, 2), ('carve_v2_fwd_kernel', 32, 2)]", seen
+    assert seen == "SEEN [('carve_v2_bwdt_kernel', 32, 2), ('carve_v2_fwd_kernel', 32, 2)]", seen
 
     import torch
 

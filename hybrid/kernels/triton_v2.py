@@ -46,6 +46,7 @@ import triton
 from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
+from .triton_v2_bwdt import carve_v2_bwdt_kernel
 from .triton_v2_kernels import (
     carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
@@ -278,7 +279,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dm0 = _empty(N, H, V, device=dev, dtype=f32)
         dos0 = _empty(N, H, V, device=dev, dtype=f32)
         common = dict(K=K, V=V, R=max(R, 1), C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, BV=meta.BV,
-                      BR=meta.BR, DEC=meta.dec, GATHER=meta.gather, DS_OUT=meta.ds_out,
+                      BR=meta.BR, DEC=meta.dec, GATHER=meta.gather,
                       HAS_INIT=ctx.has_init, HAS_CONTENT=content)
         # the dS-free parts of the backward, in parallel over tiles (see carve_v2_bprep_kernel)
         w1b = _empty(TT, H, K, device=dev, dtype=ubuf.dtype)
@@ -290,18 +291,24 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H,
                 K=K, V=V, C=C, BK=meta.BK, BV=meta.BV, HAS_INIT=ctx.has_init, LOWP=meta.lowp, PREC=meta.prec,
                 num_warps=meta.bprep_warps, num_stages=meta.num_stages, **meta.par_opts)
-        carve_v2_bwd_kernel[(N, H)](
-            qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks,
-            meta.pos, hbuf, mbuf,
-            dS_f.contiguous().float() if dS_f is not None else dummy,
-            dm_f.contiguous().float() if dm_f is not None else dummy,
-            dos_f.contiguous().float() if dos_f is not None else dummy,
-            corrb, dkb, deb, dglb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
-            meta.starts, meta.lens, meta.offs, meta.scale, H,
-            FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
-            HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_seq, num_warps=meta.bwd_warps, num_stages=meta.num_stages,
-            **common)
+        finals = (dS_f.contiguous().float() if dS_f is not None else dummy,
+                  dm_f.contiguous().float() if dm_f is not None else dummy,
+                  dos_f.contiguous().float() if dos_f is not None else dummy)
+        sweep = dict(FULL_CONTENT_GRAD=meta.content_grad == "full", VEC_W=meta.vec_w,
+                     HAS_DHT=dS_f is not None, HAS_DMF=dm_f is not None, HAS_DOSF=dos_f is not None, SUB=meta.sub,
+                     LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_seq, num_warps=meta.bwd_warps,
+                     num_stages=meta.num_stages, **common)
+        if meta.bwd_t:  # the sweep on transposed tiles (triton_v2_bwdt)
+            sweep.pop("GATHER")
+            carve_v2_bwdt_kernel[(N, H)](
+                qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,
+                corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+                meta.starts, meta.lens, meta.offs, meta.scale, H, **sweep)
+        else:
+            carve_v2_bwd_kernel[(N, H)](
+                qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,
+                corrb, dkb, deb, dglb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+                meta.starts, meta.lens, meta.offs, meta.scale, H, DS_OUT=meta.ds_out, **sweep)
         dq = _empty(*qc.shape, device=dev, dtype=qc.dtype)
         dk = _empty(*kc.shape, device=dev, dtype=kc.dtype)
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
@@ -310,7 +317,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
                 LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.post_warps, num_stages=meta.num_stages,
-                **meta.par_opts, **common)
+                DS_OUT=meta.ds_out, **meta.par_opts, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
@@ -358,6 +365,13 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     # the backward sweep saves its state gradient per tile and the post-pass forms dkt = U dS^T and the
     # tile-decay gradient from it (1, default), or the sweep forms both (0)
     meta.ds_out = os.environ.get("HYBRID_CARVE_V2_DS_OUT", "1") == "1"
+    meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
+    # the backward sweep on transposed tiles (HYBRID_CARVE_V2_BWD=t, triton_v2_bwdt) or as [C, *] tiles (n);
+    # the transposed sweep implies DS_OUT and reads the level decays back from memory (no GATHER)
+    bwd = os.environ.get("HYBRID_CARVE_V2_BWD", "t")
+    if bwd not in ("t", "n"):
+        raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
+    meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
@@ -366,7 +380,6 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
     maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
-    meta.gather = os.environ.get("HYBRID_CARVE_V2_GATHER", "0") == "1"
     meta.state_dtype = _state_dtype(meta.lowp)
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.bkp = _post_columns(meta.BK)

@@ -22,6 +22,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
+from .triton_v2_bwdt import carve_v2_bwdt_kernel
 from .triton_v2 import DEC_MODES, DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
@@ -65,6 +66,9 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
                                                  PREC="tf32")),
         "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=64 // C, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32", DS_OUT=True)),
+        "bwdt": (carve_v2_bwdt_kernel, dict({k: v for k, v in full.items() if k != "GATHER"}, SUB=64 // C,
+                                             FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False, HAS_DMF=False,
+                                             HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp, DS_OUT=True)),
     }[which]
     const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
@@ -89,7 +93,8 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bprep", "bwd", "post"])
+    ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bprep", "bwdt", "post"],
+                    help="bwdt: the transposed backward sweep (dispatched); bwd: the [C, *] one")
     ap.add_argument("--warps", type=int, default=None, help="warps of every kernel (default: as dispatched)")
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])

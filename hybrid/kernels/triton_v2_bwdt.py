@@ -1,0 +1,201 @@
+"""The v2 backward sweep in transposed orientation (HYBRID_CARVE_V2_BWD=t; see docs/kernels.md, "v2").
+
+Same function as ``carve_v2_bwd_kernel`` with ``DS_OUT`` (the post-pass forms dkt and the tile-decay
+gradient from the saved dS), computed on transposed tiles: the state gradient is held as dS^T
+[V, K], the token-side tiles as [K, C] and [V, C]. Every big product then has 128 rows (K or V)
+instead of the tile's 32, which lets Hopper run it as a warpgroup MMA reading its second operand from
+shared memory, rather than as an Ampere-style MMA whose [128, 128] operands live in registers:
+
+  dR^T  = dS^T W1^T + dR0^T + corr a2^T       [V, C]
+  dge^T = -S0 dR^T                             [K, C]
+  dM^T  = -U dR^T  (strict)                    [C, C]   (small, 32 rows)
+  deM^T = sum over levels f^T * ((k f)^T (lm * dM)^T)   [K, C]
+  dS^T  <- exp(G_C) dS^T + dO'^T (s exp(G) q) - dR^T (exp(G) b k)   [V, K]
+
+Buffers and their layouts are those of ``carve_v2_bwd_kernel``: only the tiles in registers are
+transposed, by the pointer arithmetic of the loads and stores.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_v2_kernels import _cast, _chunk_rows, _content, _ddot, _dscale, _qk_scales, _seq, _up_tile
+
+
+@triton.jit
+def _tile_t(x, tok, rmask, cols, cmask, row_stride):
+    """[cols, C] tile: element (c, r) = x[tok[r], cols[c]] (the transpose of _tile), fp32."""
+    ptr = x + tok[None, :].to(tl.int64) * row_stride + cols[:, None]
+    return tl.load(ptr, mask=cmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _load_G_t(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
+    """Cumulative log-decay tile [BK, C]; trailing masked columns get G_last. Returns (G^T, G_last)."""
+    G = _tile_t(Gb + hh * K, tok, rmask, rk, km, H * K)
+    gl = tl.min(G, axis=1)
+    G = tl.where((t >= L)[None, :], gl[:, None], G)
+    return G, gl
+
+
+@triton.jit
+def _level_factor_t(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h):
+    """_level_factor on a [BK, C] tile: exp(-|G_x - G_e(x)|) per column x, G_e read back from Gb."""
+    i = tl.arange(0, C)
+    te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
+    Ge = tl.load(Gb + ((bos + te)[None, :].to(tl.int64) * H + hh) * K + rk[:, None],
+                 mask=km[:, None] & ((te >= 0) & (te < L))[None, :], other=0.0)
+    Ge = tl.where((te >= L)[None, :], gl[:, None], Ge)
+    return tl.exp(-tl.abs(G - Ge))
+
+
+@triton.jit
+def _level_mask_t(h, C: tl.constexpr):
+    """The transpose of _level_mask: pairs (s, r) with s in the first half, r in the second half of a group."""
+    i = tl.arange(0, C)
+    same = (i[:, None] // (2 * h)) == (i[None, :] // (2 * h))
+    return same & (((i[:, None] // h) % 2) == 0) & (((i[None, :] // h) % 2) == 1)
+
+
+@triton.jit
+def carve_v2_bwdt_kernel(
+    q, k, v, a, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b, qks,
+    pos0, hbuf, mbuf,
+    dht, dmf, dosf,
+    corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+    seq_start, seq_len, chunk_off,
+    scale, H,
+    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
+    HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
+    HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
+    LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
+):
+    n = tl.program_id(0)
+    hh = tl.program_id(1)
+    nh = (n * H + hh).to(tl.int64)
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
+    NS = (p + L + C - 1) // C
+    i = tl.arange(0, C)
+    rk = tl.arange(0, BK)
+    km = rk < K
+    cv = tl.arange(0, BV)
+    vm = cv < V
+    smask_t = vm[:, None] & km[None, :]  # [BV, BK]
+    KV = K * V
+    st_t = rk[None, :] * V + cv[:, None]  # offsets of S[k, v] at (v, k)
+    if HAS_DHT:
+        dS = tl.load(dht + nh * KV + st_t, mask=smask_t, other=0.0)  # dS^T
+    else:
+        dS = tl.zeros((BV, BK), dtype=tl.float32)
+    if HAS_DMF:
+        dmn = tl.load(dmf + nh * V + cv, mask=vm, other=0.0)
+    else:
+        dmn = tl.zeros((BV,), dtype=tl.float32)
+    if HAS_DOSF:
+        dosv = tl.load(dosf + nh * V + cv, mask=vm, other=0.0)
+    else:
+        dosv = tl.zeros((BV,), dtype=tl.float32)
+    dos0v = dosv
+    dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
+    c = tl.zeros((BK,), dtype=tl.float32)  # content term of the current content chunk
+    if HAS_CONTENT:
+        rr = tl.arange(0, BR)
+        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
+                      other=0.0).to(tl.float32)
+        upt = _up_tile(uu, rk, km, hh, K, R, BR)
+    else:
+        udt = 0.0
+        upt = 0.0
+    upper = i[:, None] < i[None, :]  # (s, r) with s < r: the strict lower triangle of dM, transposed
+    for jj in range(0, NS):
+        j = NS - 1 - jj
+        t, rmask, tok = _chunk_rows(j, p, L, bos, C)
+        cidx = ((off + j) * H + hh).to(tl.int64)
+        complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
+        if HAS_CONTENT:
+            if ((j % SUB) == SUB - 1) | (jj == 0):  # the first tile of a content chunk in this reverse sweep
+                c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), HAS_CONTENT)[1]
+        tl.store(dsb + cidx * KV + st_t, dS.to(dsb.dtype.element_ty), mask=smask_t)  # for the post-pass
+        # K-side tiles [BK, C]
+        a_t = _tile_t(a + hh * K, tok, rmask, rk, km, H * K)
+        if HAS_CONTENT:
+            a_t = a_t + c[:, None]
+        b = tl.sigmoid(a_t)
+        k_t = _tile_t(k + hh * K, tok, rmask, rk, km, H * K)
+        G, gl = _load_G_t(Gb, tok, rmask, t, L, rk, km, hh, H, K)
+        gam = tl.exp(G)
+        ge = _cast(gam * b * k_t, q, LOWP)
+        gq = _cast((scale * gam) * _tile_t(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)  # s exp(G) q
+        egl = tl.exp(gl)
+        # V-side tiles [BV, C]
+        vmask = vm[:, None] & rmask[None, :]
+        tcol = tok[None, :].to(tl.int64) * H + hh
+        v_t = _tile_t(v + hh * V, tok, rmask, cv, vm, H * V)
+        if VEC_W:
+            w_t = _tile_t(w + hh * V, tok, rmask, cv, vm, H * V)
+        else:
+            w_t = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)[None, :]
+        corr = tl.where(complete, dmn / (C * SUB), dosv)
+        tl.store(corrb + cidx * V + cv, corr, mask=vm)  # the post-pass forms dP and dq with it
+        dO = _tile_t(do + hh * V, tok, rmask, cv, vm, H * V)
+        dOd = _cast(tl.where(vmask, dO + corr[:, None], 0.0), q, LOWP)
+        dSd = _cast(dS, q, LOWP)
+        W1 = _cast(_tile_t(w1b + hh * K, tok, rmask, rk, km, H * K), q, LOWP)  # W1^T [BK, C]
+        a2 = tl.load(a2b + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0)
+        dR = tl.dot(dSd, W1, acc=_tile_t(dr0b + hh * V, tok, rmask, cv, vm, H * V) + corr[:, None] * a2[None, :],
+                    input_precision=PREC)  # dR^T [BV, C]
+        tl.store(dv + tcol * V + cv[:, None], (w_t * dR).to(dv.dtype.element_ty), mask=vmask)
+        if VEC_W:
+            tl.store(dw + tcol * V + cv[:, None], (v_t * dR).to(dw.dtype.element_ty), mask=vmask)
+        else:
+            tl.store(dw + tok.to(tl.int64) * H + hh, tl.sum(v_t * dR, axis=0).to(dw.dtype.element_ty), mask=rmask)
+        dRd = _cast(dR, q, LOWP)
+        Ud = _cast(tl.load(ubuf + tok[:, None].to(tl.int64) * (H * V) + hh * V + cv[None, :],
+                           mask=rmask[:, None] & vm[None, :], other=0.0), q, LOWP)  # U [C, BV]
+        dM = tl.where(upper, -tl.dot(Ud, dRd, input_precision=PREC), 0.0)  # dM^T [C, C]
+        tl.store(dMb + cidx * C * C + i[None, :] * C + i[:, None], dM)
+        S0d = _cast(tl.load(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], mask=km[:, None] & vm[None, :],
+                            other=0.0).to(tl.float32), q, LOWP)  # S0 [BK, BV]
+        dge = -tl.dot(S0d, dRd, input_precision=PREC)  # dge^T [BK, C]
+        dS = tl.dot(dOd, tl.trans(gq), acc=egl[None, :] * dS, input_precision=PREC)
+        dS = tl.dot(-dRd, tl.trans(ge), acc=dS, input_precision=PREC)
+        # de^T = exp(G) dge^T + the M part (decayed product of dM with k, over the dyadic levels)
+        _, _, ik, sk = _qk_scales(qks, cidx, DEC)
+        idd, sd = _dscale(dM, DEC)
+        dMs = dM * idd
+        deM = tl.zeros((BK, C), dtype=tl.float32)
+        for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
+            h = C // (2 << lv)
+            f = _level_factor_t(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
+            deM += f * _ddot(k_t * (f * ik), tl.where(_level_mask_t(h, C), dMs, 0.0), PREC, DEC)
+        de = gam * dge + deM * (sd * sk)
+        kmask = km[:, None] & rmask[None, :]
+        tb = tcol * K + rk[:, None]
+        tl.store(deb + tb, de, mask=kmask)
+        dlogit = tl.where(rmask[None, :], k_t * de * b * (1.0 - b), 0.0)
+        tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=kmask)
+        if HAS_CONTENT:
+            dcc += tl.sum(dlogit, axis=1)
+        dos0v = tl.where(j == 0, corr, dos0v)
+        # at the first tile of a content chunk (the last one visited): as in carve_v2_bwd_kernel
+        if (j % SUB) == 0:
+            if HAS_CONTENT:
+                tl.store(dcb + cidx * K + rk, dcc, mask=km)
+                dlow = tl.sum(upt * dcc[:, None], axis=0)
+                tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
+                if FULL_CONTENT_GRAD:
+                    dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
+                else:
+                    dmn = tl.where(complete, 0.0, dmn)
+                dcc = tl.zeros((BK,), dtype=tl.float32)
+            else:
+                dmn = tl.where(complete, 0.0, dmn)
+    tl.store(dS0 + nh * KV + st_t, dS, mask=smask_t)
+    tl.store(dm0 + nh * V + cv, dmn, mask=vm)
+    tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
+
+
+__all__ = ["carve_v2_bwdt_kernel", "triton"]
