@@ -268,8 +268,12 @@ class CarveTritonV2Fn(torch.autograd.Function):
         corrb = _empty(meta.total, H, V, device=dev, dtype=f32)
         dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
         da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
-        dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
-        dw = _empty(*wc.shape, device=dev, dtype=wc.dtype)
+        if meta.vec_w or not meta.bwd_t:
+            dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
+            dw = _empty(*wc.shape, device=dev, dtype=wc.dtype)
+        else:  # the transposed sweep writes dR (fp32) into dv, and dv, dw are formed from it below
+            dv = _empty(*vc.shape, device=dev, dtype=f32)
+            dw = dummy
         if content:
             dcb = torch.zeros(meta.total, H, K, device=dev, dtype=f32)
             dlowb = torch.zeros(meta.total, H, R, device=dev, dtype=f32)
@@ -304,6 +308,11 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, **sweep)
+            if not meta.vec_w:
+                dR = dv
+                dv = (wc.unsqueeze(-1).float() * dR).to(vc.dtype)
+                dw = torch.einsum("bthv,bthv->bth", vc.float(), dR).to(wc.dtype)
+                del dR
         else:
             carve_v2_bwd_kernel[(N, H)](
                 qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,

@@ -133,11 +133,9 @@ def carve_v2_bwdt_kernel(
         # V-side tiles [BV, C]
         vmask = vm[:, None] & rmask[None, :]
         tcol = tok[None, :].to(tl.int64) * H + hh
-        v_t = _tile_t(v + hh * V, tok, rmask, cv, vm, H * V)
         if VEC_W:
+            v_t = _tile_t(v + hh * V, tok, rmask, cv, vm, H * V)
             w_t = _tile_t(w + hh * V, tok, rmask, cv, vm, H * V)
-        else:
-            w_t = tl.load(w + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0).to(tl.float32)[None, :]
         corr = tl.where(complete, dmn / (C * SUB), dosv)
         tl.store(corrb + cidx * V + cv, corr, mask=vm)  # the post-pass forms dP and dq with it
         dO = _tile_t(do + hh * V, tok, rmask, cv, vm, H * V)
@@ -147,11 +145,13 @@ def carve_v2_bwdt_kernel(
         a2 = tl.load(a2b + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0)
         dR = tl.dot(dSd, W1, acc=_tile_t(dr0b + hh * V, tok, rmask, cv, vm, H * V) + corr[:, None] * a2[None, :],
                     input_precision=PREC)  # dR^T [BV, C]
-        tl.store(dv + tcol * V + cv[:, None], (w_t * dR).to(dv.dtype.element_ty), mask=vmask)
         if VEC_W:
+            tl.store(dv + tcol * V + cv[:, None], (w_t * dR).to(dv.dtype.element_ty), mask=vmask)
             tl.store(dw + tcol * V + cv[:, None], (v_t * dR).to(dw.dtype.element_ty), mask=vmask)
         else:
-            tl.store(dw + tok.to(tl.int64) * H + hh, tl.sum(v_t * dR, axis=0).to(dw.dtype.element_ty), mask=rmask)
+            # dR itself (fp32, into dv): the caller forms dv = w dR and dw = sum_v v dR, since the row
+            # sum over V would cross the warps of this layout (0.7 ms of the sweep at T = 4096)
+            tl.store(dv + tcol * V + cv[:, None], dR, mask=vmask)
         dRd = _cast(dR, q, LOWP)
         Ud = _cast(tl.load(ubuf + tok[:, None].to(tl.int64) * (H * V) + hh * V + cv[None, :],
                            mask=rmask[:, None] & vm[None, :], other=0.0), q, LOWP)  # U [C, BV]
