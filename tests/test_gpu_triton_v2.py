@@ -108,6 +108,7 @@ KNOB_CASES = [
     ("varlen_state", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
     ("T1000_decay30", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
     ("varlen_state", "HYBRID_CARVE_V2_DS_OUT", "0", "ds_out0"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_NUM_STAGES", "2", "stages2"),
 ]
 
 

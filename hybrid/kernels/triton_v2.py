@@ -46,7 +46,7 @@ import triton
 from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
-from .triton_v2_bwdt import carve_v2_bwdt_kernel
+from .triton_v2_bwdt import carve_v2_bwdt_kernel, carve_v2_dvw_kernel
 from .triton_v2_kernels import (
     carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
@@ -310,8 +310,11 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 meta.starts, meta.lens, meta.offs, meta.scale, H, **sweep)
             if not meta.vec_w:
                 dR = dv
-                dv = (wc.unsqueeze(-1).float() * dR).to(vc.dtype)
-                dw = torch.einsum("bthv,bthv->bth", vc.float(), dR).to(wc.dtype)
+                dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
+                dw = _empty(*wc.shape, device=dev, dtype=wc.dtype)
+                rows = TT * H
+                carve_v2_dvw_kernel[(triton.cdiv(rows, 64),)](dR, vc, wc, dv, dw, rows, V=V, BV=meta.BV, BLOCK=64,
+                                                              num_warps=4)
                 del dR
         else:
             carve_v2_bwd_kernel[(N, H)](
