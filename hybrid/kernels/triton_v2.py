@@ -220,6 +220,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         # per tile, the largest |q| and |k| (scales of the fp16 decayed products, DEC_MODES["fp16"])
         qks = _empty(meta.total, H, 2, device=dev, dtype=f32) if meta.dec == DEC_MODES["fp16"] else dummy
         osf = _empty(N, H, V, device=dev, dtype=f32)
+        gbuf = _empty(TT, H, K, device=dev, dtype=f32)  # the erase gate b, for the backward kernels
         common = dict(K=K, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=meta.BK, HAS_INIT=has_init,
                       DEC=meta.dec, GATHER=meta.gather)
         if meta.n_chunks > 0:
@@ -231,13 +232,13 @@ class CarveTritonV2Fn(torch.autograd.Function):
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
-            hbuf, mbuf, abuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
+            hbuf, mbuf, abuf, gbuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq,
             num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
-        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks)
+        ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks, gbuf)
         ctx.meta = meta
         ctx.has_init = has_init
         ctx.content = content
@@ -246,7 +247,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dS_f, dm_f, dos_f):
-        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks = ctx.saved_tensors
+        qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks, gbuf = ctx.saved_tensors
         meta = ctx.meta
         N, H, K, V, R, C = meta.N, meta.H, meta.K, meta.V, meta.R, meta.C
         dev = qc.device
@@ -305,7 +306,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         if meta.bwd_t:  # the sweep on transposed tiles (triton_v2_bwdt)
             sweep.pop("GATHER")
             carve_v2_bwdt_kernel[(N, H)](
-                qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,
+                qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, **sweep)
             if not meta.vec_w:
@@ -326,7 +327,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
-                qc, kc, ac, uuc, do, Gb, mbuf, udc, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
+                qc, kc, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
                 meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
                 LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.post_warps, num_stages=meta.num_stages,
                 DS_OUT=meta.ds_out, **meta.par_opts, **common)

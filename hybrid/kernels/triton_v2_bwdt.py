@@ -21,7 +21,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_v2_kernels import _cast, _chunk_rows, _content, _ddot, _dscale, _qk_scales, _seq, _up_tile
+from .triton_v2_kernels import _cast, _chunk_rows, _ddot, _dscale, _qk_scales, _seq, _up_tile
 
 
 @triton.jit
@@ -61,8 +61,8 @@ def _level_mask_t(h, C: tl.constexpr):
 
 @triton.jit
 def carve_v2_bwdt_kernel(
-    q, k, v, a, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b, qks,
-    pos0, hbuf, mbuf,
+    q, k, v, gbuf, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b, qks,
+    pos0, hbuf,
     dht, dmf, dosf,
     corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
     seq_start, seq_len, chunk_off,
@@ -100,7 +100,6 @@ def carve_v2_bwdt_kernel(
         dosv = tl.zeros((BV,), dtype=tl.float32)
     dos0v = dosv
     dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
-    c = tl.zeros((BK,), dtype=tl.float32)  # content term of the current content chunk
     if HAS_CONTENT:
         rr = tl.arange(0, BR)
         udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
@@ -115,15 +114,9 @@ def carve_v2_bwdt_kernel(
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
-        if HAS_CONTENT:
-            if ((j % SUB) == SUB - 1) | (jj == 0):  # the first tile of a content chunk in this reverse sweep
-                c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), HAS_CONTENT)[1]
         tl.store(dsb + cidx * KV + st_t, dS.to(dsb.dtype.element_ty), mask=smask_t)  # for the post-pass
         # K-side tiles [BK, C]
-        a_t = _tile_t(a + hh * K, tok, rmask, rk, km, H * K)
-        if HAS_CONTENT:
-            a_t = a_t + c[:, None]
-        b = tl.sigmoid(a_t)
+        b = _tile_t(gbuf + hh * K, tok, rmask, rk, km, H * K)  # the erase gate, saved by the forward
         k_t = _tile_t(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G_t(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         gam = tl.exp(G)

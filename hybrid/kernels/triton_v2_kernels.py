@@ -289,7 +289,7 @@ def carve_v2_prep_kernel(
 def carve_v2_fwd_kernel(
     q, k, v, a, w, ud, uu, o, ubuf, Gb, Pb, qks,
     h0, m0, os0, pos0,
-    hbuf, mbuf, abuf, osf, sf,
+    hbuf, mbuf, abuf, gbuf, osf, sf,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
@@ -335,6 +335,8 @@ def carve_v2_fwd_kernel(
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
+        tl.store(gbuf + (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :], b,
+                 mask=rmask[:, None] & km[None, :])  # the erase gate, for the backward kernels
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
@@ -574,7 +576,7 @@ def carve_v2_bwd_kernel(
 
 @triton.jit
 def carve_v2_post_kernel(
-    q, k, a, uu, do, Gb, mbuf, ud, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
+    q, k, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
@@ -590,18 +592,7 @@ def carve_v2_post_kernel(
     cidx = ((off + j) * H + hh).to(tl.int64)
     cv = tl.arange(0, BV)
     vm = cv < V
-    if HAS_CONTENT:
-        rr = tl.arange(0, BR)
-        m = tl.load(mbuf + cidx * V + cv, mask=cv < V, other=0.0)
-        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & (cv < V)[None, :],
-                      other=0.0).to(tl.float32)
-        upt = _up_tile(uu, rk, km, hh, K, R, BR)
-    else:
-        m = 0.0
-        udt = 0.0
-        upt = 0.0
-    low, c = _content(udt, upt, m, HAS_CONTENT)
-    b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
+    b = _tile(gbuf + hh * K, tok, rmask, rk, km, H * K)  # the erase gate, saved by the forward
     k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
     q_t = _tile(q + hh * K, tok, rmask, rk, km, H * K)
     G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
