@@ -47,6 +47,7 @@ from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
 from .triton_v2_bwdt import carve_v2_bwdt_kernel, carve_v2_dvw_kernel
+from .triton_v2_fwdt import carve_v2_fwdt_kernel
 from .triton_v2_kernels import (
     carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
@@ -228,7 +229,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, gc, Gb, Pb, qks, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
-        carve_v2_fwd_kernel[(N, H)](
+        (carve_v2_fwdt_kernel if meta.fwd_t else carve_v2_fwd_kernel)[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
@@ -385,6 +386,11 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if bwd not in ("t", "n"):
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
+    # the forward sweep's state products on transposed tiles (HYBRID_CARVE_V2_FWD=t, triton_v2_fwdt)
+    fwd = os.environ.get("HYBRID_CARVE_V2_FWD", "n")
+    if fwd not in ("t", "n"):
+        raise CarveInputError(f"HYBRID_CARVE_V2_FWD must be t or n, got {fwd!r}")
+    meta.fwd_t = fwd == "t"
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
