@@ -21,7 +21,8 @@ import tempfile
 import torch
 
 from benchmarks.kernels import make
-from hybrid.kernels import triton_v2_bwdt, triton_v2_kernels as kk
+from hybrid.kernels import triton_v2_bwdt
+from hybrid.kernels import triton_v2_kernels as kk
 from hybrid.kernels.triton_v2 import carve_triton_v2
 
 KERNELS = ("carve_v2_prep_kernel", "carve_v2_fwd_kernel", "carve_v2_bprep_kernel", "carve_v2_bwd_kernel",

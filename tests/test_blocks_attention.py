@@ -215,7 +215,7 @@ def test_cuda_packed_layout_changes_every_call(backend):
         cu_t = torch.tensor(cu, device="cuda")
         ref = causal_attention(q.float(), k.float(), v.float(), cu_seqlens=cu_t, backend="math")
         o = causal_attention(q, k, v, cu_seqlens=cu_t, backend=backend)
-        torch.testing.assert_close(o.float(), ref, atol=2e-2, rtol=2e-2, msg=lambda m: f"layout {cu}: {m}")
+        torch.testing.assert_close(o.float(), ref, atol=2e-2, rtol=2e-2, msg=lambda m, cu=cu: f"layout {cu}: {m}")
 
 
 def test_packed_block_mask_from_boundaries_matches_create_block_mask():

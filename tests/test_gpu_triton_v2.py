@@ -109,9 +109,6 @@ KNOB_CASES = [
     ("T1000_decay30", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
     ("varlen_state", "HYBRID_CARVE_V2_DS_OUT", "0", "ds_out0"),
     ("T1000_decay30", "HYBRID_CARVE_V2_NUM_STAGES", "2", "stages2"),
-    ("T1000_decay30", "HYBRID_CARVE_V2_FWD", "t", "fwd_t"),
-    ("varlen_state", "HYBRID_CARVE_V2_FWD", "t", "fwd_t"),
-    ("gdn2_T1000", "HYBRID_CARVE_V2_FWD", "t", "fwd_t"),
 ]
 
 

@@ -61,10 +61,6 @@ CASES = {
     # the backward sweep on [C, *] tiles (HYBRID_CARVE_V2_BWD=n) instead of the transposed one
     "bwd_n_strong_decay_state": dict(C=64, T=150, K=16, V=24, decay=20.0, init_state=True, final_grad=True,
                                      env={"HYBRID_CARVE_V2_BWD": "n"}),
-    # the forward sweep's state products on transposed tiles (HYBRID_CARVE_V2_FWD=t)
-    "fwd_t_varlen_state_vector_w": dict(C=64, lengths=[70, 0, 9, 130], K=16, V=24, decay=2.0, init_state=True,
-                                        final_grad=True, vec_w=True, env={"HYBRID_CARVE_V2_FWD": "t"}),
-    "fwd_t_strong_decay": dict(C=64, T=150, K=16, V=16, decay=20.0, env={"HYBRID_CARVE_V2_FWD": "t"}),
     # chunk-start states saved in bf16 for the backward (HYBRID_CARVE_V2_SAVE_STATE): own bound, below
     "save_state_bf16": dict(C=64, T=300, K=32, V=32, decay=0.05, init_state=True, final_grad=True,
                             env={"HYBRID_CARVE_V2_SAVE_STATE": "bf16"}),

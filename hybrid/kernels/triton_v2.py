@@ -1,39 +1,50 @@
 """CARVE Triton kernels, version 2: ``carve_triton_v2`` with the contract of ``carve_triton`` (v1).
 
-Kernels in :mod:`hybrid.kernels.triton_v2_kernels`; design and status in docs/kernels.md ("v2").
-The K x V state lives in registers of one program per (sequence, head) through the sequential sweeps;
-the content-independent work (cumulative decays, P) and the decayed-product gradients run in parallel
-launches over (chunk, head). Falls back to v1: head dims above 128 (the state would not fit in
-registers), and fp32 operands (fp16/fp32 inputs, or HYBRID_CARVE_V2_DOT=tf32/ieee) with padded K*V above
-128*64 (the backward would need more than the 227 KB of shared memory of an H200 block).
+Kernels in :mod:`hybrid.kernels.triton_v2_kernels`, the transposed backward sweep in
+:mod:`hybrid.kernels.triton_v2_bwdt`; design and status in
+docs/kernels.md ("v2"). The K x V state lives in registers of one program per (sequence, head) through
+the sequential sweeps; the content-independent work (cumulative decays, P, the dS-free part of the
+backward) and the decayed-product gradients run in parallel launches over (tile, head). Falls back to
+v1: head dims above 128 (the state would not fit in registers), and fp32 operands (fp16/fp32 inputs, or
+HYBRID_CARVE_V2_DOT=tf32/ieee) with padded K*V above 128*64 (the backward would need more than the
+227 KB of shared memory of an H200 block).
 
-Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"):
+Environment knobs (GPU only; the interpreter always computes in fp32 "ieee"). Timings are fwd+bwd on
+the H200 at T = 4096 (docs/kernels.md and BENCHMARKS.md have the runs):
 - ``HYBRID_CARVE_V2_DOT``: ``input`` (default: operands of the big state/value products in bf16 for
   bf16 inputs, fp32 accumulation; tf32 for fp16/fp32 inputs), ``tf32`` or ``ieee`` (fp32 operands).
-  The decayed products (M, P and their gradients) take fp32 operands (PREC) unless
-  ``HYBRID_CARVE_V2_DEC=bf16`` (opt-in, with the ``input`` mode and bf16 inputs: half the registers and
-  twice the tensor-core rate for those products, at bf16 accuracy for M and P; to be measured on the GPU).
+- ``HYBRID_CARVE_V2_DEC``: operands of the decayed products (M, P and their gradients): ``fp16``
+  (default with bf16 inputs: each operand tile scaled by its largest entry, so tf32's 11-bit
+  significand at the 16-bit tensor-core rate), ``fp32`` (at PREC, the default otherwise) or ``bf16``
+  (8-bit significand; its dg error at decay 30 is 7.6e-3 against 3.4e-3). See ``_dec_mode``.
 - ``HYBRID_CARVE_V2_INV``: precision of the triangular-inverse products: ``tf32`` by default with bf16
   operands (A is rounded to bf16 for its products anyway), else ``ieee``; ``tf32x3`` is a middle way.
-- ``HYBRID_CARVE_V2_SAVE_STATE``: ``fp32`` (default) or ``bf16``: dtype of the chunk-start states kept
-  for the backward (bf16 halves that memory and its traffic; see docs/kernels.md for its accuracy cost).
-- ``HYBRID_CARVE_V2_SUBCHUNK``: rows per tile of all four kernels (16, 32 or 64; default: 32, or the
+- ``HYBRID_CARVE_V2_SAVE_STATE``: ``bf16`` (default with bf16 inputs) or ``fp32``: dtype of the
+  chunk-start states kept for the backward (see ``_state_dtype``).
+- ``HYBRID_CARVE_V2_BWD``: ``t`` (default) runs the backward sweep on transposed tiles
+  (triton_v2_bwdt: its big products have 128 rows and run as warpgroup MMAs), ``n`` on [C, *] tiles.
+- ``HYBRID_CARVE_V2_DS_OUT``: ``1`` (default) the backward sweep saves its state gradient per tile and
+  the post-pass forms dkt = U dS^T and the tile-decay gradient from it; ``0`` the ``n`` sweep forms both
+  (implies ``HYBRID_CARVE_V2_BWD=n``).
+- ``HYBRID_CARVE_V2_SUBCHUNK``: rows per tile of all kernels (16, 32 or 64; default: 32, or the
   chunk size if smaller). A tile smaller than the chunk walks each content chunk as several tiles, the
   state passing exactly between them, so the operator (its 64-token content chunk) is unchanged while
-  the live tiles shrink (the sm_90 forward spills 896 B with 32-row tiles against 2840 B with 64; on the
-  H200, fwd+bwd at T = 4096 took 15.0 ms with 32-row tiles, 18.0 with 16 and 24.5 with 64).
+  the live tiles shrink.
 - ``HYBRID_CARVE_V2_GATHER``: ``1`` takes the reference decays of the dyadic levels from the tile in
-  registers (``tl.gather``); ``0`` (default) reads them back from the cumulative-decay buffer. On the
-  H200 the gather made the forward slower (4.61 against 4.13 ms at T = 4096), so it is opt-in.
-- ``HYBRID_CARVE_V2_POST_BK``: key columns per program of the gradient post-pass (default 64).
+  registers (``tl.gather``; implies ``HYBRID_CARVE_V2_BWD=n``); ``0`` (default) reads them back from the
+  cumulative-decay buffer (the gather made the forward slower).
+- ``HYBRID_CARVE_V2_POST_BK``: key columns per program of the gradient post-pass (default 64; 128
+  took 13.41 against 11.63 ms).
 - ``HYBRID_CARVE_V2_UNROLL``: ``none`` (default), ``seq``, ``par`` or ``all``: which kernels unroll
   the loop over the dyadic levels (see ``_unroll``).
-- ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the two parallel launches (default 128; 0: none).
-- ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the two sequential kernels (default 8);
+- ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the parallel launches (default 128; 0: none, which
+  took 11.43 against 10.44 ms).
+- ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the sequential kernels (default 8);
   ``HYBRID_CARVE_V2_BWD_WARPS``: warps of the backward sweep alone (default: as the forward);
-  ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the two parallel kernels (default 8);
-  ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1: the chunk loops
-  carry their state in registers, and deeper pipelining only added shared memory and spills offline).
+  ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the parallel kernels (default 4, 4 and 8 for prep, bprep and
+  post; see ``_par_warps``);
+  ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1; 2 pipelines
+  one load of each sweep through shared memory and took 11.57 against 10.44 ms).
 """
 
 from __future__ import annotations
@@ -47,7 +58,6 @@ from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
 from .triton_v2_bwdt import carve_v2_bwdt_kernel, carve_v2_dvw_kernel
-from .triton_v2_fwdt import carve_v2_fwdt_kernel
 from .triton_v2_kernels import (
     carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
@@ -229,7 +239,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, gc, Gb, Pb, qks, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
-        (carve_v2_fwdt_kernel if meta.fwd_t else carve_v2_fwd_kernel)[(N, H)](
+        carve_v2_fwd_kernel[(N, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
@@ -386,11 +396,6 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if bwd not in ("t", "n"):
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
-    # the forward sweep's state products on transposed tiles (HYBRID_CARVE_V2_FWD=t, triton_v2_fwdt)
-    fwd = os.environ.get("HYBRID_CARVE_V2_FWD", "n")
-    if fwd not in ("t", "n"):
-        raise CarveInputError(f"HYBRID_CARVE_V2_FWD must be t or n, got {fwd!r}")
-    meta.fwd_t = fwd == "t"
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()

@@ -21,42 +21,22 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_v2_kernels import _cast, _chunk_rows, _ddot, _dscale, _qk_scales, _seq, _up_tile
-
-
-@triton.jit
-def _tile_t(x, tok, rmask, cols, cmask, row_stride):
-    """[cols, C] tile: element (c, r) = x[tok[r], cols[c]] (the transpose of _tile), fp32."""
-    ptr = x + tok[None, :].to(tl.int64) * row_stride + cols[:, None]
-    return tl.load(ptr, mask=cmask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _load_G_t(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
-    """Cumulative log-decay tile [BK, C]; trailing masked columns get G_last. Returns (G^T, G_last)."""
-    G = _tile_t(Gb + hh * K, tok, rmask, rk, km, H * K)
-    gl = tl.min(G, axis=1)
-    G = tl.where((t >= L)[None, :], gl[:, None], G)
-    return G, gl
-
-
-@triton.jit
-def _level_factor_t(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h):
-    """_level_factor on a [BK, C] tile: exp(-|G_x - G_e(x)|) per column x, G_e read back from Gb."""
-    i = tl.arange(0, C)
-    te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
-    Ge = tl.load(Gb + ((bos + te)[None, :].to(tl.int64) * H + hh) * K + rk[:, None],
-                 mask=km[:, None] & ((te >= 0) & (te < L))[None, :], other=0.0)
-    Ge = tl.where((te >= L)[None, :], gl[:, None], Ge)
-    return tl.exp(-tl.abs(G - Ge))
-
-
-@triton.jit
-def _level_mask_t(h, C: tl.constexpr):
-    """The transpose of _level_mask: pairs (s, r) with s in the first half, r in the second half of a group."""
-    i = tl.arange(0, C)
-    same = (i[:, None] // (2 * h)) == (i[None, :] // (2 * h))
-    return same & (((i[:, None] // h) % 2) == 0) & (((i[None, :] // h) % 2) == 1)
+from .triton_v2_kernels import (
+    _cast,
+    _chunk_rows,
+    _content_chunk_grad,
+    _content_tiles,
+    _ddot,
+    _dscale,
+    _erase_grads,
+    _final_mean_grads,
+    _level_factor,
+    _level_mask,
+    _load_G,
+    _qk_scales,
+    _sweep,
+    _tile,
+)
 
 
 @triton.jit
@@ -73,16 +53,8 @@ def carve_v2_bwdt_kernel(
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    hh = tl.program_id(1)
-    nh = (n * H + hh).to(tl.int64)
-    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
-    NS = (p + L + C - 1) // C
-    i = tl.arange(0, C)
-    rk = tl.arange(0, BK)
-    km = rk < K
-    cv = tl.arange(0, BV)
-    vm = cv < V
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
+                                                            BK, BV)
     smask_t = vm[:, None] & km[None, :]  # [BV, BK]
     KV = K * V
     st_t = rk[None, :] * V + cv[:, None]  # offsets of S[k, v] at (v, k)
@@ -90,24 +62,10 @@ def carve_v2_bwdt_kernel(
         dS = tl.load(dht + nh * KV + st_t, mask=smask_t, other=0.0)  # dS^T
     else:
         dS = tl.zeros((BV, BK), dtype=tl.float32)
-    if HAS_DMF:
-        dmn = tl.load(dmf + nh * V + cv, mask=vm, other=0.0)
-    else:
-        dmn = tl.zeros((BV,), dtype=tl.float32)
-    if HAS_DOSF:
-        dosv = tl.load(dosf + nh * V + cv, mask=vm, other=0.0)
-    else:
-        dosv = tl.zeros((BV,), dtype=tl.float32)
+    dmn, dosv = _final_mean_grads(dmf, dosf, nh, cv, vm, V, BV, HAS_DMF, HAS_DOSF)
     dos0v = dosv
     dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
-    if HAS_CONTENT:
-        rr = tl.arange(0, BR)
-        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
-                      other=0.0).to(tl.float32)
-        upt = _up_tile(uu, rk, km, hh, K, R, BR)
-    else:
-        udt = 0.0
-        upt = 0.0
+    rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
     upper = i[:, None] < i[None, :]  # (s, r) with s < r: the strict lower triangle of dM, transposed
     for jj in range(0, NS):
         j = NS - 1 - jj
@@ -116,27 +74,27 @@ def carve_v2_bwdt_kernel(
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
         tl.store(dsb + cidx * KV + st_t, dS.to(dsb.dtype.element_ty), mask=smask_t)  # for the post-pass
         # K-side tiles [BK, C]
-        b = _tile_t(gbuf + hh * K, tok, rmask, rk, km, H * K)  # the erase gate, saved by the forward
-        k_t = _tile_t(k + hh * K, tok, rmask, rk, km, H * K)
-        G, gl = _load_G_t(Gb, tok, rmask, t, L, rk, km, hh, H, K)
+        b = _tile(gbuf + hh * K, tok, rmask, rk, km, H * K, True)  # the erase gate, saved by the forward
+        k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K, True)
+        G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K, True)
         gam = tl.exp(G)
         ge = _cast(gam * b * k_t, q, LOWP)
-        gq = _cast((scale * gam) * _tile_t(q + hh * K, tok, rmask, rk, km, H * K), q, LOWP)  # s exp(G) q
+        gq = _cast((scale * gam) * _tile(q + hh * K, tok, rmask, rk, km, H * K, True), q, LOWP)  # s exp(G) q
         egl = tl.exp(gl)
         # V-side tiles [BV, C]
         vmask = vm[:, None] & rmask[None, :]
         tcol = tok[None, :].to(tl.int64) * H + hh
         if VEC_W:
-            v_t = _tile_t(v + hh * V, tok, rmask, cv, vm, H * V)
-            w_t = _tile_t(w + hh * V, tok, rmask, cv, vm, H * V)
+            v_t = _tile(v + hh * V, tok, rmask, cv, vm, H * V, True)
+            w_t = _tile(w + hh * V, tok, rmask, cv, vm, H * V, True)
         corr = tl.where(complete, dmn / (C * SUB), dosv)
         tl.store(corrb + cidx * V + cv, corr, mask=vm)  # the post-pass forms dP and dq with it
-        dO = _tile_t(do + hh * V, tok, rmask, cv, vm, H * V)
+        dO = _tile(do + hh * V, tok, rmask, cv, vm, H * V, True)
         dOd = _cast(tl.where(vmask, dO + corr[:, None], 0.0), q, LOWP)
         dSd = _cast(dS, q, LOWP)
-        W1 = _cast(_tile_t(w1b + hh * K, tok, rmask, rk, km, H * K), q, LOWP)  # W1^T [BK, C]
+        W1 = _cast(_tile(w1b + hh * K, tok, rmask, rk, km, H * K, True), q, LOWP)  # W1^T [BK, C]
         a2 = tl.load(a2b + tok.to(tl.int64) * H + hh, mask=rmask, other=0.0)
-        dR = tl.dot(dSd, W1, acc=_tile_t(dr0b + hh * V, tok, rmask, cv, vm, H * V) + corr[:, None] * a2[None, :],
+        dR = tl.dot(dSd, W1, acc=_tile(dr0b + hh * V, tok, rmask, cv, vm, H * V, True) + corr[:, None] * a2[None, :],
                     input_precision=PREC)  # dR^T [BV, C]
         if VEC_W:
             tl.store(dv + tcol * V + cv[:, None], (w_t * dR).to(dv.dtype.element_ty), mask=vmask)
@@ -162,30 +120,14 @@ def carve_v2_bwdt_kernel(
         deM = tl.zeros((BK, C), dtype=tl.float32)
         for lv in tl.range(0, LOG2C, loop_unroll_factor=UNR):
             h = C // (2 << lv)
-            f = _level_factor_t(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h)
-            deM += f * _ddot(k_t * (f * ik), tl.where(_level_mask_t(h, C), dMs, 0.0), PREC, DEC)
-        de = gam * dge + deM * (sd * sk)
-        kmask = km[:, None] & rmask[None, :]
-        tb = tcol * K + rk[:, None]
-        tl.store(deb + tb, de, mask=kmask)
-        dlogit = tl.where(rmask[None, :], k_t * de * b * (1.0 - b), 0.0)
-        tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=kmask)
-        if HAS_CONTENT:
-            dcc += tl.sum(dlogit, axis=1)
+            f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, False, True)
+            deM += f * _ddot(k_t * (f * ik), tl.where(_level_mask(h, C, True), dMs, 0.0), PREC, DEC)
+        dcc = _erase_grads(gam * dge + deM * (sd * sk), k_t, b, rmask, deb, da, tcol * K + rk[:, None],
+                           km[:, None] & rmask[None, :], dcc, HAS_CONTENT, True)
         dos0v = tl.where(j == 0, corr, dos0v)
-        # at the first tile of a content chunk (the last one visited): as in carve_v2_bwd_kernel
-        if (j % SUB) == 0:
-            if HAS_CONTENT:
-                tl.store(dcb + cidx * K + rk, dcc, mask=km)
-                dlow = tl.sum(upt * dcc[:, None], axis=0)
-                tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
-                if FULL_CONTENT_GRAD:
-                    dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
-                else:
-                    dmn = tl.where(complete, 0.0, dmn)
-                dcc = tl.zeros((BK,), dtype=tl.float32)
-            else:
-                dmn = tl.where(complete, 0.0, dmn)
+        if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
+            dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
+                                           HAS_CONTENT, FULL_CONTENT_GRAD)
     tl.store(dS0 + nh * KV + st_t, dS, mask=smask_t)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)

@@ -22,9 +22,8 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
-from .triton_v2_bwdt import carve_v2_bwdt_kernel
-from .triton_v2_fwdt import carve_v2_fwdt_kernel
 from .triton_v2 import DEC_MODES, DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
+from .triton_v2_bwdt import carve_v2_bwdt_kernel
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
 DATA_PTRS = {"q", "k", "v", "a", "w", "o", "do", "da", "dv", "dw", "dq", "dk"}  # in the input dtype
@@ -63,8 +62,6 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
         "fwd": (kk.carve_v2_fwd_kernel, dict(full, SUB=64 // C, VEC_W=False, LOWP=lowp, PREC="tf32",
                                              PREC_INV="tf32" if lowp else "ieee")),
-        "fwdt": (carve_v2_fwdt_kernel, dict(full, SUB=64 // C, VEC_W=False, LOWP=lowp, PREC="tf32",
-                                            PREC_INV="tf32" if lowp else "ieee")),
         "bprep": (kk.carve_v2_bprep_kernel, dict(K=128, V=128, C=C, BK=128, BV=128, HAS_INIT=False, LOWP=lowp,
                                                  PREC="tf32")),
         "bwd": (kk.carve_v2_bwd_kernel, dict(full, SUB=64 // C, FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False,
@@ -97,8 +94,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--kernels", nargs="*", default=["prep", "fwd", "bprep", "bwdt", "post"],
-                    help="bwdt: the transposed backward sweep (dispatched); bwd: the [C, *] one; fwdt: the "
-                         "forward sweep on transposed state tiles (HYBRID_CARVE_V2_FWD=t)")
+                    help="bwdt: the transposed backward sweep (dispatched); bwd: the [C, *] one")
     ap.add_argument("--warps", type=int, default=None, help="warps of every kernel (default: as dispatched)")
     ap.add_argument("--stages", type=int, default=1)
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])

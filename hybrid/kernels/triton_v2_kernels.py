@@ -1,19 +1,23 @@
 """Triton kernels of CARVE, version 2 (see docs/kernels.md, section "v2").
 
-Four launches per forward+backward, two of them fully parallel over (chunk, head):
+Launches per forward+backward (the transposed backward sweep lives in triton_v2_bwdt):
 
-  prep  (parallel, grid [chunks, H]): the in-chunk cumulative log-decay G (fp32, token-indexed) and
-        P = decayed q k^T (lower with diagonal, [C, C] fp32 per chunk). Both are content-independent.
-  fwd   (sequential, grid [N, H]): one program per (sequence, head) walks its chunks with the
-        [BK, BV] fp32 state in registers. Per chunk: content term, gates, M (strictly lower),
-        A = (I + M)^-1 (16x16 substitution + nilpotent block merge), U = A (z - (Gam e) S0),
-        O = s((Gam q) S0 + P U), m, S_next = exp(G_C) S0 + (k exp(G_C - G))^T U. Chunk-start states,
-        m_prev and A are saved for the backward.
-  bwd   (sequential, grid [N, H], reverse): dS [BK, BV] and dm in registers. Per chunk: dU, dR = A^T dU,
-        dv, dw, dM, dP (saved), dS0, the state parts of dq/dk/dG, the M part of de (needed at once:
-        it feeds the content gradient of the previous chunk), da, dc.
-  post  (parallel, grid [chunks, H]): the decayed-product gradients of P (dq, dk, dG) and the k part of
-        M, then dg = reverse cumsum of dG inside each chunk; writes dq, dk, dg in the input dtype.
+  prep  (parallel, grid [tiles, H]): the in-tile cumulative log-decay G (fp32, token-indexed),
+        P = decayed q k^T (lower with diagonal, [C, C] per tile) and, with fp16 decayed products, the
+        tile's largest |q| and |k| (their scales). All content-independent.
+  fwd   (sequential, grid [N, H]): one program per (sequence, head) walks its tiles with the
+        [BK, BV] fp32 state in registers. Per tile: gates b (content term of the content chunk),
+        M (strictly lower), A = (I + M)^-1 (16x16 substitution + nilpotent block merge),
+        U = A (z - (Gam e) S0), O = s((Gam q) S0 + P U), m, S_next = exp(G_C) S0 + (k exp(G_C - G))^T U.
+        Saves the tile-start states, m_prev, A, U and b for the backward.
+  bprep (parallel): the dS-free parts of the backward (W1 = A^T kt, dR0, a2; see its docstring).
+  bwd   (sequential, reverse; the transposed carve_v2_bwdt_kernel by default): dS and dm carried.
+        Per tile: dR = dR0 + a2 corr^T + W1 dS, dv, dw, dM, the M part of de (needed at once: it feeds
+        the content gradient of the previous chunk), da, dc; dS saved per tile for the post-pass.
+  post  (parallel, grid [tiles, H, K / BKP]): dP and the state part of dq, dkt = U dS^T, the
+        decayed-product gradients of P (dq, dk, dG) and the k part of M, then dg = reverse cumsum of
+        dG inside each tile; writes dq, dk, dg in the input dtype.
+  dvw   (parallel, scalar write gate with the transposed sweep): dv = w dR, dw = sum_v v dR.
 
 Decays: every exponent evaluated is G_r - G_s with r >= s (or G_r itself), so <= 0. Off-diagonal
 16-row sub-blocks factor through the cumulative decay at the end of the earlier sub-block (two factors
@@ -44,9 +48,15 @@ def _cast(x, ref, LOWP: tl.constexpr):
 
 
 @triton.jit
-def _tile(x, tok, rmask, cols, cmask, row_stride):
-    ptr = x + tok[:, None].to(tl.int64) * row_stride + cols[None, :]
-    return tl.load(ptr, mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+def _tile(x, tok, rmask, cols, cmask, row_stride, TRANS: tl.constexpr = False):
+    """[C, cols] tile of the rows tok in fp32, or its transpose [cols, C] (TRANS: the transposed sweep)."""
+    if TRANS:
+        ptr = x + tok[None, :].to(tl.int64) * row_stride + cols[:, None]
+        m = cmask[:, None] & rmask[None, :]
+    else:
+        ptr = x + tok[:, None].to(tl.int64) * row_stride + cols[None, :]
+        m = rmask[:, None] & cmask[None, :]
+    return tl.load(ptr, mask=m, other=0.0).to(tl.float32)
 
 
 @triton.jit
@@ -71,6 +81,24 @@ def _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr):
 
 
 @triton.jit
+def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+           C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
+    """The program of a sweep (grid [N, H]): its head, (sequence, head) index, the sequence's start,
+    length, buffer offset and start position, its tile count, and the row, key and value ranges."""
+    n = tl.program_id(0)
+    hh = tl.program_id(1)
+    nh = (n * H + hh).to(tl.int64)
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
+    NS = (p + L + C - 1) // C
+    i = tl.arange(0, C)
+    rk = tl.arange(0, BK)
+    km = rk < K
+    cv = tl.arange(0, BV)
+    vm = cv < V
+    return hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm
+
+
+@triton.jit
 def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
     """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
     its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
@@ -83,11 +111,17 @@ def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.conste
 
 
 @triton.jit
-def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr):
-    """Cumulative log-decay tile [C, BK]; trailing masked rows get G_last. Returns (G, G_last)."""
-    G = _tile(Gb + hh * K, tok, rmask, rk, km, H * K)
-    gl = tl.min(G, axis=0)  # G <= 0, non-increasing, masked rows 0: the min is G at the last valid row
-    G = tl.where((t >= L)[:, None], gl[None, :], G)
+def _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K: tl.constexpr, TRANS: tl.constexpr = False):
+    """Cumulative log-decay tile [C, BK] (or [BK, C], TRANS); trailing masked rows get G_last.
+    Returns (G, G_last)."""
+    G = _tile(Gb + hh * K, tok, rmask, rk, km, H * K, TRANS)
+    # G <= 0, non-increasing, masked rows 0: the min is G at the last valid row
+    if TRANS:
+        gl = tl.min(G, axis=1)
+        G = tl.where((t >= L)[None, :], gl[:, None], G)
+    else:
+        gl = tl.min(G, axis=0)
+        G = tl.where((t >= L)[:, None], gl[None, :], G)
     return G, gl
 
 
@@ -131,29 +165,41 @@ def _qk_scales(qks, cidx, DEC: tl.constexpr):
 
 @triton.jit
 def _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K: tl.constexpr, C: tl.constexpr, h,
-                  GATHER: tl.constexpr):
+                  GATHER: tl.constexpr, TRANS: tl.constexpr = False):
     """Dyadic level h: rows form groups of 2h, split into halves; e = the last row of the first half.
     Returns exp(-|G_x - G_e(x)|) per row x: exp(G_e - G_x) on the first half, exp(G_x - G_e) on the
     second (G is non-increasing), so every factor is <= 1. G_e comes from the tile itself (GATHER) or
-    is read back from the G buffer; both give 0 on leading masked rows and G_last on trailing ones."""
+    is read back from the G buffer; both give 0 on leading masked rows and G_last on trailing ones.
+    TRANS: G is a [BK, C] tile (rows of the tile along its columns; read back only)."""
     i = tl.arange(0, C)
     if GATHER:
         ie = (i // (2 * h)) * (2 * h) + h - 1
         Ge = tl.gather(G, tl.broadcast_to(ie[:, None], G.shape), 0)
     else:
         te = j * C + (i // (2 * h)) * (2 * h) + h - 1 - p
-        Ge = tl.load(Gb + ((bos + te)[:, None].to(tl.int64) * H + hh) * K + rk[None, :],
-                     mask=((te >= 0) & (te < L))[:, None] & km[None, :], other=0.0)
-        Ge = tl.where((te >= L)[:, None], gl[None, :], Ge)
+        if TRANS:
+            Ge = tl.load(Gb + ((bos + te)[None, :].to(tl.int64) * H + hh) * K + rk[:, None],
+                         mask=km[:, None] & ((te >= 0) & (te < L))[None, :], other=0.0)
+            Ge = tl.where((te >= L)[None, :], gl[:, None], Ge)
+        else:
+            Ge = tl.load(Gb + ((bos + te)[:, None].to(tl.int64) * H + hh) * K + rk[None, :],
+                         mask=((te >= 0) & (te < L))[:, None] & km[None, :], other=0.0)
+            Ge = tl.where((te >= L)[:, None], gl[None, :], Ge)
     return tl.exp(-tl.abs(G - Ge))
 
 
 @triton.jit
-def _level_mask(h, C: tl.constexpr):
-    """Pairs (r, s) of level h: same group of 2h rows, r in its second half, s in its first half."""
+def _level_mask(h, C: tl.constexpr, TRANS: tl.constexpr = False):
+    """Pairs (r, s) of level h: same group of 2h rows, r in its second half, s in its first half; as a
+    [C, C] mask indexed (r, s), or (s, r) with TRANS."""
     i = tl.arange(0, C)
-    same = (i[:, None] // (2 * h)) == (i[None, :] // (2 * h))
-    return same & (((i[:, None] // h) % 2) == 1) & (((i[None, :] // h) % 2) == 0)
+    row = i[:, None]  # the mask's row index: r, or s with TRANS
+    col = i[None, :]
+    same = (row // (2 * h)) == (col // (2 * h))
+    if TRANS:
+        return same & (((row // h) % 2) == 0) & (((col // h) % 2) == 1)
+    else:
+        return same & (((row // h) % 2) == 1) & (((col // h) % 2) == 0)
 
 
 @triton.jit
@@ -244,6 +290,76 @@ def _content(udt, upt, m, HAS_CONTENT: tl.constexpr):
 
 
 @triton.jit
+def _content_tiles(ud, uu, rk, km, cv, vm, hh, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
+                   HAS_CONTENT: tl.constexpr):
+    """(rr, U_down [BR, BV], U_up [BK, BR]) of head hh in fp32, or zeros without content; held by the sweeps."""
+    rr = tl.arange(0, BR)
+    if HAS_CONTENT:
+        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
+                      other=0.0).to(tl.float32)
+        upt = _up_tile(uu, rk, km, hh, K, R, BR)
+    else:
+        udt = 0.0
+        upt = 0.0
+    return rr, udt, upt
+
+
+@triton.jit
+def _final_mean_grads(dmf, dosf, nh, cv, vm, V: tl.constexpr, BV: tl.constexpr, HAS_DMF: tl.constexpr,
+                      HAS_DOSF: tl.constexpr):
+    """Where the backward sweeps start: the gradients of the final m_prev and o_sum (zeros if not given)."""
+    if HAS_DMF:
+        dmn = tl.load(dmf + nh * V + cv, mask=vm, other=0.0)
+    else:
+        dmn = tl.zeros((BV,), dtype=tl.float32)
+    if HAS_DOSF:
+        dosv = tl.load(dosf + nh * V + cv, mask=vm, other=0.0)
+    else:
+        dosv = tl.zeros((BV,), dtype=tl.float32)
+    return dmn, dosv
+
+
+@triton.jit
+def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.constexpr, TRANS: tl.constexpr):
+    """Stores de (for the post-pass) and the erase-gate logit gradient da = k de b (1 - b) of a tile
+    ([C, BK], or [BK, C] with TRANS), and returns the content gradient gathered so far plus its column sums."""
+    tl.store(deb + tb, de, mask=tmask)
+    if TRANS:
+        dlogit = tl.where(rmask[None, :], k_t * de * b * (1.0 - b), 0.0)
+    else:
+        dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
+    tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
+    if HAS_CONTENT:
+        if TRANS:
+            dcc += tl.sum(dlogit, axis=1)
+        else:
+            dcc += tl.sum(dlogit, axis=0)
+    return dcc
+
+
+@triton.jit
+def _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K: tl.constexpr,
+                        R: tl.constexpr, BK: tl.constexpr, HAS_CONTENT: tl.constexpr,
+                        FULL_CONTENT_GRAD: tl.constexpr):
+    """At the first tile of a content chunk (the last one a backward sweep visits): stores the chunk's
+    content gradient dc and U_up^T dc (dcb and dlowb hold per-chunk sums on that tile, zero elsewhere),
+    and returns (dcc, dmn) for the previous chunk: dcc reset, dmn the gradient of its mean (its m_prev's
+    gradient through this chunk's content term, plus dm_f through an incomplete chunk)."""
+    if HAS_CONTENT:
+        tl.store(dcb + cidx * K + rk, dcc, mask=km)
+        dlow = tl.sum(upt * dcc[:, None], axis=0)
+        tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
+        if FULL_CONTENT_GRAD:
+            dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
+        else:
+            dmn = tl.where(complete, 0.0, dmn)
+        dcc = tl.zeros((BK,), dtype=tl.float32)
+    else:
+        dmn = tl.where(complete, 0.0, dmn)
+    return dcc, dmn
+
+
+@triton.jit
 def _gates(a, c, tok, rmask, rk, km, hh, H, K: tl.constexpr, HAS_CONTENT: tl.constexpr):
     """b = sigmoid(a + c), c the chunk's content term over key columns (see _content)."""
     a_t = _tile(a + hh * K, tok, rmask, rk, km, H * K)
@@ -298,16 +414,8 @@ def carve_v2_fwd_kernel(
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
     GATHER: tl.constexpr, UNR: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    hh = tl.program_id(1)
-    nh = (n * H + hh).to(tl.int64)
-    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
-    NS = (p + L + C - 1) // C
-    i = tl.arange(0, C)
-    rk = tl.arange(0, BK)
-    km = rk < K
-    cv = tl.arange(0, BV)
-    vm = cv < V
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
+                                                            BK, BV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
     if HAS_INIT:
@@ -319,14 +427,7 @@ def carve_v2_fwd_kernel(
         m = tl.zeros((BV,), dtype=tl.float32)
         osum0 = tl.zeros((BV,), dtype=tl.float32)
     osum = osum0
-    if HAS_CONTENT:
-        rr = tl.arange(0, BR)
-        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
-                      other=0.0).to(tl.float32)
-        upt = _up_tile(uu, rk, km, hh, K, R, BR)
-    else:
-        udt = 0.0
-        upt = 0.0
+    rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
     c = _content(udt, upt, m, HAS_CONTENT)[1]  # content term of the current content chunk
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
@@ -437,41 +538,19 @@ def carve_v2_bwd_kernel(
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
     DS_OUT: tl.constexpr,
 ):
-    n = tl.program_id(0)
-    hh = tl.program_id(1)
-    nh = (n * H + hh).to(tl.int64)
-    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
-    NS = (p + L + C - 1) // C
-    i = tl.arange(0, C)
-    rk = tl.arange(0, BK)
-    km = rk < K
-    cv = tl.arange(0, BV)
-    vm = cv < V
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
+                                                            BK, BV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
     if HAS_DHT:
         dS = tl.load(dht + nh * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
     else:
         dS = tl.zeros((BK, BV), dtype=tl.float32)
-    if HAS_DMF:
-        dmn = tl.load(dmf + nh * V + cv, mask=vm, other=0.0)
-    else:
-        dmn = tl.zeros((BV,), dtype=tl.float32)
-    if HAS_DOSF:
-        dosv = tl.load(dosf + nh * V + cv, mask=vm, other=0.0)
-    else:
-        dosv = tl.zeros((BV,), dtype=tl.float32)
+    dmn, dosv = _final_mean_grads(dmf, dosf, nh, cv, vm, V, BV, HAS_DMF, HAS_DOSF)
     dos0v = dosv
     dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
     c = tl.zeros((BK,), dtype=tl.float32)  # content term of the current content chunk
-    if HAS_CONTENT:
-        rr = tl.arange(0, BR)
-        udt = tl.load(ud + hh * R * V + rr[:, None] * V + cv[None, :], mask=(rr[:, None] < R) & vm[None, :],
-                      other=0.0).to(tl.float32)
-        upt = _up_tile(uu, rk, km, hh, K, R, BR)
-    else:
-        udt = 0.0
-        upt = 0.0
+    rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
     strict = i[:, None] > i[None, :]
     for jj in range(0, NS):
         j = NS - 1 - jj
@@ -547,28 +626,11 @@ def carve_v2_bwd_kernel(
         _, _, ik, sk = _qk_scales(qks, cidx, DEC)
         deM = _dec_bwd_dx(dM, k_t, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, PREC, DEC, GATHER,
                           UNR)
-        de = gam * dge + deM
-        tl.store(deb + tb, de, mask=tmask)
-        dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
-        tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
-        if HAS_CONTENT:
-            dcc += tl.sum(dlogit, axis=0)
+        dcc = _erase_grads(gam * dge + deM, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT, False)
         dos0v = tl.where(j == 0, corr, dos0v)
-        # at the first tile of a content chunk (the last one visited): the content gradient of the chunk,
-        # and dmn becomes the gradient of the previous chunk's mean (its m_prev's gradient, plus dm_f
-        # through an incomplete chunk). dcb and dlowb hold per-chunk sums on that tile (zero elsewhere).
-        if (j % SUB) == 0:
-            if HAS_CONTENT:
-                tl.store(dcb + cidx * K + rk, dcc, mask=km)
-                dlow = tl.sum(upt * dcc[:, None], axis=0)
-                tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
-                if FULL_CONTENT_GRAD:
-                    dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
-                else:
-                    dmn = tl.where(complete, 0.0, dmn)
-                dcc = tl.zeros((BK,), dtype=tl.float32)
-            else:
-                dmn = tl.where(complete, 0.0, dmn)
+        if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
+            dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
+                                           HAS_CONTENT, FULL_CONTENT_GRAD)
     tl.store(dS0 + nh * KV + rk[:, None] * V + cv[None, :], dS, mask=smask)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
