@@ -24,6 +24,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_v2_kernels import _seq  # one copy of the sequence-layout reads for both kernel versions
+
 
 @triton.jit
 def _row_tile_ptrs(base, tok, cols, row_stride):
@@ -171,13 +173,7 @@ def carve_fwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     pv = tl.program_id(2)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     v_lo = pv * VPP
     v_hi = tl.minimum(v_lo + VPP, V)
@@ -294,13 +290,7 @@ def carve_bwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     pv = tl.program_id(2)
-    bos = tl.load(seq_start + n)
-    L = tl.load(seq_len + n)
-    off = tl.load(chunk_off + n)
-    if HAS_INIT:
-        p = tl.load(pos0 + n)
-    else:
-        p = bos * 0
+    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     v_lo = pv * VPP
     v_hi = tl.minimum(v_lo + VPP, V)
