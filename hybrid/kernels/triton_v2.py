@@ -201,6 +201,45 @@ def _par_warps() -> tuple[int, int, int]:
     return 4, 4, 8
 
 
+def _exchange_buffers(meta, content: bool, dev):
+    """(xbuf, xflag) of the V split's exchanges (_vsum): a [NV, BR] fp32 slot and a zeroed int32
+    counter per (tile, head), one use each per launch; 1-element dummies without the split or content."""
+    if meta.nv == 1 or not content:
+        return torch.zeros(1, device=dev, dtype=torch.float32), torch.zeros(1, device=dev, dtype=torch.int32)
+    return (torch.empty(meta.total * meta.H * meta.nv * meta.BR, device=dev, dtype=torch.float32),
+            torch.zeros(meta.total * meta.H, device=dev, dtype=torch.int32))
+
+
+VSPLITS = (1, 2, 4)
+
+
+def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev) -> int:
+    """Programs per (sequence, head) of the sequential sweeps, each holding BV / NV of the state's value
+    columns (HYBRID_CARVE_V2_VSPLIT: auto, 1, 2 or 4). The NV programs of one (sequence, head) exchange
+    their parts of the content signal once per content chunk and wait for each other (_vsum), so they
+    must all be running: ``auto`` (the default) takes the largest NV whose grid, NV * N * H programs,
+    fits one per multiprocessor (every program then starts at once), and only with at least 32 value
+    columns per program and none without a valid column. A forced NV above that relies on the GPU starting programs in grid order (the
+    NV programs of one pair are adjacent). The interpreter runs programs one after another: always 1."""
+    raw = os.environ.get("HYBRID_CARVE_V2_VSPLIT", "auto")
+    if raw not in ("auto",) + tuple(str(x) for x in VSPLITS):
+        raise CarveInputError(f"HYBRID_CARVE_V2_VSPLIT must be auto, 1, 2 or 4, got {raw!r}")
+    if v1._interpreting() or not bwd_t or dev.type != "cuda":
+        return 1
+    if raw != "auto":
+        nv = int(raw)
+        while nv > 1 and not _vsplit_fits(nv, V, BV):
+            nv //= 2
+        return nv
+    sms = torch.cuda.get_device_properties(dev).multi_processor_count
+    return max(cand for cand in VSPLITS if cand == 1 or (cand * n_programs <= sms and _vsplit_fits(cand, V, BV)))
+
+
+def _vsplit_fits(nv: int, V: int, BV: int) -> bool:
+    """At least 32 value columns per program, and a valid one in every program's block."""
+    return BV // nv >= 32 and (nv - 1) * (BV // nv) < V
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -239,13 +278,14 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, gc, Gb, Pb, qks, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
                 **meta.par_opts, **common)
-        carve_v2_fwd_kernel[(N, H)](
+        xbuf, xflag = _exchange_buffers(meta, content, dev)
+        carve_v2_fwd_kernel[(N * meta.nv, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
             S0.contiguous() if has_init else dummy, m0.contiguous() if has_init else dummy,
             os0.contiguous() if has_init else dummy, meta.pos,
-            hbuf, mbuf, abuf, gbuf, osf, S_f, meta.starts, meta.lens, meta.offs, meta.scale, H,
-            V=V, R=max(R, 1), BV=meta.BV, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
-            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq,
+            hbuf, mbuf, abuf, gbuf, osf, S_f, xbuf, xflag, meta.starts, meta.lens, meta.offs, meta.scale, H,
+            V=V, R=max(R, 1), BV=meta.BV // meta.nv, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
+            LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, NV=meta.nv,
             num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
@@ -269,7 +309,8 @@ class CarveTritonV2Fn(torch.autograd.Function):
             do = torch.zeros(qc.shape[0], qc.shape[1], H, V, device=dev, dtype=qc.dtype)
         do = do.contiguous()
         dummy = torch.zeros(1, device=dev, dtype=f32)
-        deb = _empty(TT, H, K, device=dev, dtype=f32)
+        nv = meta.nv  # the V split: the sweep writes nv parts of de, dM and dc (added by the post-pass / here)
+        deb = _empty(nv, TT, H, K, device=dev, dtype=f32)
         if meta.ds_out:  # the state gradient at each tile's end, for the post-pass (operand dtype)
             dsb = _empty(meta.total, H, K, V, device=dev, dtype=ubuf.dtype)
             dkb = dglb = dummy
@@ -278,7 +319,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             dkb = _empty(TT, H, K, device=dev, dtype=f32)
             dglb = _empty(meta.total, H, K, device=dev, dtype=f32)
         corrb = _empty(meta.total, H, V, device=dev, dtype=f32)
-        dMb = _empty(meta.total, H, C, C, device=dev, dtype=f32)
+        dMb = _empty(nv, meta.total, H, C, C, device=dev, dtype=f32)
         da = _empty(*ac.shape, device=dev, dtype=ac.dtype)
         if meta.vec_w or not meta.bwd_t:
             dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -287,7 +328,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             dv = _empty(*vc.shape, device=dev, dtype=f32)
             dw = dummy
         if content:
-            dcb = torch.zeros(meta.total, H, K, device=dev, dtype=f32)
+            dcb = torch.zeros(nv, meta.total, H, K, device=dev, dtype=f32)
             dlowb = torch.zeros(meta.total, H, R, device=dev, dtype=f32)
         else:
             dcb = dlowb = dummy
@@ -316,10 +357,13 @@ class CarveTritonV2Fn(torch.autograd.Function):
                      num_stages=meta.num_stages, **common)
         if meta.bwd_t:  # the sweep on transposed tiles (triton_v2_bwdt)
             sweep.pop("GATHER")
-            carve_v2_bwdt_kernel[(N, H)](
+            sweep["BV"] = meta.BV // nv
+            xbuf, xflag = _exchange_buffers(meta, content, dev)
+            carve_v2_bwdt_kernel[(N * nv, H)](
                 qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
-                corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
-                meta.starts, meta.lens, meta.offs, meta.scale, H, **sweep)
+                corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
+                meta.starts, meta.lens, meta.offs, meta.scale, H, deb[0].numel(), dMb[0].numel(),
+                dcb[0].numel() if content else 0, NV=nv, **sweep)
             if not meta.vec_w:
                 dR = dv
                 dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -329,6 +373,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                                                               num_warps=4)
                 del dR
         else:
+            assert nv == 1  # (the dispatcher splits V only for the transposed sweep)
             carve_v2_bwd_kernel[(N, H)](
                 qc, kc, vc, ac, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, mbuf, *finals,
                 corrb, dkb, deb, dglb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
@@ -338,14 +383,15 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dg = _empty(*qc.shape, device=dev, dtype=ctx.g_dtype)
         if meta.n_chunks > 0:
             carve_v2_post_kernel[(meta.n_chunks, H, triton.cdiv(K, meta.bkp))](
-                qc, kc, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
-                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, BKP=meta.bkp,
+                qc, kc, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg, da,
+                meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, meta.scale, H, deb[0].numel(),
+                dMb[0].numel(), BKP=meta.bkp, NV=nv,
                 LOWP=meta.lowp, PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.post_warps, num_stages=meta.num_stages,
                 DS_OUT=meta.ds_out, **meta.par_opts, **common)
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
-            duu = torch.einsum("chk,chr->hkr", dcb, low).to(meta.uu_dtype)
+            duu = torch.einsum("chk,chr->hkr", dcb.sum(0), low).to(meta.uu_dtype)
             dud = torch.einsum("chr,chv->hrv", dlowb, mbuf).to(meta.ud_dtype)
         if not ctx.has_init:
             dS0 = dm0 = dos0 = None
@@ -396,6 +442,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if bwd not in ("t", "n"):
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
+    meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()

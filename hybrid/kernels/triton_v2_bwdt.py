@@ -44,17 +44,22 @@ def carve_v2_bwdt_kernel(
     q, k, v, gbuf, w, ud, uu, do, Gb, ubuf, w1b, dr0b, a2b, qks,
     pos0, hbuf,
     dht, dmf, dosf,
-    corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0,
+    corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
     seq_start, seq_len, chunk_off,
-    scale, H,
+    scale, H, de_part, dm_part, dc_part,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
+    NV: tl.constexpr,
 ):
-    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
-                                                            BK, BV)
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
+                                                                C, BK, BV, NV)
+    # the V split (NV > 1): this program's parts of de, dM and dc go to its own slice of those buffers
+    deb += vb.to(tl.int64) * de_part
+    dMb += vb.to(tl.int64) * dm_part
+    dcb += vb.to(tl.int64) * dc_part
     smask_t = vm[:, None] & km[None, :]  # [BV, BK]
     KV = K * V
     st_t = rk[None, :] * V + cv[:, None]  # offsets of S[k, v] at (v, k)
@@ -123,11 +128,11 @@ def carve_v2_bwdt_kernel(
             f = _level_factor(G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, h, False, True)
             deM += f * _ddot(k_t * (f * ik), tl.where(_level_mask(h, C, True), dMs, 0.0), PREC, DEC)
         dcc = _erase_grads(gam * dge + deM * (sd * sk), k_t, b, rmask, deb, da, tcol * K + rk[:, None],
-                           km[:, None] & rmask[None, :], dcc, HAS_CONTENT, True)
+                           km[:, None] & rmask[None, :], dcc, HAS_CONTENT, True, NV == 1)
         dos0v = tl.where(j == 0, corr, dos0v)
         if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
             dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
-                                           HAS_CONTENT, FULL_CONTENT_GRAD)
+                                           HAS_CONTENT, FULL_CONTENT_GRAD, xbuf, xflag, vb, NV, BR)
     tl.store(dS0 + nh * KV + st_t, dS, mask=smask_t)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)

@@ -42,6 +42,10 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
             sig[name] = "fp32"
         elif name == "H":
             sig[name] = "i32"
+        elif name in ("de_part", "dm_part", "dc_part"):
+            sig[name] = "i64"
+        elif name == "xflag":
+            sig[name] = "*i32"
         elif name in INT_PTRS:
             sig[name] = "*i64"
         elif name in DATA_PTRS:
@@ -56,7 +60,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
     C = DEFAULT_TILE_ROWS  # the dispatched tile: 32 rows, SUB = 64 // 32 tiles per content chunk
     base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC=dec,
                 GATHER=False, UNR=1)
-    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True)
+    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True, NV=1)
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
@@ -71,7 +75,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
                                              HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp, DS_OUT=True)),
     }[which]
-    const = {**const, **{k: v for k, v in (overrides or {}).items() if k in fn.arg_names}}
+    const = {k: v for k, v in {**const, **(overrides or {})}.items() if k in fn.arg_names}
     src = ASTSource(fn=fn, signature=_signature(fn, const, dtype, state_bf16),
                     constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
     t0 = time.time()

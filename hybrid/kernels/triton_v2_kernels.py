@@ -82,10 +82,13 @@ def _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr):
 
 @triton.jit
 def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-           C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr):
-    """The program of a sweep (grid [N, H]): its head, (sequence, head) index, the sequence's start,
-    length, buffer offset and start position, its tile count, and the row, key and value ranges."""
-    n = tl.program_id(0)
+           C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr = 1):
+    """The program of a sweep (grid [N * NV, H]): its head, (sequence, head) index, the sequence's start,
+    length, buffer offset and start position, its tile count, the row, key and value ranges, and its
+    value block vb. With NV > 1 the NV programs of one (sequence, head) each hold BV of the V state
+    columns (value columns vb * BV ...); they are adjacent on grid axis 0 (see _vsum)."""
+    n = tl.program_id(0) // NV
+    vb = tl.program_id(0) % NV
     hh = tl.program_id(1)
     nh = (n * H + hh).to(tl.int64)
     bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
@@ -93,9 +96,9 @@ def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl
     i = tl.arange(0, C)
     rk = tl.arange(0, BK)
     km = rk < K
-    cv = tl.arange(0, BV)
+    cv = vb * BV + tl.arange(0, BV)
     vm = cv < V
-    return hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm
+    return hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb
 
 
 @triton.jit
@@ -290,6 +293,51 @@ def _content(udt, upt, m, HAS_CONTENT: tl.constexpr):
 
 
 @triton.jit
+def _own(mask, vb, NV: tl.constexpr):
+    """mask, kept only in the first of the NV programs of a (sequence, head) (the V split): for the
+    stores of what they all compute alike."""
+    if NV == 1:
+        return mask
+    else:
+        return mask & (vb == 0)
+
+
+@triton.jit
+def _vsum(part, xbuf, xflag, slot, vb, rr, NV: tl.constexpr, BR: tl.constexpr):
+    """Sum of a [BR] partial over the NV programs of one (sequence, head) (the V split, see _sweep):
+    each writes its partial to slot `slot` of xbuf, counts itself in xflag[slot] (zeroed by the caller,
+    one slot per use), waits until all NV have, and adds the NV partials in a fixed order, so every
+    program gets the same sum. The NV programs must run at once: the dispatcher splits V only where the
+    whole grid is resident (or, forced, relies on programs being started in grid order)."""
+    if NV == 1:
+        return part
+    else:
+        base = xbuf + slot * (NV * BR)
+        tl.store(base + vb * BR + rr, part)
+        tl.debug_barrier()  # every thread's part is written before the count is released
+        tl.atomic_add(xflag + slot, 1, sem="release", scope="gpu")
+        seen = tl.atomic_add(xflag + slot, 0, sem="acquire", scope="gpu")
+        while seen < NV:
+            seen = tl.atomic_add(xflag + slot, 0, sem="acquire", scope="gpu")
+        tot = tl.zeros((BR,), dtype=tl.float32)
+        for h in tl.static_range(NV):
+            tot += tl.load(base + h * BR + rr, cache_modifier=".cg")  # from L2: written by other SMs
+        return tot
+
+
+@triton.jit
+def _content_v(udt, upt, m, xbuf, xflag, slot, vb, rr, HAS_CONTENT: tl.constexpr, NV: tl.constexpr,
+               BR: tl.constexpr):
+    """The content term c = U_up (U_down m) of _content with m split over NV programs: each forms its
+    part of U_down m over its value columns, and _vsum adds the parts."""
+    if HAS_CONTENT:
+        low = _vsum(tl.sum(udt * m[None, :], axis=1), xbuf, xflag, slot, vb, rr, NV, BR)
+        return tl.sum(upt * low[None, :], axis=1)
+    else:
+        return 0.0
+
+
+@triton.jit
 def _content_tiles(ud, uu, rk, km, cv, vm, hh, K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, BR: tl.constexpr,
                    HAS_CONTENT: tl.constexpr):
     """(rr, U_down [BR, BV], U_up [BK, BR]) of head hh in fp32, or zeros without content; held by the sweeps."""
@@ -320,15 +368,18 @@ def _final_mean_grads(dmf, dosf, nh, cv, vm, V: tl.constexpr, BV: tl.constexpr, 
 
 
 @triton.jit
-def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.constexpr, TRANS: tl.constexpr):
+def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.constexpr, TRANS: tl.constexpr,
+                 STORE_DA: tl.constexpr = True):
     """Stores de (for the post-pass) and the erase-gate logit gradient da = k de b (1 - b) of a tile
-    ([C, BK], or [BK, C] with TRANS), and returns the content gradient gathered so far plus its column sums."""
+    ([C, BK], or [BK, C] with TRANS), and returns the content gradient gathered so far plus its column sums.
+    Not STORE_DA (the V split: de is this program's part, the post-pass adds the parts and forms da)."""
     tl.store(deb + tb, de, mask=tmask)
     if TRANS:
         dlogit = tl.where(rmask[None, :], k_t * de * b * (1.0 - b), 0.0)
     else:
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
-    tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
+    if STORE_DA:
+        tl.store(da + tb, dlogit.to(da.dtype.element_ty), mask=tmask)
     if HAS_CONTENT:
         if TRANS:
             dcc += tl.sum(dlogit, axis=1)
@@ -340,15 +391,17 @@ def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.con
 @triton.jit
 def _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K: tl.constexpr,
                         R: tl.constexpr, BK: tl.constexpr, HAS_CONTENT: tl.constexpr,
-                        FULL_CONTENT_GRAD: tl.constexpr):
+                        FULL_CONTENT_GRAD: tl.constexpr, xbuf, xflag, vb, NV: tl.constexpr, BR: tl.constexpr):
     """At the first tile of a content chunk (the last one a backward sweep visits): stores the chunk's
     content gradient dc and U_up^T dc (dcb and dlowb hold per-chunk sums on that tile, zero elsewhere),
     and returns (dcc, dmn) for the previous chunk: dcc reset, dmn the gradient of its mean (its m_prev's
-    gradient through this chunk's content term, plus dm_f through an incomplete chunk)."""
+    gradient through this chunk's content term, plus dm_f through an incomplete chunk).
+    With the V split (NV > 1) dcc is this program's part: dcb (its own slice of NV) gets the part, and
+    U_up^T dc is summed over the NV programs (_vsum) before it feeds dm."""
     if HAS_CONTENT:
         tl.store(dcb + cidx * K + rk, dcc, mask=km)
-        dlow = tl.sum(upt * dcc[:, None], axis=0)
-        tl.store(dlowb + cidx * R + rr, dlow, mask=rr < R)
+        dlow = _vsum(tl.sum(upt * dcc[:, None], axis=0), xbuf, xflag, cidx, vb, rr, NV, BR)
+        tl.store(dlowb + cidx * R + rr, dlow, mask=_own(rr < R, vb, NV))
         if FULL_CONTENT_GRAD:
             dmn = tl.where(complete, 0.0, dmn) + tl.sum(udt * dlow[:, None], axis=0)
         else:
@@ -405,17 +458,17 @@ def carve_v2_prep_kernel(
 def carve_v2_fwd_kernel(
     q, k, v, a, w, ud, uu, o, ubuf, Gb, Pb, qks,
     h0, m0, os0, pos0,
-    hbuf, mbuf, abuf, gbuf, osf, sf,
+    hbuf, mbuf, abuf, gbuf, osf, sf, xbuf, xflag,
     seq_start, seq_len, chunk_off,
     scale, H,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
-    GATHER: tl.constexpr, UNR: tl.constexpr,
+    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr,
 ):
-    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
-                                                            BK, BV)
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
+                                                                C, BK, BV, NV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
     if HAS_INIT:
@@ -428,7 +481,8 @@ def carve_v2_fwd_kernel(
         osum0 = tl.zeros((BV,), dtype=tl.float32)
     osum = osum0
     rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
-    c = _content(udt, upt, m, HAS_CONTENT)[1]  # content term of the current content chunk
+    # content term of the current content chunk (xbuf slot: the mbuf index of the m it reads)
+    c = _content_v(udt, upt, m, xbuf, xflag, off * H + hh, vb, rr, HAS_CONTENT, NV, BR)
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
@@ -437,7 +491,7 @@ def carve_v2_fwd_kernel(
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         tl.store(gbuf + (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :], b,
-                 mask=rmask[:, None] & km[None, :])  # the erase gate, for the backward kernels
+                 mask=_own(rmask[:, None] & km[None, :], vb, NV))  # the erase gate, for the backward kernels
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
         e = b * k_t
@@ -445,7 +499,8 @@ def carve_v2_fwd_kernel(
         M = _dec_fwd(e, k_t, ik, sk, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC,
                      GATHER, UNR)
         A = _inverse(M, C, NB, PREC_INV)
-        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty))
+        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty),
+                 mask=_own(i[:, None] < C, vb, NV))
         # operands of the state products (in the operand dtype; G and the factors end here)
         gam = tl.exp(G)
         ge = _cast(gam * e, q, LOWP)
@@ -476,7 +531,7 @@ def carve_v2_fwd_kernel(
         osum = tl.where(complete, 0.0, osum)
         if HAS_CONTENT:
             if complete:  # the next content chunk's term, once per chunk
-                c = _content(udt, upt, m, HAS_CONTENT)[1]
+                c = _content_v(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
@@ -538,8 +593,8 @@ def carve_v2_bwd_kernel(
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr,
     DS_OUT: tl.constexpr,
 ):
-    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V, C,
-                                                            BK, BV)
+    hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, _vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
+                                                               C, BK, BV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
     if HAS_DHT:
@@ -630,7 +685,7 @@ def carve_v2_bwd_kernel(
         dos0v = tl.where(j == 0, corr, dos0v)
         if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
             dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
-                                           HAS_CONTENT, FULL_CONTENT_GRAD)
+                                           HAS_CONTENT, FULL_CONTENT_GRAD, dcb, dcb, 0, 1, BR)
     tl.store(dS0 + nh * KV + rk[:, None] * V + cv[None, :], dS, mask=smask)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
@@ -638,14 +693,16 @@ def carve_v2_bwd_kernel(
 
 @triton.jit
 def carve_v2_post_kernel(
-    q, k, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg,
+    q, k, gbuf, do, Gb, ubuf, hbuf, corrb, dMb, dkb, deb, dglb, dsb, qks, dq, dk, dg, da,
     seq_start, seq_len, chunk_off, pos0, cseq, cj,
-    scale, H,
+    scale, H, de_part, dm_part,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, BKP: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    DEC: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr, DS_OUT: tl.constexpr,
+    DEC: tl.constexpr, GATHER: tl.constexpr, UNR: tl.constexpr, DS_OUT: tl.constexpr, NV: tl.constexpr,
 ):
+    """With the V split (NV > 1) the sweep saved NV parts of de and dM (de_part and dm_part elements
+    apart): they are added here, and da = k de b (1 - b) is formed here instead of in the sweep."""
     j, bos, L, off, p, t, rmask, tok = _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
     rk = tl.program_id(2) * BKP + tl.arange(0, BKP)  # key columns are independent here: split over programs
@@ -680,6 +737,8 @@ def carve_v2_post_kernel(
         Y = tl.load(dkb + tb, mask=tmask, other=0.0)
         dglv = tl.load(dglb + cidx * K + rk, mask=km, other=0.0)
     dM = tl.load(dMb + cidx * C * C + i[:, None] * C + i[None, :])
+    for hv in tl.static_range(1, NV):
+        dM += tl.load(dMb + hv * dm_part + cidx * C * C + i[:, None] * C + i[None, :])
     dd = tl.sum(tl.where(i[:, None] == i[None, :], dP, 0.0), axis=1)  # P's diagonal (no decay)
     # the decayed-product gradients of P (q side and k side) and of M (k side) in one pass over the
     # dyadic levels, sharing each level's factor (as in _dec_bwd_dx); operands scaled by _dscale
@@ -706,6 +765,10 @@ def carve_v2_post_kernel(
     dqP += dd[:, None] * k_t
     dkK += dd[:, None] * q_t
     Z = tl.load(deb + tb, mask=tmask, other=0.0)
+    if NV > 1:
+        for hv in tl.static_range(1, NV):
+            Z += tl.load(deb + hv * de_part + tb, mask=tmask, other=0.0)
+        tl.store(da + tb, (k_t * Z * b * (1.0 - b)).to(da.dtype.element_ty), mask=tmask)
     # dG = q X - k Y + e de (the exp(G) e and M-row parts together) + decayed-product parts; the
     # exp(G_C) term sits on the grid's last row (C - 1): the reverse cumsum carries it to every valid row
     dG = q_t * (X + dqP) - k_t * (Y + dkK) + e * Z
