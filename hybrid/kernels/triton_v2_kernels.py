@@ -303,6 +303,13 @@ def _own(mask, vb, NV: tl.constexpr):
 
 
 @triton.jit
+def _ld_acquire(ptr):
+    """ld.acquire.gpu of each int32 in ptr, by the thread that holds it (GPU only)."""
+    return tl.inline_asm_elementwise("ld.global.acquire.gpu.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                     is_pure=False, pack=1)
+
+
+@triton.jit
 def _vsum(part, xbuf, xflag, slot, vb, rr, NV: tl.constexpr, BR: tl.constexpr):
     """Sum of a [BR] partial over the NV programs of one (sequence, head) (the V split, see _sweep):
     each writes its partial to slot `slot` of xbuf, counts itself in xflag[slot] (zeroed by the caller,
@@ -315,10 +322,14 @@ def _vsum(part, xbuf, xflag, slot, vb, rr, NV: tl.constexpr, BR: tl.constexpr):
         base = xbuf + slot * (NV * BR)
         tl.store(base + vb * BR + rr, part)
         tl.debug_barrier()  # every thread's part is written before the count is released
-        tl.atomic_add(xflag + slot, 1, sem="release", scope="gpu")
-        seen = tl.atomic_add(xflag + slot, 0, sem="acquire", scope="gpu")
-        while seen < NV:
-            seen = tl.atomic_add(xflag + slot, 0, sem="acquire", scope="gpu")
+        tl.atomic_add(xflag + slot, 1, sem="release", scope="gpu")  # (result unused: one thread, no broadcast)
+        # every thread polls the counter itself with acquire loads: no shared-memory broadcast of a
+        # scalar atomic's result (with one inside this loop, 2-way splits of 128 x 128 states computed
+        # wrong erase-gate gradients on the H200) and no barrier inside the loop
+        ptr = xflag + slot + rr * 0
+        seen = _ld_acquire(ptr)
+        while tl.min(seen, axis=0) < NV:
+            seen = _ld_acquire(ptr)
         tot = tl.zeros((BR,), dtype=tl.float32)
         for h in tl.static_range(NV):
             tot += tl.load(base + h * BR + rr, cache_modifier=".cg")  # from L2: written by other SMs
