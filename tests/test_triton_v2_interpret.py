@@ -196,3 +196,25 @@ def test_subchunk_knob_runs_smaller_tiles():
                 carve_triton_v2(*x, torch.rand(1, 8, 1), chunk_size=32)
         finally:
             os.environ.pop("HYBRID_CARVE_V2_SUBCHUNK")
+
+
+def test_vsplit_policy(monkeypatch):
+    """The V split (HYBRID_CARVE_V2_VSPLIT): auto splits only on a GPU, into 4 programs per (sequence,
+    head) when 4 N H programs fit one per multiprocessor and every program keeps 32 or more value columns
+    with at least one valid; the interpreter and CPU always run 1; a value other than auto, 1, 4 is refused."""
+    import torch
+
+    from hybrid.kernels import triton_v2
+    from hybrid.kernels.inputs import CarveInputError
+
+    assert triton_v2._vsplit_fits(4, 128, 128) and triton_v2._vsplit_fits(1, 48, 64)
+    assert not triton_v2._vsplit_fits(4, 64, 64)  # 16 columns per program
+    assert not triton_v2._vsplit_fits(4, 80, 128)  # the last block (96..127) would have no valid column
+    cpu = torch.device("cpu")
+    for raw in ("auto", "1", "4"):
+        monkeypatch.setenv("HYBRID_CARVE_V2_VSPLIT", raw)
+        assert triton_v2._vsplit(4, 128, 128, True, cpu) == 1
+    for bad in ("2", "8", "x"):
+        monkeypatch.setenv("HYBRID_CARVE_V2_VSPLIT", bad)
+        with pytest.raises(CarveInputError, match="VSPLIT"):
+            triton_v2._vsplit(4, 128, 128, True, cpu)

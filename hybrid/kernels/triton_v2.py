@@ -210,12 +210,15 @@ def _exchange_buffers(meta, content: bool, dev):
             torch.zeros(meta.total * meta.H, device=dev, dtype=torch.int32))
 
 
-VSPLITS = (1, 2, 4)
+# programs per (sequence, head). A 2-way split of a 128 x 128 state (64 value columns per program) gave
+# wrong erase-gate gradients and then an illegal address on the H200 (session 9, cause not found; 2-way
+# splits of K48/V80 and K64/V64 states passed): not offered until found
+VSPLITS = (1, 4)
 
 
 def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev) -> int:
     """Programs per (sequence, head) of the sequential sweeps, each holding BV / NV of the state's value
-    columns (HYBRID_CARVE_V2_VSPLIT: auto, 1, 2 or 4). The NV programs of one (sequence, head) exchange
+    columns (HYBRID_CARVE_V2_VSPLIT: auto, 1 or 4; see VSPLITS). The NV programs of one (sequence, head) exchange
     their parts of the content signal once per content chunk and wait for each other (_vsum), so they
     must all be running: ``auto`` (the default) takes the largest NV whose grid, NV * N * H programs,
     fits one per multiprocessor (every program then starts at once), and only with at least 32 value
@@ -223,21 +226,19 @@ def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev) -> int:
     NV programs of one pair are adjacent). The interpreter runs programs one after another: always 1."""
     raw = os.environ.get("HYBRID_CARVE_V2_VSPLIT", "auto")
     if raw not in ("auto",) + tuple(str(x) for x in VSPLITS):
-        raise CarveInputError(f"HYBRID_CARVE_V2_VSPLIT must be auto, 1, 2 or 4, got {raw!r}")
+        raise CarveInputError(f"HYBRID_CARVE_V2_VSPLIT must be auto, 1 or 4, got {raw!r}")
     if v1._interpreting() or not bwd_t or dev.type != "cuda":
         return 1
     if raw != "auto":
         nv = int(raw)
-        while nv > 1 and not _vsplit_fits(nv, V, BV):
-            nv //= 2
-        return nv
+        return nv if _vsplit_fits(nv, V, BV) else 1
     sms = torch.cuda.get_device_properties(dev).multi_processor_count
     return max(cand for cand in VSPLITS if cand == 1 or (cand * n_programs <= sms and _vsplit_fits(cand, V, BV)))
 
 
 def _vsplit_fits(nv: int, V: int, BV: int) -> bool:
     """At least 32 value columns per program, and a valid one in every program's block."""
-    return BV // nv >= 32 and (nv - 1) * (BV // nv) < V
+    return nv == 1 or (BV // nv >= 32 and (nv - 1) * (BV // nv) < V)
 
 
 def _seq_warps() -> int:
