@@ -43,6 +43,9 @@ the H200 at T = 4096 (docs/kernels.md and BENCHMARKS.md have the runs):
   ``HYBRID_CARVE_V2_BWD_WARPS``: warps of the backward sweep alone (default: as the forward);
   ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the parallel kernels (default 4, 4 and 8 for prep, bprep and
   post; see ``_par_warps``);
+  ``HYBRID_CARVE_V2_VSPLIT``: ``auto`` (default), ``1`` or ``4`` programs per (sequence, head) in the
+  sweeps, each with that share of the value columns (see ``_vsplit``; auto splits where B*H is small:
+  T = 16384, B = 2 went from 26.75 to 21.12 ms);
   ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1; 2 pipelines
   one load of each sweep through shared memory and took 11.57 against 10.44 ms).
 """
