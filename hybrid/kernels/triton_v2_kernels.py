@@ -281,18 +281,6 @@ def _up_tile(uu, rk, km, hh, K: tl.constexpr, R: tl.constexpr, BR: tl.constexpr)
 
 
 @triton.jit
-def _content(udt, upt, m, HAS_CONTENT: tl.constexpr):
-    """(low, c): low = U_down m (the r content numbers) and the content term c = U_up low, over key columns."""
-    if HAS_CONTENT:
-        low = tl.sum(udt * m[None, :], axis=1)
-        c = tl.sum(upt * low[None, :], axis=1)
-    else:
-        low = tl.zeros((2,), dtype=tl.float32)
-        c = 0.0
-    return low, c
-
-
-@triton.jit
 def _own(mask, vb, NV: tl.constexpr):
     """mask, kept only in the first of the NV programs of a (sequence, head) (the V split): for the
     stores of what they all compute alike."""
@@ -324,8 +312,7 @@ def _vsum(part, xbuf, xflag, slot, vb, rr, NV: tl.constexpr, BR: tl.constexpr):
         tl.debug_barrier()  # every thread's part is written before the count is released
         tl.atomic_add(xflag + slot, 1, sem="release", scope="gpu")  # (result unused: one thread, no broadcast)
         # every thread polls the counter itself with acquire loads: no shared-memory broadcast of a
-        # scalar atomic's result (with one inside this loop, 2-way splits of 128 x 128 states computed
-        # wrong erase-gate gradients on the H200) and no barrier inside the loop
+        # scalar atomic's result and no barrier inside the loop (each warp leaves it on its own)
         ptr = xflag + slot + rr * 0
         seen = _ld_acquire(ptr)
         while tl.min(seen, axis=0) < NV:
@@ -337,10 +324,10 @@ def _vsum(part, xbuf, xflag, slot, vb, rr, NV: tl.constexpr, BR: tl.constexpr):
 
 
 @triton.jit
-def _content_v(udt, upt, m, xbuf, xflag, slot, vb, rr, HAS_CONTENT: tl.constexpr, NV: tl.constexpr,
+def _content(udt, upt, m, xbuf, xflag, slot, vb, rr, HAS_CONTENT: tl.constexpr, NV: tl.constexpr,
                BR: tl.constexpr):
-    """The content term c = U_up (U_down m) of _content with m split over NV programs: each forms its
-    part of U_down m over its value columns, and _vsum adds the parts."""
+    """The content term c = U_up (U_down m) over key columns (0 without content). With m split over NV
+    programs (the V split) each forms its part of U_down m over its value columns, and _vsum adds them."""
     if HAS_CONTENT:
         low = _vsum(tl.sum(udt * m[None, :], axis=1), xbuf, xflag, slot, vb, rr, NV, BR)
         return tl.sum(upt * low[None, :], axis=1)
@@ -493,7 +480,7 @@ def carve_v2_fwd_kernel(
     osum = osum0
     rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
     # content term of the current content chunk (xbuf slot: the mbuf index of the m it reads)
-    c = _content_v(udt, upt, m, xbuf, xflag, off * H + hh, vb, rr, HAS_CONTENT, NV, BR)
+    c = _content(udt, upt, m, xbuf, xflag, off * H + hh, vb, rr, HAS_CONTENT, NV, BR)
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
@@ -542,7 +529,7 @@ def carve_v2_fwd_kernel(
         osum = tl.where(complete, 0.0, osum)
         if HAS_CONTENT:
             if complete:  # the next content chunk's term, once per chunk
-                c = _content_v(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
+                c = _content(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
@@ -627,7 +614,8 @@ def carve_v2_bwd_kernel(
             tl.store(dsb + cidx * KV + rk[:, None] * V + cv[None, :], dS.to(dsb.dtype.element_ty), mask=smask)
         if HAS_CONTENT:
             if ((j % SUB) == SUB - 1) | (jj == 0):  # the first tile of a content chunk in this reverse sweep
-                c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), HAS_CONTENT)[1]
+                c = _content(udt, upt, tl.load(mbuf + cidx * V + cv, mask=vm, other=0.0), mbuf, mbuf, cidx, 0,
+                               rr, HAS_CONTENT, 1, BR)
         # operands of the products, in the operand dtype (recomputed in fp32 further down where needed)
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
