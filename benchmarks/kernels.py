@@ -145,6 +145,32 @@ def variants(x, fla, B, T, H, K, impl="v1", extra=()):
     return out
 
 
+# what issue #3 asks of one run: the three CARVE modes and the anchors (the default of --only)
+TABLE = ["carve_content", "carve_nocontent", "carve_gdn2_mode", "fla_chunk_gdn2", "fla_chunk_kda", "fla_chunk_gdn",
+         "sdpa_cudnn", "sdpa_flash"]
+
+
+def target_lines(res: dict) -> list[str]:
+    """The issue's targets at one T from its results: CARVE content on against fla chunk_gdn2 and
+    chunk_kda (fwd+bwd), the content overhead over content off, and the peak against chunk_gdn2.
+    Only what was measured; nothing when CARVE content on was not."""
+    on = res.get("carve_content", {})
+    if "fwdbwd_ms" not in on:
+        return []
+    out = []
+    for ref in ("fla_chunk_gdn2", "fla_chunk_kda"):
+        r = res.get(ref, {})
+        if "fwdbwd_ms" in r:
+            out.append(f"content on vs {ref[4:]}: {on['fwdbwd_ms'] / r['fwdbwd_ms']:.3f}x fwd+bwd")
+    off = res.get("carve_nocontent", {})
+    if "fwdbwd_ms" in off:
+        out.append(f"content overhead: {100 * (on['fwdbwd_ms'] / off['fwdbwd_ms'] - 1):+.1f}% fwd+bwd over content off")
+    g = res.get("fla_chunk_gdn2", {})
+    if "peak_mib" in g and "peak_mib" in on:
+        out.append(f"peak memory vs chunk_gdn2: {on['peak_mib'] / g['peak_mib']:.2f}x")
+    return out
+
+
 def parse_variant(spec):
     """'NAME:BASE:KEY=VAL,KEY=VAL' -> (NAME, BASE, {KEY: VAL}); BASE is a CARVE variant such as carve_content."""
     try:
@@ -230,10 +256,13 @@ def main():
     ap.add_argument("--json", default="kernels.json")
     ap.add_argument("--T", type=int, nargs="*", default=[4096, 2048, 8192, 16384])
     ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--only", nargs="*", default=None, help="variant names to run")
+    ap.add_argument("--only", nargs="*", default=TABLE,
+                    help="variant names to run (default: the issue's table, " + " ".join(TABLE)
+                         + "; 'all' runs every built-in variant, e.g. the warp and precision knobs)")
     ap.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                     help="start no new measurement after SECONDS (the table then shows what was measured); "
-                         "fla autotunes for minutes at every new T, so a device call may not hold every T")
+                         "fla autotunes its kernels at first use, for minutes unless Triton's autotuning "
+                         "cache is carried in (scripts/gpu-check)")
     ap.add_argument("--impl", choices=["v1", "v2"], default="v2",
                     help="CARVE Triton kernels: v2 (triton_v2, the default, as dispatched) or v1 (triton_carve)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:BASE:KEY=VAL,...",
@@ -267,7 +296,7 @@ def main():
         res = {}
         extra_names = [parse_variant(spec)[0] for spec in args.variant]
         for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl, args.variant).items():
-            if args.only and name not in args.only and name not in extra_names:
+            if "all" not in args.only and name not in args.only and name not in extra_names:
                 continue
             if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                 res[name] = dict(error="not measured: --time-limit reached")
@@ -298,6 +327,8 @@ def main():
             rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
             print(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
                   f"  peak {r['peak_mib']:8.0f}")
+        for line in target_lines(res):
+            print(f"  -> {line}")
             for kname, ms in r.get("kernels_ms", {}).items():
                 if ms >= 0.05:
                     print(f"      {ms:8.3f} ms  {kname[:90]}")

@@ -30,3 +30,17 @@ def test_bad_variant_spec_is_refused(spec):
     bench = _kernels_bench()
     with pytest.raises(SystemExit, match="variant"):
         bench.parse_variant(spec)
+
+
+def test_target_lines_report_only_what_was_measured():
+    bench = _kernels_bench()
+    res = {"carve_content": dict(fwd_ms=3.2, fwdbwd_ms=10.33, peak_mib=3256),
+           "carve_nocontent": dict(fwd_ms=2.9, fwdbwd_ms=9.57, peak_mib=3245),
+           "fla_chunk_gdn2": dict(fwd_ms=1.9, fwdbwd_ms=11.07, peak_mib=4480),
+           "fla_chunk_kda": dict(error="not measured: --time-limit reached")}
+    lines = bench.target_lines(res)
+    assert lines == ["content on vs chunk_gdn2: 0.933x fwd+bwd",
+                     "content overhead: +7.9% fwd+bwd over content off",
+                     "peak memory vs chunk_gdn2: 0.73x"]
+    assert bench.target_lines({"fla_chunk_gdn2": res["fla_chunk_gdn2"]}) == []
+    assert bench.TABLE[:3] == ["carve_content", "carve_nocontent", "carve_gdn2_mode"]
