@@ -171,6 +171,25 @@ def target_lines(res: dict) -> list[str]:
     return out
 
 
+def table_lines(res: dict) -> list[str]:
+    """The printed table of one T: each variant with its ratios to fla chunk_gdn2 and, if profiled, its
+    kernels of 0.05 ms or more; then the targets (target_lines)."""
+    ref = res.get("fla_chunk_gdn2", {})
+    out = []
+    for name, r in res.items():
+        if "error" in r:
+            out.append(f"  {name:18s} ERROR {r['error'][:120]}")
+            continue
+        rf = r["fwd_ms"] / ref["fwd_ms"] if "fwd_ms" in ref else float("nan")
+        rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
+        out.append(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
+                   f"  peak {r['peak_mib']:8.0f}")
+        for kname, ms in r.get("kernels_ms", {}).items():
+            if ms >= 0.05:
+                out.append(f"      {ms:8.3f} ms  {kname[:90]}")
+    return out + [f"  -> {line}" for line in target_lines(res)]
+
+
 def parse_variant(spec):
     """'NAME:BASE:KEY=VAL,KEY=VAL' -> (NAME, BASE, {KEY: VAL}); BASE is a CARVE variant such as carve_content."""
     try:
@@ -296,7 +315,7 @@ def main():
         res = {}
         extra_names = [parse_variant(spec)[0] for spec in args.variant]
         for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl, args.variant).items():
-            if "all" not in args.only and name not in args.only and name not in extra_names:
+            if args.only and "all" not in args.only and name not in args.only and name not in extra_names:
                 continue
             if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                 res[name] = dict(error="not measured: --time-limit reached")
@@ -317,21 +336,8 @@ def main():
     print(f"\nCARVE kernels {args.impl} | {info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
     print("median ms (ratio to fla chunk_gdn2), peak MiB above inputs")
     for T, res in info["results"].items():
-        ref = res.get("fla_chunk_gdn2", {})
         print(f"T={T} (B={args.tokens // int(T)})")
-        for name, r in res.items():
-            if "error" in r:
-                print(f"  {name:18s} ERROR {r['error'][:120]}")
-                continue
-            rf = r["fwd_ms"] / ref["fwd_ms"] if "fwd_ms" in ref else float("nan")
-            rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
-            print(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
-                  f"  peak {r['peak_mib']:8.0f}")
-        for line in target_lines(res):
-            print(f"  -> {line}")
-            for kname, ms in r.get("kernels_ms", {}).items():
-                if ms >= 0.05:
-                    print(f"      {ms:8.3f} ms  {kname[:90]}")
+        print("\n".join(table_lines(res)))
 
 
 if __name__ == "__main__":

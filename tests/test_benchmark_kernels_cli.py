@@ -44,3 +44,15 @@ def test_target_lines_report_only_what_was_measured():
                      "peak memory vs chunk_gdn2: 0.73x"]
     assert bench.target_lines({"fla_chunk_gdn2": res["fla_chunk_gdn2"]}) == []
     assert bench.TABLE[:3] == ["carve_content", "carve_nocontent", "carve_gdn2_mode"]
+
+
+def test_table_lists_each_variant_with_its_own_kernels_then_the_targets():
+    bench = _kernels_bench()
+    res = {"carve_content": dict(fwd_ms=3.2, fwdbwd_ms=10.33, peak_mib=3256,
+                                 kernels_ms={"carve_v2_fwd_kernel": 2.44, "tiny": 0.01}),
+           "carve_nocontent": dict(fwd_ms=2.9, fwdbwd_ms=9.57, peak_mib=3245, kernels_ms={"carve_v2_bwdt_kernel": 3.5}),
+           "fla_chunk_gdn2": dict(fwd_ms=1.9, fwdbwd_ms=11.07, peak_mib=4480)}
+    lines = bench.table_lines(res)
+    assert [ln.split()[0] for ln in lines] == ["carve_content", "2.440", "carve_nocontent", "3.500",
+                                               "fla_chunk_gdn2", "->", "->", "->"]
+    assert "carve_v2_fwd_kernel" in lines[1] and "carve_v2_bwdt_kernel" in lines[3]
