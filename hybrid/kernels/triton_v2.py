@@ -281,7 +281,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             carve_v2_prep_kernel[(meta.n_chunks, H)](
                 qc, kc, gc, Gb, Pb, qks, meta.starts, meta.lens, meta.offs, meta.pos, meta.cseq, meta.cj, H,
                 PREC=meta.prec, UNR=meta.unroll_par, num_warps=meta.prep_warps, num_stages=meta.num_stages,
-                **meta.par_opts, **common)
+                **meta.prep_opts, **common)
         xbuf, xflag = _exchange_buffers(meta, content, dev)
         carve_v2_fwd_kernel[(N * meta.nv, H)](
             qc, kc, vc, ac, wc, udc, uuc, o, ubuf, Gb, Pb, qks,
@@ -290,6 +290,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             hbuf, mbuf, abuf, gbuf, osf, S_f, xbuf, xflag, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV // meta.nv, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, NV=meta.nv,
+            ULOAD=meta.uload, PF=meta.pf, ABL=int(os.environ.get("HYBRID_CARVE_V2_ABL", "0")),
             num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
@@ -367,7 +368,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, deb[0].numel(), dMb[0].numel(),
-                dcb[0].numel() if content else 0, NV=nv, **sweep)
+                dcb[0].numel() if content else 0, NV=nv, ULOAD=meta.uload, PF=meta.pf, **sweep)
             if not meta.vec_w:
                 dR = dv
                 dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -447,6 +448,8 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
     meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
+    meta.uload = os.environ.get("HYBRID_CARVE_V2_ULOAD", "0") == "1"
+    meta.pf = 0 if v1._interpreting() else int(os.environ.get("HYBRID_CARVE_V2_PF", "0"))
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
@@ -455,6 +458,8 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
     maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
+    prep_cap = int(os.environ.get("HYBRID_CARVE_V2_PREP_MAXNREG", maxnreg))
+    meta.prep_opts = {} if v1._interpreting() or prep_cap <= 0 else {"maxnreg": prep_cap}
     meta.state_dtype = _state_dtype(meta.lowp)
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)
     meta.bkp = _post_columns(meta.BK)

@@ -33,6 +33,8 @@ from .triton_v2_kernels import (
     _level_factor,
     _level_mask,
     _load_G,
+    _pf_block,
+    _pf_rows,
     _qk_scales,
     _sweep,
     _tile,
@@ -52,7 +54,7 @@ def carve_v2_bwdt_kernel(
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
-    NV: tl.constexpr,
+    NV: tl.constexpr, ULOAD: tl.constexpr = False, PF: tl.constexpr = 0,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
@@ -74,6 +76,16 @@ def carve_v2_bwdt_kernel(
     upper = i[:, None] < i[None, :]  # (s, r) with s < r: the strict lower triangle of dM, transposed
     for jj in range(0, NS):
         j = NS - 1 - jj
+        # the next tile's (j - 1) inputs, on their way to the cache while this one is computed
+        _pf_rows(gbuf + hh * K, j - 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(k + hh * K, j - 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(Gb + hh * K, j - 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(q + hh * K, j - 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(do + hh * V, j - 1, p, L, bos, H * V, C, V, PF)
+        _pf_rows(w1b + hh * K, j - 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(dr0b + hh * V, j - 1, p, L, bos, H * V, C, V, PF)
+        _pf_rows(ubuf + hh * V, j - 1, p, L, bos, H * V, C, V, PF)
+        _pf_block(hbuf + ((off + j - 1) * H + hh).to(tl.int64) * KV, j > 0, K * V, PF)
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
@@ -131,8 +143,13 @@ def carve_v2_bwdt_kernel(
                            km[:, None] & rmask[None, :], dcc, HAS_CONTENT, True, NV == 1)
         dos0v = tl.where(j == 0, corr, dos0v)
         if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
-            dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
-                                           HAS_CONTENT, FULL_CONTENT_GRAD, xbuf, xflag, vb, NV, BR)
+            if ULOAD:  # U_down, U_up from memory (L1/L2) here instead of held in registers by the loop
+                _ur, udl, upl = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
+                dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udl, upl, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
+                                               HAS_CONTENT, FULL_CONTENT_GRAD, xbuf, xflag, vb, NV, BR)
+            else:
+                dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
+                                               HAS_CONTENT, FULL_CONTENT_GRAD, xbuf, xflag, vb, NV, BR)
     tl.store(dS0 + nh * KV + st_t, dS, mask=smask_t)
     tl.store(dm0 + nh * V + cv, dmn, mask=vm)
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)

@@ -102,6 +102,39 @@ def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl
 
 
 @triton.jit
+def _prefetch(ptr, mask, PF: tl.constexpr):
+    """prefetch.global.L2 (PF 1) or .L1 (PF 2) of the 128-byte lines at ptr where mask (GPU only)."""
+    if PF == 1:
+        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L2 [$2]; mov.u32 $0, 0; }",
+                                  "=r,r,l", [mask.to(tl.int32), ptr], dtype=tl.int32, is_pure=False, pack=1)
+    elif PF == 2:
+        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L1 [$2]; mov.u32 $0, 0; }",
+                                  "=r,r,l", [mask.to(tl.int32), ptr], dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _pf_rows(x, jn, p, L, bos, row_stride, C: tl.constexpr, COLS: tl.constexpr, PF: tl.constexpr):
+    """Prefetch the rows of tile jn (COLS elements each, row stride row_stride) of x, one 128-byte line per
+    element of the index (PF 0: nothing)."""
+    if PF > 0:
+        EPL: tl.constexpr = 1024 // x.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
+        LPR: tl.constexpr = (COLS + EPL - 1) // EPL
+        idx = tl.arange(0, C * LPR)
+        t = jn * C + idx // LPR - p
+        ptr = x + (bos + t).to(tl.int64) * row_stride + (idx % LPR) * EPL
+        _prefetch(ptr, (t >= 0) & (t < L), PF)
+
+
+@triton.jit
+def _pf_block(x, ok, N: tl.constexpr, PF: tl.constexpr):
+    """Prefetch N contiguous elements of x (where ok)."""
+    if PF > 0:
+        EPL: tl.constexpr = 1024 // x.dtype.element_ty.primitive_bitwidth
+        idx = tl.arange(0, (N + EPL - 1) // EPL)
+        _prefetch(x + idx.to(tl.int64) * EPL, (idx >= 0) & ok, PF)
+
+
+@triton.jit
 def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
     """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
     its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
@@ -373,7 +406,7 @@ def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.con
     Not STORE_DA (the V split: de is this program's part, the post-pass adds the parts and forms da)."""
     tl.store(deb + tb, de, mask=tmask)
     if TRANS:
-        dlogit = tl.where(rmask[None, :], k_t * de * b * (1.0 - b), 0.0)
+        dlogit = tl.where(rmask[None, :], (k_t * b * (1.0 - b)) * de, 0.0)
     else:
         dlogit = tl.where(rmask[:, None], k_t * de * b * (1.0 - b), 0.0)
     if STORE_DA:
@@ -463,7 +496,8 @@ def carve_v2_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
-    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr,
+    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr, ULOAD: tl.constexpr = False, PF: tl.constexpr = 0,
+    ABL: tl.constexpr = 0,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
@@ -482,6 +516,13 @@ def carve_v2_fwd_kernel(
     # content term of the current content chunk (xbuf slot: the mbuf index of the m it reads)
     c = _content(udt, upt, m, xbuf, xflag, off * H + hh, vb, rr, HAS_CONTENT, NV, BR)
     for j in range(0, NS):
+        # the next tile's inputs, on their way to the cache while this one is computed
+        _pf_rows(a + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(k + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(Gb + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(q + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
+        _pf_rows(v + hh * V, j + 1, p, L, bos, H * V, C, V, PF)
+        _pf_block(Pb + ((off + j + 1) * H + hh).to(tl.int64) * C * C, j + 1 < NS, C * C, PF)
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
@@ -527,9 +568,13 @@ def carve_v2_fwd_kernel(
         complete = (((j + 1) % SUB) == 0) & ((j + 1) * C <= p + L)
         m = tl.where(complete, osum / (C * SUB), m)
         osum = tl.where(complete, 0.0, osum)
-        if HAS_CONTENT:
+        if HAS_CONTENT and ABL == 0:
             if complete:  # the next content chunk's term, once per chunk
-                c = _content(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
+                if ULOAD:  # U_down, U_up from memory (L1/L2) here instead of held in registers by the loop
+                    _ur, udl, upl = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
+                    c = _content(udl, upl, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
+                else:
+                    c = _content(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
