@@ -116,13 +116,6 @@ KNOB_CASES = [
     ("varlen_state", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
     ("T4096_decay5", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
     ("gdn2_T1000", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
-    # the sweeps prefetch the next tile's inputs (1: into L2, 2: into L1)
-    ("T1000_decay30", "HYBRID_CARVE_V2_PF", "1", "pf1"),
-    ("varlen_state", "HYBRID_CARVE_V2_PF", "1", "pf1"),
-    ("T1000_decay30", "HYBRID_CARVE_V2_PF", "2", "pf2"),
-    # U_down and U_up read from memory once per content chunk instead of held in registers
-    ("T1000_decay30", "HYBRID_CARVE_V2_ULOAD", "1", "uload1"),
-    ("varlen_state", "HYBRID_CARVE_V2_ULOAD", "1", "uload1"),
 ]
 
 

@@ -194,6 +194,12 @@ def par_maxnreg() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_PAR_MAXNREG", "128"))
 
 
+def prep_maxnreg() -> int:
+    """Register cap of the prep launch: HYBRID_CARVE_V2_PREP_MAXNREG, default 168 (0 with
+    HYBRID_CARVE_V2_PAR_MAXNREG=0); at T = 4096 on the H200 prep took 0.61 ms at 168, 0.69 at 128 and 0.74 uncapped."""
+    return int(os.environ.get("HYBRID_CARVE_V2_PREP_MAXNREG", "168" if par_maxnreg() > 0 else "0"))
+
+
 def _par_warps() -> tuple[int, int, int]:
     """Warps of the parallel launches (prep, bprep, post): HYBRID_CARVE_V2_PAR_WARPS sets all three;
     by default 4, 4 and 8 (on the H200, 4 warps took prep from 1.03 to 0.80 ms and bprep from 0.56 to
@@ -244,6 +250,12 @@ def _vsplit_fits(nv: int, V: int, BV: int) -> bool:
     return nv == 1 or (BV // nv >= 32 and (nv - 1) * (BV // nv) < V)
 
 
+def _has_block_ptr() -> bool:
+    """Whether this Triton still has tl.make_block_ptr (removed in 3.9 for tensor descriptors)."""
+    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
+    return (major, minor) < (3, 9)
+
+
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -290,8 +302,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             hbuf, mbuf, abuf, gbuf, osf, S_f, xbuf, xflag, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV // meta.nv, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, NV=meta.nv,
-            ULOAD=meta.uload, PF=meta.pf, ABL=int(os.environ.get("HYBRID_CARVE_V2_ABL", "0")),
-            num_warps=meta.num_warps,
+            OPAQUE=meta.opaque, BP=meta.blockptr, num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks, gbuf)
@@ -368,7 +379,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, deb[0].numel(), dMb[0].numel(),
-                dcb[0].numel() if content else 0, NV=nv, ULOAD=meta.uload, PF=meta.pf, **sweep)
+                dcb[0].numel() if content else 0, NV=nv, OPAQUE=meta.opaque, BP=meta.blockptr, **sweep)
             if not meta.vec_w:
                 dR = dv
                 dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -448,8 +459,10 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
     meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
-    meta.uload = os.environ.get("HYBRID_CARVE_V2_ULOAD", "0") == "1"
-    meta.pf = 0 if v1._interpreting() else int(os.environ.get("HYBRID_CARVE_V2_PF", "0"))
+    # the sweeps form their [K, V] store offsets inside the loop: with a block pointer (HYBRID_CARVE_V2_BLOCKPTR=1,
+    # Triton < 3.9 only) or with offsets made opaque to loop-invariant code motion (inline PTX, GPU only)
+    meta.opaque = not v1._interpreting()
+    meta.blockptr = meta.opaque and os.environ.get("HYBRID_CARVE_V2_BLOCKPTR", "0") == "1" and _has_block_ptr()
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
@@ -458,7 +471,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     # registers without spills, post 128 with 360 B of spill stack, against 200-255 uncapped)
     maxnreg = par_maxnreg()
     meta.par_opts = {} if v1._interpreting() or maxnreg <= 0 else {"maxnreg": maxnreg}
-    prep_cap = int(os.environ.get("HYBRID_CARVE_V2_PREP_MAXNREG", maxnreg))
+    prep_cap = prep_maxnreg()
     meta.prep_opts = {} if v1._interpreting() or prep_cap <= 0 else {"maxnreg": prep_cap}
     meta.state_dtype = _state_dtype(meta.lowp)
     meta.BK, meta.BV = _p2(shp.K), _p2(shp.V)

@@ -22,7 +22,15 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from . import triton_v2_kernels as kk
-from .triton_v2 import DEC_MODES, DEFAULT_TILE_ROWS, _par_warps, _post_columns, _seq_warps, par_maxnreg
+from .triton_v2 import (
+    DEC_MODES,
+    DEFAULT_TILE_ROWS,
+    _par_warps,
+    _post_columns,
+    _seq_warps,
+    par_maxnreg,
+    prep_maxnreg,
+)
 from .triton_v2_bwdt import carve_v2_bwdt_kernel
 
 INT_PTRS = {"pos0", "seq_start", "seq_len", "chunk_off", "cseq", "cj"}
@@ -60,7 +68,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
     C = DEFAULT_TILE_ROWS  # the dispatched tile: 32 rows, SUB = 64 // 32 tiles per content chunk
     base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC=dec,
                 GATHER=False, UNR=1)
-    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True, NV=1, ULOAD=False, PF=0)
+    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True, NV=1, OPAQUE=True, BP=False)
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
@@ -112,7 +120,7 @@ def main():
                     help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
     flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
-             "GATHER", "DS_OUT", "ULOAD"}
+             "GATHER", "DS_OUT", "OPAQUE", "BP"}
     overrides = {}
     for item in args.set:
         name, val = item.split("=", 1)
@@ -121,7 +129,7 @@ def main():
     for which in args.kernels:
         cap = args.maxnreg
         if cap is None and which in ("prep", "bprep", "post"):
-            cap = par_maxnreg() or None  # as dispatched
+            cap = (prep_maxnreg() if which == "prep" else par_maxnreg()) or None  # as dispatched
         warps = args.warps or dict(zip(("prep", "bprep", "post"), _par_warps())).get(which, _seq_warps())
         print(json.dumps(compile_one(which, warps, args.stages, args.dtype, dec, overrides, cap,
                                      (args.state or ("bf16" if args.dtype == "bf16" else "fp32")) == "bf16")),

@@ -102,36 +102,16 @@ def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl
 
 
 @triton.jit
-def _prefetch(ptr, mask, PF: tl.constexpr):
-    """prefetch.global.L2 (PF 1) or .L1 (PF 2) of the 128-byte lines at ptr where mask (GPU only)."""
-    if PF == 1:
-        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L2 [$2]; mov.u32 $0, 0; }",
-                                  "=r,r,l", [mask.to(tl.int32), ptr], dtype=tl.int32, is_pure=False, pack=1)
-    elif PF == 2:
-        tl.inline_asm_elementwise("{ .reg .pred p; setp.ne.b32 p, $1, 0; @p prefetch.global.L1 [$2]; mov.u32 $0, 0; }",
-                                  "=r,r,l", [mask.to(tl.int32), ptr], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
-def _pf_rows(x, jn, p, L, bos, row_stride, C: tl.constexpr, COLS: tl.constexpr, PF: tl.constexpr):
-    """Prefetch the rows of tile jn (COLS elements each, row stride row_stride) of x, one 128-byte line per
-    element of the index (PF 0: nothing)."""
-    if PF > 0:
-        EPL: tl.constexpr = 1024 // x.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
-        LPR: tl.constexpr = (COLS + EPL - 1) // EPL
-        idx = tl.arange(0, C * LPR)
-        t = jn * C + idx // LPR - p
-        ptr = x + (bos + t).to(tl.int64) * row_stride + (idx % LPR) * EPL
-        _prefetch(ptr, (t >= 0) & (t < L), PF)
-
-
-@triton.jit
-def _pf_block(x, ok, N: tl.constexpr, PF: tl.constexpr):
-    """Prefetch N contiguous elements of x (where ok)."""
-    if PF > 0:
-        EPL: tl.constexpr = 1024 // x.dtype.element_ty.primitive_bitwidth
-        idx = tl.arange(0, (N + EPL - 1) // EPL)
-        _prefetch(x + idx.to(tl.int64) * EPL, (idx >= 0) & ok, PF)
+def _vary(x, j, OPAQUE: tl.constexpr):
+    """x itself, made to look loop-variant (j: the loop index) to the compiler on the GPU, so that offset
+    tensors built from it inside a loop are formed there instead of hoisted and held in registers through
+    the whole sweep (a [128, 128] offset tensor is 64 registers per thread; hoisted, it spilled). The
+    interpreter (OPAQUE False) takes x as is."""
+    if OPAQUE:
+        return tl.inline_asm_elementwise("{ .reg .b32 t; mul.lo.s32 t, $2, 0; add.s32 $0, $1, t; }", "=r,r,r",
+                                         [x, j.to(tl.int32)], dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        return x
 
 
 @triton.jit
@@ -496,13 +476,14 @@ def carve_v2_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
-    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr, ULOAD: tl.constexpr = False, PF: tl.constexpr = 0,
-    ABL: tl.constexpr = 0,
+    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr, OPAQUE: tl.constexpr,
+    BP: tl.constexpr,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
+    SFULL: tl.constexpr = (K == BK) and (V == BV * NV)
     if HAS_INIT:
         S = tl.load(h0 + nh * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
         m = tl.load(m0 + nh * V + cv, mask=vm, other=0.0)
@@ -516,16 +497,21 @@ def carve_v2_fwd_kernel(
     # content term of the current content chunk (xbuf slot: the mbuf index of the m it reads)
     c = _content(udt, upt, m, xbuf, xflag, off * H + hh, vb, rr, HAS_CONTENT, NV, BR)
     for j in range(0, NS):
-        # the next tile's inputs, on their way to the cache while this one is computed
-        _pf_rows(a + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
-        _pf_rows(k + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
-        _pf_rows(Gb + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
-        _pf_rows(q + hh * K, j + 1, p, L, bos, H * K, C, K, PF)
-        _pf_rows(v + hh * V, j + 1, p, L, bos, H * V, C, V, PF)
-        _pf_block(Pb + ((off + j + 1) * H + hh).to(tl.int64) * C * C, j + 1 < NS, C * C, PF)
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
-        tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
+        # the tile-start state, for the backward. Its [BK, BV] offsets are formed in the loop (a block pointer
+        # where Triton has them, else offsets made loop-variant by _vary): hoisted out of it, they would hold
+        # 64 registers per thread through the sweep
+        if BP:
+            tl.store(tl.make_block_ptr(hbuf + cidx * KV, (K, V), (V, 1), (0, vb * BV), (BK, BV), (1, 0)),
+                     S.to(hbuf.dtype.element_ty), boundary_check=(0, 1))
+        else:
+            rkj = _vary(rk, j, OPAQUE)
+            if SFULL:  # the state tile has no padding: no mask
+                tl.store(hbuf + cidx * KV + rkj[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty))
+            else:
+                tl.store(hbuf + cidx * KV + rkj[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty),
+                         mask=(rkj < K)[:, None] & vm[None, :])
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
@@ -538,8 +524,14 @@ def carve_v2_fwd_kernel(
         M = _dec_fwd(e, k_t, ik, sk, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC,
                      GATHER, UNR)
         A = _inverse(M, C, NB, PREC_INV)
-        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty),
-                 mask=_own(i[:, None] < C, vb, NV))
+        ij = _vary(i, j, OPAQUE)
+        if BP:
+            if vb == 0:  # (the NV programs of the V split compute the same A)
+                tl.store(tl.make_block_ptr(abuf + cidx * C * C, (C, C), (C, 1), (0, 0), (C, C), (1, 0)),
+                         A.to(abuf.dtype.element_ty))
+        else:
+            tl.store(abuf + cidx * C * C + ij[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty),
+                     mask=_own(ij[:, None] < C, vb, NV))
         # operands of the state products (in the operand dtype; G and the factors end here)
         gam = tl.exp(G)
         ge = _cast(gam * e, q, LOWP)
@@ -559,7 +551,10 @@ def carve_v2_fwd_kernel(
         Ud = _cast(U, q, LOWP)
         tl.store(ubuf + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], Ud.to(ubuf.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])  # the backward loads U instead of recomputing it
-        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
+        if BP:
+            P = tl.load(tl.make_block_ptr(Pb + cidx * C * C, (C, C), (C, 1), (0, 0), (C, C), (1, 0))).to(tl.float32)
+        else:
+            P = tl.load(Pb + cidx * C * C + ij[:, None] * C + i[None, :]).to(tl.float32)
         O = scale * tl.dot(_cast(P, q, LOWP), Ud, acc=tl.dot(gq, Sd, input_precision=PREC), input_precision=PREC)
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
@@ -568,13 +563,12 @@ def carve_v2_fwd_kernel(
         complete = (((j + 1) % SUB) == 0) & ((j + 1) * C <= p + L)
         m = tl.where(complete, osum / (C * SUB), m)
         osum = tl.where(complete, 0.0, osum)
-        if HAS_CONTENT and ABL == 0:
+        if HAS_CONTENT:
             if complete:  # the next content chunk's term, once per chunk
-                if ULOAD:  # U_down, U_up from memory (L1/L2) here instead of held in registers by the loop
-                    _ur, udl, upl = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
-                    c = _content(udl, upl, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
-                else:
-                    c = _content(udt, upt, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
+                # U_down and U_up are read here (8 KB each, from L1/L2) rather than held in registers by
+                # the loop: on the H200 the held tiles cost the forward sweep 2.16 -> 2.47 ms at T = 4096
+                _ur, udl, upl = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
+                c = _content(udl, upl, m, xbuf, xflag, (off + j + 1) * H + hh, vb, rr, HAS_CONTENT, NV, BR)
         S = tl.dot(tl.trans(kt), Ud, acc=egl[:, None] * S, input_precision=PREC)
     fidx = ((off + NS) * H + hh).to(tl.int64)
     tl.store(sf + nh * KV + rk[:, None] * V + cv[None, :], S, mask=smask)
