@@ -461,8 +461,8 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
     # the sweeps form their [K, V] store offsets inside the loop: with a block pointer (HYBRID_CARVE_V2_BLOCKPTR=1,
     # Triton < 3.9 only) or with offsets made opaque to loop-invariant code motion (inline PTX, GPU only)
-    meta.opaque = not v1._interpreting()
-    meta.blockptr = meta.opaque and os.environ.get("HYBRID_CARVE_V2_BLOCKPTR", "0") == "1" and _has_block_ptr()
+    meta.opaque = not v1._interpreting() and os.environ.get("HYBRID_CARVE_V2_OPAQUE", "1") == "1"
+    meta.blockptr = not v1._interpreting() and os.environ.get("HYBRID_CARVE_V2_BLOCKPTR", "0") == "1" and _has_block_ptr()
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
