@@ -116,11 +116,6 @@ KNOB_CASES = [
     ("varlen_state", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
     ("T4096_decay5", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
     ("gdn2_T1000", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),
-    # the sweeps' state stores through block pointers (Triton < 3.9), or with plain hoisted offsets
-    ("T1000_decay30", "HYBRID_CARVE_V2_BLOCKPTR", "1", "blockptr"),
-    ("varlen_state", "HYBRID_CARVE_V2_BLOCKPTR", "1", "blockptr"),
-    ("K48_V80_T150", "HYBRID_CARVE_V2_BLOCKPTR", "1", "blockptr"),
-    ("T1000_decay30", "HYBRID_CARVE_V2_OPAQUE", "0", "opaque0"),
 ]
 
 

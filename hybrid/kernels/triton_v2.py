@@ -38,7 +38,8 @@ the H200 at T = 4096 (docs/kernels.md and BENCHMARKS.md have the runs):
 - ``HYBRID_CARVE_V2_UNROLL``: ``none`` (default), ``seq``, ``par`` or ``all``: which kernels unroll
   the loop over the dyadic levels (see ``_unroll``).
 - ``HYBRID_CARVE_V2_PAR_MAXNREG``: register cap of the parallel launches (default 128; 0: none, which
-  took 11.43 against 10.44 ms).
+  took 11.43 against 10.44 ms); ``HYBRID_CARVE_V2_PREP_MAXNREG`` overrides it for prep (default 168: prep
+  0.61 against 0.69 ms at 128 and 0.74 uncapped).
 - ``HYBRID_CARVE_V2_NUM_WARPS``: warps of the sequential kernels (default 8);
   ``HYBRID_CARVE_V2_BWD_WARPS``: warps of the backward sweep alone (default: as the forward);
   ``HYBRID_CARVE_V2_PAR_WARPS``: warps of the parallel kernels (default 4, 4 and 8 for prep, bprep and
@@ -250,12 +251,6 @@ def _vsplit_fits(nv: int, V: int, BV: int) -> bool:
     return nv == 1 or (BV // nv >= 32 and (nv - 1) * (BV // nv) < V)
 
 
-def _has_block_ptr() -> bool:
-    """Whether this Triton still has tl.make_block_ptr (removed in 3.9 for tensor descriptors)."""
-    major, minor = (int(x) for x in triton.__version__.split(".")[:2])
-    return (major, minor) < (3, 9)
-
-
 def _seq_warps() -> int:
     return int(os.environ.get("HYBRID_CARVE_V2_NUM_WARPS", "8"))
 
@@ -302,7 +297,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
             hbuf, mbuf, abuf, gbuf, osf, S_f, xbuf, xflag, meta.starts, meta.lens, meta.offs, meta.scale, H,
             V=V, R=max(R, 1), BV=meta.BV // meta.nv, BR=meta.BR, HAS_CONTENT=content, VEC_W=meta.vec_w, SUB=meta.sub,
             LOWP=meta.lowp, PREC=meta.prec, PREC_INV=meta.prec_inv, UNR=meta.unroll_seq, NV=meta.nv,
-            OPAQUE=meta.opaque, BP=meta.blockptr, num_warps=meta.num_warps,
+            num_warps=meta.num_warps,
             num_stages=meta.num_stages, **common)
         m_f = mbuf.index_select(0, meta.offs + meta.ns)
         ctx.save_for_backward(qc, kc, vc, ac, wc, udc, uuc, Gb, Pb, hbuf, mbuf, abuf, ubuf, qks, gbuf)
@@ -379,7 +374,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, deb[0].numel(), dMb[0].numel(),
-                dcb[0].numel() if content else 0, NV=nv, OPAQUE=meta.opaque, BP=meta.blockptr, **sweep)
+                dcb[0].numel() if content else 0, NV=nv, **sweep)
             if not meta.vec_w:
                 dR = dv
                 dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -407,7 +402,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
         dud = duu = None
         if content:
             low = torch.einsum("hrv,chv->chr", udc, mbuf)
-            duu = torch.einsum("chk,chr->hkr", dcb.sum(0), low).to(meta.uu_dtype)
+            duu = torch.einsum("chk,chr->hkr", dcb[0] if nv == 1 else dcb.sum(0), low).to(meta.uu_dtype)
             dud = torch.einsum("chr,chv->hrv", dlowb, mbuf).to(meta.ud_dtype)
         if not ctx.has_init:
             dS0 = dm0 = dos0 = None
@@ -459,10 +454,6 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
     meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
-    # the sweeps form their [K, V] store offsets inside the loop: with a block pointer (HYBRID_CARVE_V2_BLOCKPTR=1,
-    # Triton < 3.9 only) or with offsets made opaque to loop-invariant code motion (inline PTX, GPU only)
-    meta.opaque = not v1._interpreting() and os.environ.get("HYBRID_CARVE_V2_OPAQUE", "1") == "1"
-    meta.blockptr = not v1._interpreting() and os.environ.get("HYBRID_CARVE_V2_BLOCKPTR", "0") == "1" and _has_block_ptr()
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()

@@ -36,7 +36,6 @@ from .triton_v2_kernels import (
     _qk_scales,
     _sweep,
     _tile,
-    _vary,
 )
 
 
@@ -53,7 +52,7 @@ def carve_v2_bwdt_kernel(
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
-    NV: tl.constexpr, OPAQUE: tl.constexpr, BP: tl.constexpr,
+    NV: tl.constexpr,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
@@ -63,7 +62,6 @@ def carve_v2_bwdt_kernel(
     dcb += vb.to(tl.int64) * dc_part
     smask_t = vm[:, None] & km[None, :]  # [BV, BK]
     KV = K * V
-    SFULL: tl.constexpr = (K == BK) and (V == BV * NV)
     st_t = rk[None, :] * V + cv[:, None]  # offsets of S[k, v] at (v, k)
     if HAS_DHT:
         dS = tl.load(dht + nh * KV + st_t, mask=smask_t, other=0.0)  # dS^T
@@ -79,18 +77,7 @@ def carve_v2_bwdt_kernel(
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
         complete = ((j // SUB) + 1) * (C * SUB) <= p + L  # this tile's content chunk is complete
-        # dS^T [BV, BK] into the [K, V] slot of the tile, for the post-pass; offsets formed in the loop, as
-        # the forward's state store (see there)
-        if BP:
-            tl.store(tl.make_block_ptr(dsb + cidx * KV, (V, K), (1, V), (vb * BV, 0), (BV, BK), (0, 1)),
-                     dS.to(dsb.dtype.element_ty), boundary_check=(0, 1))
-        else:
-            rkj = _vary(rk, j, OPAQUE)
-            if SFULL:
-                tl.store(dsb + cidx * KV + rkj[None, :] * V + cv[:, None], dS.to(dsb.dtype.element_ty))
-            else:
-                tl.store(dsb + cidx * KV + rkj[None, :] * V + cv[:, None], dS.to(dsb.dtype.element_ty),
-                         mask=vm[:, None] & (rkj < K)[None, :])
+        tl.store(dsb + cidx * KV + st_t, dS.to(dsb.dtype.element_ty), mask=smask_t)  # for the post-pass
         # K-side tiles [BK, C]
         b = _tile(gbuf + hh * K, tok, rmask, rk, km, H * K, True)  # the erase gate, saved by the forward
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K, True)

@@ -68,7 +68,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
     C = DEFAULT_TILE_ROWS  # the dispatched tile: 32 rows, SUB = 64 // 32 tiles per content chunk
     base = dict(K=128, C=C, NB=C // 16, LOG2C=C.bit_length() - 1, BK=128, HAS_INIT=False, DEC=dec,
                 GATHER=False, UNR=1)
-    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True, NV=1, OPAQUE=True, BP=False)
+    full = dict(base, V=128, R=16, BV=128, BR=16, HAS_CONTENT=True, NV=1)
     lowp = dtype == "bf16"
     fn, const = {
         "prep": (kk.carve_v2_prep_kernel, dict(base, PREC="tf32")),
@@ -120,7 +120,7 @@ def main():
                     help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
     flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
-             "GATHER", "DS_OUT", "OPAQUE", "BP"}
+             "GATHER", "DS_OUT"}
     overrides = {}
     for item in args.set:
         name, val = item.split("=", 1)

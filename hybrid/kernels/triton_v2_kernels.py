@@ -102,19 +102,6 @@ def _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT: tl.constexpr, K: tl
 
 
 @triton.jit
-def _vary(x, j, OPAQUE: tl.constexpr):
-    """x itself, made to look loop-variant (j: the loop index) to the compiler on the GPU, so that offset
-    tensors built from it inside a loop are formed there instead of hoisted and held in registers through
-    the whole sweep (a [128, 128] offset tensor is 64 registers per thread; hoisted, it spilled). The
-    interpreter (OPAQUE False) takes x as is."""
-    if OPAQUE:
-        return tl.inline_asm_elementwise("{ .reg .b32 t; mul.lo.s32 t, $2, 0; add.s32 $0, $1, t; }", "=r,r,r",
-                                         [x, j.to(tl.int32)], dtype=tl.int32, is_pure=True, pack=1)
-    else:
-        return x
-
-
-@triton.jit
 def _par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT: tl.constexpr, C: tl.constexpr):
     """The tile of a parallel launch (grid axis 0 runs over all tiles of all sequences): its index j in
     its sequence, the sequence's start, length, buffer offset and start position p, and its rows."""
@@ -476,14 +463,12 @@ def carve_v2_fwd_kernel(
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr,
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
-    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr, OPAQUE: tl.constexpr,
-    BP: tl.constexpr,
+    GATHER: tl.constexpr, UNR: tl.constexpr, NV: tl.constexpr,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
     smask = km[:, None] & vm[None, :]
     KV = K * V
-    SFULL: tl.constexpr = (K == BK) and (V == BV * NV)
     if HAS_INIT:
         S = tl.load(h0 + nh * KV + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
         m = tl.load(m0 + nh * V + cv, mask=vm, other=0.0)
@@ -499,19 +484,7 @@ def carve_v2_fwd_kernel(
     for j in range(0, NS):
         t, rmask, tok = _chunk_rows(j, p, L, bos, C)
         cidx = ((off + j) * H + hh).to(tl.int64)
-        # the tile-start state, for the backward. Its [BK, BV] offsets are formed in the loop (a block pointer
-        # where Triton has them, else offsets made loop-variant by _vary): hoisted out of it, they would hold
-        # 64 registers per thread through the sweep
-        if BP:
-            tl.store(tl.make_block_ptr(hbuf + cidx * KV, (K, V), (V, 1), (0, vb * BV), (BK, BV), (1, 0)),
-                     S.to(hbuf.dtype.element_ty), boundary_check=(0, 1))
-        else:
-            rkj = _vary(rk, j, OPAQUE)
-            if SFULL:  # the state tile has no padding: no mask
-                tl.store(hbuf + cidx * KV + rkj[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty))
-            else:
-                tl.store(hbuf + cidx * KV + rkj[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty),
-                         mask=(rkj < K)[:, None] & vm[None, :])
+        tl.store(hbuf + cidx * KV + rk[:, None] * V + cv[None, :], S.to(hbuf.dtype.element_ty), mask=smask)
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
@@ -524,14 +497,8 @@ def carve_v2_fwd_kernel(
         M = _dec_fwd(e, k_t, ik, sk, ik, sk, G, gl, Gb, j, p, L, bos, rk, km, hh, H, K, C, LOG2C, True, PREC, DEC,
                      GATHER, UNR)
         A = _inverse(M, C, NB, PREC_INV)
-        ij = _vary(i, j, OPAQUE)
-        if BP:
-            if vb == 0:  # (the NV programs of the V split compute the same A)
-                tl.store(tl.make_block_ptr(abuf + cidx * C * C, (C, C), (C, 1), (0, 0), (C, C), (1, 0)),
-                         A.to(abuf.dtype.element_ty))
-        else:
-            tl.store(abuf + cidx * C * C + ij[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty),
-                     mask=_own(ij[:, None] < C, vb, NV))
+        tl.store(abuf + cidx * C * C + i[:, None] * C + i[None, :], A.to(abuf.dtype.element_ty),
+                 mask=_own(i[:, None] < C, vb, NV))
         # operands of the state products (in the operand dtype; G and the factors end here)
         gam = tl.exp(G)
         ge = _cast(gam * e, q, LOWP)
@@ -551,10 +518,7 @@ def carve_v2_fwd_kernel(
         Ud = _cast(U, q, LOWP)
         tl.store(ubuf + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], Ud.to(ubuf.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])  # the backward loads U instead of recomputing it
-        if BP:
-            P = tl.load(tl.make_block_ptr(Pb + cidx * C * C, (C, C), (C, 1), (0, 0), (C, C), (1, 0))).to(tl.float32)
-        else:
-            P = tl.load(Pb + cidx * C * C + ij[:, None] * C + i[None, :]).to(tl.float32)
+        P = tl.load(Pb + cidx * C * C + i[:, None] * C + i[None, :]).to(tl.float32)
         O = scale * tl.dot(_cast(P, q, LOWP), Ud, acc=tl.dot(gq, Sd, input_precision=PREC), input_precision=PREC)
         tl.store(o + (tok[:, None].to(tl.int64) * H + hh) * V + cv[None, :], O.to(o.dtype.element_ty),
                  mask=rmask[:, None] & vm[None, :])
