@@ -218,3 +218,8 @@ def test_vsplit_policy(monkeypatch):
         monkeypatch.setenv("HYBRID_CARVE_V2_VSPLIT", bad)
         with pytest.raises(CarveInputError, match="VSPLIT"):
             triton_v2._vsplit(4, 128, 128, True, cpu)
+    # 64-row tiles are never split (wrong on the H200 split in 4), even forced and on a CUDA device
+    monkeypatch.setattr(triton_v2.v1, "_interpreting", lambda: False)
+    for raw in ("auto", "4"):
+        monkeypatch.setenv("HYBRID_CARVE_V2_VSPLIT", raw)
+        assert triton_v2._vsplit(4, 128, 128, True, torch.device("cuda"), 64) == 1

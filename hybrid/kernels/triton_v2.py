@@ -226,7 +226,7 @@ def _exchange_buffers(meta, content: bool, dev):
 VSPLITS = (1, 4)
 
 
-def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev) -> int:
+def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev, tile_rows: int = 32) -> int:
     """Programs per (sequence, head) of the sequential sweeps, each holding BV / NV of the state's value
     columns (HYBRID_CARVE_V2_VSPLIT: auto, 1 or 4; see VSPLITS). The NV programs of one (sequence, head) exchange
     their parts of the content signal once per content chunk and wait for each other (_vsum), so they
@@ -237,7 +237,9 @@ def _vsplit(n_programs: int, V: int, BV: int, bwd_t: bool, dev) -> int:
     raw = os.environ.get("HYBRID_CARVE_V2_VSPLIT", "auto")
     if raw not in ("auto",) + tuple(str(x) for x in VSPLITS):
         raise CarveInputError(f"HYBRID_CARVE_V2_VSPLIT must be auto, 1 or 4, got {raw!r}")
-    if v1._interpreting() or not bwd_t or dev.type != "cuda":
+    if v1._interpreting() or not bwd_t or dev.type != "cuda" or tile_rows > 32:
+        # 64-row tiles (HYBRID_CARVE_V2_SUBCHUNK=64) split in 4 gave wrong outputs with content on and an
+        # illegal address with content off on the H200 (session 10; unsplit they pass): never split them
         return 1
     if raw != "auto":
         nv = int(raw)
@@ -453,7 +455,7 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if bwd not in ("t", "n"):
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
-    meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device)
+    meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device, SC)
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))
     meta.prep_warps, meta.bprep_warps, meta.post_warps = _par_warps()
