@@ -21,19 +21,19 @@ import tempfile
 import torch
 
 from benchmarks.kernels import make
-from hybrid.kernels import triton_v2_bwdt
+from hybrid.kernels import triton_v2_bwdt, triton_v2_grads
 from hybrid.kernels import triton_v2_kernels as kk
 from hybrid.kernels.triton_v2 import carve_triton_v2
 
 KERNELS = ("carve_v2_prep_kernel", "carve_v2_fwd_kernel", "carve_v2_bprep_kernel", "carve_v2_bwd_kernel",
-           "carve_v2_bwdt_kernel", "carve_v2_post_kernel")
+           "carve_v2_bwdt_kernel", "carve_v2_post_kernel", "carve_v2_dvw_kernel", "carve_v2_du_kernel")
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "LDG", "STG", "LDS", "STS", "LDSM", "STSM", "BAR", "MUFU", "CCTL")
 
 
 def compiled():
     """(name, CompiledKernel) for every v2 kernel compiled in this process."""
     for name in KERNELS:
-        fn = getattr(kk, name, None) or getattr(triton_v2_bwdt, name)
+        fn = getattr(kk, name, None) or getattr(triton_v2_bwdt, name, None) or getattr(triton_v2_grads, name)
         for per_device in fn.device_caches.values():
             cache = per_device[0] if isinstance(per_device, tuple) else per_device
             for ck in cache.values():

@@ -110,6 +110,10 @@ KNOB_CASES = [
     ("T1000_decay30", "HYBRID_CARVE_V2_BWD", "n", "bwd_n"),
     ("varlen_state", "HYBRID_CARVE_V2_DS_OUT", "0", "ds_out0"),
     ("T1000_decay30", "HYBRID_CARVE_V2_NUM_STAGES", "2", "stages2"),
+    # the erase gate kept in fp32 for the backward (bf16 by default), de passed on in bf16 (fp32 by default)
+    ("T1000_decay30", "HYBRID_CARVE_V2_GBUF", "fp32", "gbuf_fp32"),
+    ("T1000_decay30", "HYBRID_CARVE_V2_DE", "operand", "de_bf16"),
+    ("varlen_state", "HYBRID_CARVE_V2_DE", "operand", "de_bf16"),
     # the V split (auto: these small batches run 4 programs per (sequence, head), see _vsplit): one
     # program per (sequence, head)
     ("T1000_decay30", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),

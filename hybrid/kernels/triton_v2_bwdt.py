@@ -140,21 +140,4 @@ def carve_v2_bwdt_kernel(
     tl.store(dos0 + nh * V + cv, dos0v, mask=vm)
 
 
-@triton.jit
-def carve_v2_dvw_kernel(dR, v, w, dv, dw, rows, V: tl.constexpr, BV: tl.constexpr, BLOCK: tl.constexpr):
-    """dv = w dR and dw = sum_v v dR for a scalar write gate, over rows (token, head) of [rows, V]
-    buffers: the transposed sweep writes dR (its layout spreads V over the warps, this one keeps it
-    inside each row's threads)."""
-    r = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rm = r < rows
-    cv = tl.arange(0, BV)
-    m = rm[:, None] & (cv < V)[None, :]
-    off = r[:, None].to(tl.int64) * V + cv[None, :]
-    d = tl.load(dR + off, mask=m, other=0.0)
-    w_r = tl.load(w + r, mask=rm, other=0.0).to(tl.float32)
-    tl.store(dv + off, (w_r[:, None] * d).to(dv.dtype.element_ty), mask=m)
-    vv = tl.load(v + off, mask=m, other=0.0).to(tl.float32)
-    tl.store(dw + r, tl.sum(vv * d, axis=1).to(dw.dtype.element_ty), mask=rm)
-
-
-__all__ = ["carve_v2_bwdt_kernel", "carve_v2_dvw_kernel", "triton"]
+__all__ = ["carve_v2_bwdt_kernel", "triton"]

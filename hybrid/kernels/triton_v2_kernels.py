@@ -371,7 +371,7 @@ def _erase_grads(de, k_t, b, rmask, deb, da, tb, tmask, dcc, HAS_CONTENT: tl.con
     """Stores de (for the post-pass) and the erase-gate logit gradient da = k de b (1 - b) of a tile
     ([C, BK], or [BK, C] with TRANS), and returns the content gradient gathered so far plus its column sums.
     Not STORE_DA (the V split: de is this program's part, the post-pass adds the parts and forms da)."""
-    tl.store(deb + tb, de, mask=tmask)
+    tl.store(deb + tb, de.to(deb.dtype.element_ty), mask=tmask)
     if TRANS:
         dlogit = tl.where(rmask[None, :], (k_t * b * (1.0 - b)) * de, 0.0)
     else:
@@ -488,7 +488,7 @@ def carve_v2_fwd_kernel(
         tl.store(mbuf + cidx * V + cv, m, mask=vm)
         # content-dependent couplings and their inverse
         b = _gates(a, c, tok, rmask, rk, km, hh, H, K, HAS_CONTENT)
-        tl.store(gbuf + (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :], b,
+        tl.store(gbuf + (tok[:, None].to(tl.int64) * H + hh) * K + rk[None, :], b.to(gbuf.dtype.element_ty),
                  mask=_own(rmask[:, None] & km[None, :], vb, NV))  # the erase gate, for the backward kernels
         k_t = _tile(k + hh * K, tok, rmask, rk, km, H * K)
         G, gl = _load_G(Gb, tok, rmask, t, L, rk, km, hh, H, K)
@@ -766,10 +766,10 @@ def carve_v2_post_kernel(
     dqP = dqP * (sdP * sk)
     dqP += dd[:, None] * k_t
     dkK += dd[:, None] * q_t
-    Z = tl.load(deb + tb, mask=tmask, other=0.0)
+    Z = tl.load(deb + tb, mask=tmask, other=0.0).to(tl.float32)
     if NV > 1:
         for hv in tl.static_range(1, NV):
-            Z += tl.load(deb + hv * de_part + tb, mask=tmask, other=0.0)
+            Z += tl.load(deb + hv * de_part + tb, mask=tmask, other=0.0).to(tl.float32)
         tl.store(da + tb, (k_t * Z * b * (1.0 - b)).to(da.dtype.element_ty), mask=tmask)
     # dG = q X - k Y + e de (the exp(G) e and M-row parts together) + decayed-product parts; the
     # exp(G_C) term sits on the grid's last row (C - 1): the reverse cumsum carries it to every valid row
