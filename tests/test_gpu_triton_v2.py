@@ -114,6 +114,9 @@ KNOB_CASES = [
     ("T1000_decay30", "HYBRID_CARVE_V2_GBUF", "fp32", "gbuf_fp32"),
     ("T1000_decay30", "HYBRID_CARVE_V2_DE", "operand", "de_bf16"),
     ("varlen_state", "HYBRID_CARVE_V2_DE", "operand", "de_bf16"),
+    # the backward sweep reading U_down, U_up once per content chunk instead of holding them
+    ("T1000_decay30", "HYBRID_CARVE_V2_BWD_HOLD_U", "0", "hold_u0"),
+    ("T4096_decay5", "HYBRID_CARVE_V2_BWD_HOLD_U", "0", "hold_u0"),
     # the V split (auto: these small batches run 4 programs per (sequence, head), see _vsplit): one
     # program per (sequence, head)
     ("T1000_decay30", "HYBRID_CARVE_V2_VSPLIT", "1", "vsplit1"),

@@ -62,7 +62,7 @@ from . import triton_carve as v1
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
 from .triton_v2_bwdt import carve_v2_bwdt_kernel
-from .triton_v2_grads import carve_v2_du_kernel, carve_v2_dvw_kernel
+from .triton_v2_grads import carve_v2_du_kernel, carve_v2_du_sum_kernel, carve_v2_dvw_kernel
 from .triton_v2_kernels import (
     carve_v2_bprep_kernel,
     carve_v2_bwd_kernel,
@@ -280,8 +280,9 @@ class CarveTritonV2Fn(torch.autograd.Function):
         f32 = torch.float32
         qc, kc, vc, gc, ac, wc = (x.contiguous() for x in (q, k, v, g, a, w))
         content = u_down is not None
-        udc = u_down.contiguous().float() if content else torch.zeros(1, device=dev, dtype=f32)
-        uuc = u_up.contiguous().float() if content else torch.zeros(1, device=dev, dtype=f32)
+        # (the kernels read U_down and U_up in their own dtype and compute in fp32)
+        udc = u_down.contiguous() if content else torch.zeros(1, device=dev, dtype=f32)
+        uuc = u_up.contiguous() if content else torch.zeros(1, device=dev, dtype=f32)
         TT = q.shape[0] * q.shape[1]
         has_init = S0 is not None
         dummy = torch.zeros(1, device=dev, dtype=f32)
@@ -355,9 +356,11 @@ class CarveTritonV2Fn(torch.autograd.Function):
         else:  # the transposed sweep writes dR (fp32) into dv, and dv, dw are formed from it below
             dv = _empty(*vc.shape, device=dev, dtype=f32)
             dw = dummy
-        if content:
-            dcb = torch.zeros(nv, meta.total, H, K, device=dev, dtype=f32)
-            dlowb = torch.zeros(meta.total, H, R, device=dev, dtype=f32)
+        if content:  # per-chunk sums on each content chunk's first tile, zero elsewhere: one zeroed buffer
+            n_dc = nv * meta.total * H * K
+            zb = torch.zeros(n_dc + meta.total * H * R, device=dev, dtype=f32)
+            dcb = zb[:n_dc].view(nv, meta.total, H, K)
+            dlowb = zb[n_dc:].view(meta.total, H, R)
         else:
             dcb = dlowb = dummy
         dS0 = _empty(N, H, K, V, device=dev, dtype=f32)
@@ -391,7 +394,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 qc, kc, vc, gbuf, wc, udc, uuc, do, Gb, ubuf, w1b, dr0b, a2b, qks, meta.pos, hbuf, *finals,
                 corrb, deb, dsb, da, dv, dw, dMb, dcb, dlowb, dS0, dm0, dos0, xbuf, xflag,
                 meta.starts, meta.lens, meta.offs, meta.scale, H, deb[0].numel(), dMb[0].numel(),
-                dcb[0].numel() if content else 0, NV=nv, **sweep)
+                dcb[0].numel() if content else 0, NV=nv, HOLD_U=meta.hold_u, **sweep)
             if not meta.vec_w:
                 dR = dv
                 dv = _empty(*vc.shape, device=dev, dtype=vc.dtype)
@@ -424,9 +427,15 @@ class CarveTritonV2Fn(torch.autograd.Function):
             dud = _empty(parts, H, R, V, device=dev, dtype=f32)
             carve_v2_du_kernel[(H, 2, parts)](udc, mbuf, dcb, dlowb, duu, dud, meta.total, H, dcb[0].numel(), per,
                                               K=K, V=V, R=R, BK=meta.BK, BV=meta.BV, BR=max(16, meta.BR), NV=nv,
-                                              BC=64, PREC="ieee" if v1._interpreting() else "tf32x3", num_warps=4)
-            duu, dud = duu.sum(0), dud.sum(0)
-            duu, dud = duu.to(meta.uu_dtype), dud.to(meta.ud_dtype)
+                                              BC=64, PREC="ieee" if v1._interpreting() else "tf32x3", num_warps=4,
+                                              num_stages=3 if nv == 1 else 1)
+            # (shared memory at K = V = 128: 152 KB pipelined in 3 stages, 48 KB in 1; the V split's 4 parts
+            # of dc in 3 stages would need 344 KB, more than an H200 block has: OutOfResources, session 11)
+            parts_up, parts_down = duu, dud
+            duu = _empty(H, K, R, device=dev, dtype=meta.uu_dtype)
+            dud = _empty(H, R, V, device=dev, dtype=meta.ud_dtype)
+            carve_v2_du_sum_kernel[(H, 2)](parts_up, parts_down, duu, dud, parts, H, N_UP=K * R, N_DOWN=R * V,
+                                           BLOCK=1024, num_warps=4)
         if not ctx.has_init:
             dS0 = dm0 = dos0 = None
         return dq, dk, dv, dg, da, dw, dud, duu, dS0, dm0, dos0, None
@@ -476,6 +485,9 @@ def carve_triton_v2(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chu
     if bwd not in ("t", "n"):
         raise CarveInputError(f"HYBRID_CARVE_V2_BWD must be t or n, got {bwd!r}")
     meta.bwd_t = bwd == "t" and meta.ds_out and not meta.gather
+    # the transposed backward sweep holds U_down, U_up in registers (HYBRID_CARVE_V2_BWD_HOLD_U=1, default)
+    # or reads them once per content chunk (0), as the forward does
+    meta.hold_u = os.environ.get("HYBRID_CARVE_V2_BWD_HOLD_U", "1") == "1"
     meta.nv = _vsplit(shp.n_seq * shp.H, shp.V, _p2(shp.V), meta.bwd_t, q.device, SC)
     meta.num_warps = _seq_warps()
     meta.bwd_warps = int(os.environ.get("HYBRID_CARVE_V2_BWD_WARPS", meta.num_warps))

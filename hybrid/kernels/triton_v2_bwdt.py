@@ -52,7 +52,7 @@ def carve_v2_bwdt_kernel(
     HAS_INIT: tl.constexpr, HAS_CONTENT: tl.constexpr, FULL_CONTENT_GRAD: tl.constexpr, VEC_W: tl.constexpr,
     HAS_DHT: tl.constexpr, HAS_DMF: tl.constexpr, HAS_DOSF: tl.constexpr,
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr, UNR: tl.constexpr,
-    NV: tl.constexpr,
+    NV: tl.constexpr, HOLD_U: tl.constexpr,
 ):
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = _sweep(seq_start, seq_len, chunk_off, pos0, H, HAS_INIT, K, V,
                                                                 C, BK, BV, NV)
@@ -70,7 +70,8 @@ def carve_v2_bwdt_kernel(
     dmn, dosv = _final_mean_grads(dmf, dosf, nh, cv, vm, V, BV, HAS_DMF, HAS_DOSF)
     dos0v = dosv
     dcc = tl.zeros((BK,), dtype=tl.float32)  # content gradient of the current content chunk, gathered
-    rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
+    if HOLD_U:  # U_down, U_up held in registers through the loop (else read once per content chunk)
+        rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
     upper = i[:, None] < i[None, :]  # (s, r) with s < r: the strict lower triangle of dM, transposed
     for jj in range(0, NS):
         j = NS - 1 - jj
@@ -131,8 +132,8 @@ def carve_v2_bwdt_kernel(
                            km[:, None] & rmask[None, :], dcc, HAS_CONTENT, True, NV == 1)
         dos0v = tl.where(j == 0, corr, dos0v)
         if (j % SUB) == 0:  # the first tile of a content chunk, the last one visited (_content_chunk_grad)
-            # (U_down, U_up stay in registers here: read per content chunk instead, as the forward does, the
-            # backward sweep took 3.59 against 3.55 ms on the H200)
+            if not HOLD_U:
+                rr, udt, upt = _content_tiles(ud, uu, rk, km, cv, vm, hh, K, V, R, BR, HAS_CONTENT)
             dcc, dmn = _content_chunk_grad(dcc, dmn, complete, udt, upt, dcb, dlowb, cidx, rk, km, rr, K, R, BK,
                                            HAS_CONTENT, FULL_CONTENT_GRAD, xbuf, xflag, vb, NV, BR)
     tl.store(dS0 + nh * KV + st_t, dS, mask=smask_t)

@@ -42,7 +42,7 @@ def _signature(fn, const: dict, dtype: str, state_bf16: bool = False) -> dict:
     for name in fn.arg_names:
         if name == "hbuf" and state_bf16:
             sig[name] = "*bf16"
-        elif name in ("Pb", "abuf", "ubuf", "w1b", "dsb"):  # kept in bf16 when the products take bf16 operands
+        elif name in ("Pb", "abuf", "ubuf", "w1b", "dsb", "gbuf"):  # kept in bf16 when the products take bf16 operands
             sig[name] = "*bf16" if const.get("LOWP", dtype == "bf16") else "*fp32"
         elif name in const:
             sig[name] = "constexpr"
@@ -80,7 +80,7 @@ def compile_one(which: str, warps: int, stages: int, dtype: str = "bf16", dec: i
                                              HAS_DMF=False, HAS_DOSF=False, LOWP=lowp, PREC="tf32", DS_OUT=True)),
         "bwdt": (carve_v2_bwdt_kernel, dict({k: v for k, v in full.items() if k != "GATHER"}, SUB=64 // C,
                                              FULL_CONTENT_GRAD=True, VEC_W=False, HAS_DHT=False, HAS_DMF=False,
-                                             HAS_DOSF=False, LOWP=lowp, PREC="tf32")),
+                                             HAS_DOSF=False, LOWP=lowp, PREC="tf32", HOLD_U=True)),
         "post": (kk.carve_v2_post_kernel, dict(full, PREC="tf32", BKP=_post_columns(128), LOWP=lowp, DS_OUT=True)),
     }[which]
     const = {k: v for k, v in {**const, **(overrides or {})}.items() if k in fn.arg_names}
@@ -120,7 +120,7 @@ def main():
                     help="override constexprs, e.g. VEC_W=1 HAS_CONTENT=0 K=48 BK=64 (ints; 0/1 for flags)")
     args = ap.parse_args()
     flags = {"HAS_INIT", "HAS_CONTENT", "VEC_W", "LOWP", "FULL_CONTENT_GRAD", "HAS_DHT", "HAS_DMF", "HAS_DOSF",
-             "GATHER", "DS_OUT"}
+             "GATHER", "DS_OUT", "HOLD_U"}
     overrides = {}
     for item in args.set:
         name, val = item.split("=", 1)

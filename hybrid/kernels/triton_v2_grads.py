@@ -80,4 +80,29 @@ def carve_v2_du_kernel(ud, mbuf, dcb, dlowb, duu, dud, n_slots, H, nv_stride, ro
                  mask=rm[:, None] & vm[None, :])
 
 
-__all__ = ["carve_v2_dvw_kernel", "carve_v2_du_kernel", "triton"]
+@triton.jit
+def carve_v2_du_sum_kernel(parts_up, parts_down, duu, dud, n_parts, H, N_UP: tl.constexpr, N_DOWN: tl.constexpr,
+                           BLOCK: tl.constexpr):
+    """Adds carve_v2_du_kernel's partial sums in order (deterministic) and writes dU_up [H, K, R] and
+    dU_down [H, R, V] in their own dtypes. Program (h, 0) the first, (h, 1) the second; N_UP = K R and
+    N_DOWN = R V elements per head."""
+    hh = tl.program_id(0)
+    if tl.program_id(1) == 0:
+        for e0 in tl.static_range(0, N_UP, BLOCK):
+            e = e0 + tl.arange(0, BLOCK)
+            em = e < N_UP
+            acc = tl.zeros((BLOCK,), dtype=tl.float32)
+            for p in range(0, n_parts):
+                acc += tl.load(parts_up + (p * H + hh) * N_UP + e, mask=em, other=0.0)
+            tl.store(duu + hh * N_UP + e, acc.to(duu.dtype.element_ty), mask=em)
+    else:
+        for e0 in tl.static_range(0, N_DOWN, BLOCK):
+            e = e0 + tl.arange(0, BLOCK)
+            em = e < N_DOWN
+            acc = tl.zeros((BLOCK,), dtype=tl.float32)
+            for p in range(0, n_parts):
+                acc += tl.load(parts_down + (p * H + hh) * N_DOWN + e, mask=em, other=0.0)
+            tl.store(dud + hh * N_DOWN + e, acc.to(dud.dtype.element_ty), mask=em)
+
+
+__all__ = ["carve_v2_dvw_kernel", "carve_v2_du_kernel", "carve_v2_du_sum_kernel", "triton"]
