@@ -54,6 +54,11 @@ CASES = {
     # the dyadic level loops unrolled in every kernel (HYBRID_CARVE_V2_UNROLL)
     "c64_unroll_all_strong_decay_state": dict(C=64, T=150, K=16, V=16, decay=20.0, init_state=True, final_grad=True,
                                               env={"HYBRID_CARVE_V2_UNROLL": "all"}),
+    # the content maps' gradients summed from many partial sums (3 tile slots per du program), and the
+    # backward sweep reading U_down, U_up once per content chunk (HYBRID_CARVE_V2_BWD_HOLD_U=0)
+    "du_parts_hold_u0_varlen_state": dict(C=64, lengths=[70, 0, 9, 130], K=16, V=16, decay=2.0, init_state=True,
+                                          final_grad=True, env={"HYBRID_CARVE_V2_DU_SLOTS": "3",
+                                                                "HYBRID_CARVE_V2_BWD_HOLD_U": "0"}),
     # the backward sweep forming dkt and the tile-decay gradient itself (HYBRID_CARVE_V2_DS_OUT=0)
     # instead of saving dS per tile for the post-pass
     "ds_out0_varlen_state": dict(C=64, lengths=[70, 0, 9, 130], K=16, V=16, decay=2.0, init_state=True,

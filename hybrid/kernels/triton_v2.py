@@ -49,6 +49,13 @@ the H200 at T = 4096 (docs/kernels.md and BENCHMARKS.md have the runs):
   T = 16384, B = 2 went from 26.75 to 21.12 ms);
   ``HYBRID_CARVE_V2_NUM_STAGES``: software pipelining depth of every launch (default 1; 2 pipelines
   one load of each sweep through shared memory and took 11.57 against 10.44 ms).
+- ``HYBRID_CARVE_V2_GBUF`` (``operand``, the default, or ``fp32``) and ``HYBRID_CARVE_V2_DE`` (``fp32``,
+  the default, or ``operand``): dtypes of the erase gate b (forward -> backward) and of de (backward
+  sweep -> post-pass); see ``_grad_dtype``.
+- ``HYBRID_CARVE_V2_BWD_HOLD_U``: ``1`` (default) the transposed backward sweep holds U_down, U_up in
+  registers, ``0`` reads them once per content chunk (run 10: sweep 3.23 against 3.31 ms; its GPU cases
+  have not run yet).
+- ``HYBRID_CARVE_V2_DU_SLOTS``: tile slots per program of the content maps' gradient kernel (default 128).
 """
 
 from __future__ import annotations
@@ -72,7 +79,8 @@ from .triton_v2_kernels import (
 )
 
 SUPPORTED_CHUNKS = (16, 32, 64)
-DU_SLOTS_PER_PROGRAM = 128  # tile slots per program of carve_v2_du_kernel (T = 4096, B = 8: 9 x 32 programs)
+# tile slots per program of carve_v2_du_kernel (T = 4096, B = 8: 9 x 32 programs; HYBRID_CARVE_V2_DU_SLOTS)
+DU_SLOTS_PER_PROGRAM = 128
 DEFAULT_TILE_ROWS = 32  # 64-token chunks walked as two 32-row tiles: 1.6x faster fwd+bwd on the H200 (docs/kernels.md)
 MAX_REGISTER_DIM = 128  # K and V above this fall back to v1
 MAX_FP32_OPERAND_TILE = 128 * 64  # padded K*V above this falls back to v1 unless the products take bf16
@@ -421,7 +429,7 @@ class CarveTritonV2Fn(torch.autograd.Function):
                 DS_OUT=meta.ds_out, **meta.par_opts, **common)
         dud = duu = None
         if content:  # dU_up = sum_c dc (U_down m)^T, dU_down = sum_c (U_up^T dc) m^T (carve_v2_du_kernel)
-            per = DU_SLOTS_PER_PROGRAM
+            per = int(os.environ.get("HYBRID_CARVE_V2_DU_SLOTS", DU_SLOTS_PER_PROGRAM))
             parts = triton.cdiv(meta.total, per)
             duu = _empty(parts, H, K, R, device=dev, dtype=f32)
             dud = _empty(parts, H, R, V, device=dev, dtype=f32)
