@@ -77,8 +77,17 @@ def variant(recipe, f: Fraction):
     return recipe_from_dict(data, recipe.path)
 
 
+def calibrated_for(recipe, fractions, table) -> bool:
+    """Whether ``table`` (hybrid.analytic.calibration.Table) holds every part of every variant."""
+    from hybrid.analytic.parts import model_parts
+
+    return not any(table.missing(model_parts(variant(recipe, f).model_config_kwargs())) for f in fractions)
+
+
 def frontier(recipe, fractions, length: int, *, facts: float | None = None, tokens_per_fact: int = 8,
-             cost: str = "train-flops", batch: int = 1, b: int = 2, rates=None) -> dict:
+             cost: str = "train-flops", batch: int = 1, b: int = 2, rates=None, table=None) -> dict:
+    """``rates`` gives the roofline step time; ``table`` (a calibration covering every variant, see
+    ``calibrated_for``) makes the step-time cost the calibrated one, with the roofline kept beside it."""
     if cost not in COSTS:
         raise ValueError(f"cost must be one of {', '.join(COSTS)}")
     points = []
@@ -94,7 +103,10 @@ def frontier(recipe, fractions, length: int, *, facts: float | None = None, toke
         if rates is not None:
             from hybrid.analytic.roofline import predict_step_time
 
-            values["step-time"] = predict_step_time(c, batch, length, b, rates)["seconds"]
+            values["step-time"] = values["step-time-roofline"] = predict_step_time(c, batch, length, b,
+                                                                                   rates)["seconds"]
+        if table is not None:
+            values["step-time"] = table.predict_step(cfg, batch, length)["seconds"]
         points.append({
             "fraction": str(f), "ratio": ratio_text(f), "layout": r.letters,
             "n_attention": c.n_attention(), "n_layers": len(cfg["layers"]),
@@ -110,7 +122,11 @@ def frontier(recipe, fractions, length: int, *, facts: float | None = None, toke
         ok = [p for p in points if p["capacity"] >= facts]
         if ok:
             optimum = min(ok, key=lambda p: (p["cost"], -p["capacity"]))["ratio"]
-    return {"recipe": recipe.name, "length": length, "cost_kind": cost, "cost_label": COSTS[cost][0],
+    label = COSTS[cost][0]
+    if cost == "step-time" and table is not None:
+        label = "calibrated train-step time"
+    return {"recipe": recipe.name, "length": length, "cost_kind": cost, "cost_label": label,
+            "calibrated_on": table.key["device"] if table is not None else None,
             "cost_unit": COSTS[cost][1], "facts": facts, "tokens_per_fact": tokens_per_fact,
             "facts_in_context": length / tokens_per_fact, "points": points, "optimum": optimum}
 

@@ -13,6 +13,7 @@ import time
 import torch
 
 from hybrid.analytic import measure as M
+from hybrid.analytic.calibration import cache_dir, hint, lookup, table_path
 from hybrid.analytic.compare import crossovers, recall_capacity
 from hybrid.analytic.costs import ModelCosts
 from hybrid.analytic.rates import rates_for
@@ -49,7 +50,8 @@ def count_flops(model, batch: int, length: int) -> float | None:
 
 def build_report(recipe, device: str = "cpu", batch: int | None = None, length: int | None = None,
                  measure: bool = True, max_seconds: float = 120.0, lengths=CACHE_LENGTHS,
-                 tokens_per_fact: int = 8, count: bool = True, log=print) -> dict:
+                 tokens_per_fact: int = 8, count: bool = True, calibration_dir: str | None = None,
+                 log=print) -> dict:
     dev = torch.device(device)
     train = recipe.train or {}
     batch = batch or int(train.get("batch_size", 1))
@@ -63,6 +65,9 @@ def build_report(recipe, device: str = "cpu", batch: int | None = None, length: 
     step = predict_step_time(costs, batch, length, b, rates)
     peak = costs.train_peak_bytes(batch, length, b)
     cache_at_n = costs.cache_bytes(length, b)
+    folder = cache_dir(calibration_dir)
+    table, _ = lookup(cfg, device, folder)
+    cal = table.predict_step(cfg, batch, length, param_count=params["total"]) if table else None
     not_measured: list[str] = []
     meas: dict = {}
 
@@ -76,10 +81,10 @@ def build_report(recipe, device: str = "cpu", batch: int | None = None, length: 
         meas["non_embedding"] = meas["params"] - emb.numel() - (0 if head is emb else head.numel())
         meas["cache"] = M.prefill_cache_bytes(model, length)
         # the roofline is a lower bound; on a CPU the chunked operator runs far below it
-        guess = step["seconds"] * (30 if dev.type == "cpu" else 3)
+        guess = cal["seconds"] if cal is not None else step["seconds"] * (30 if dev.type == "cpu" else 3)
         if guess > max_seconds:
-            not_measured.append(f"step time and FLOP count: the roofline predicts {step['seconds']:.3g} s per "
-                                f"step (a lower bound), over the --max-seconds budget of {max_seconds:g} s; "
+            not_measured.append(f"step time and FLOP count: a step is predicted to take {guess:.3g} s, over the "
+                                f"--max-seconds budget of {max_seconds:g} s; "
                                 "use a smaller --batch/--length or raise --max-seconds")
         else:
             if count:
@@ -111,10 +116,21 @@ def build_report(recipe, device: str = "cpu", batch: int | None = None, length: 
         _row("decode_flops", f"decode FLOPs / token at T={length}", "FLOP", costs.decode_flops_per_token(length)),
         _row("cache", f"KV cache + state after a {length}-token prefill (B=1)", "B", cache_at_n["total"],
              meas.get("cache")),
+    ]
+    if cal is not None:
+        rows.append(_row("step_time_calibrated", f"train step time, B={batch} N={length} (calibrated)", "s",
+                         cal["seconds"], meas.get("step_seconds"), f"parts timed on {cal['device']}"))
+    rows += [
         _row("step_time", f"train step time, B={batch} N={length} (roofline)", "s", step["seconds"],
-             meas.get("step_seconds"), f"lower bound on {rates.name}"),
+             meas.get("step_seconds"), f"floor: lower bound on {rates.name}"),
+    ]
+    if cal is not None:
+        rows.append(_row("peak_mem_calibrated", f"peak memory of a train step, B={batch} N={length} (calibrated)",
+                         "B", cal["peak_bytes"], meas.get("peak_bytes"),
+                         "weights+grads fp32, what each part saved, largest transient"))
+    rows += [
         _row("peak_mem", f"peak memory of a train step, B={batch} N={length}", "B", peak["total"],
-             meas.get("peak_bytes"), "weights+grads fp32, activations, logits"),
+             meas.get("peak_bytes"), "analytic: weights+grads fp32, activations, logits"),
     ]
     cx = crossovers(cfg, b)
     report = {
@@ -130,6 +146,8 @@ def build_report(recipe, device: str = "cpu", batch: int | None = None, length: 
         "train_flops_parts": flops,
         "peak_memory_parts": peak,
         "step_time_parts": step["parts"],
+        "calibration": ({"table": str(table_path(table.key, folder)), "key": table.key, "prediction": cal}
+                        if cal is not None else {"hint": hint(recipe.path, device, folder)}),
         "cache_by_length": [{"length": t, **costs.cache_bytes(t, b),
                              "decode_flops_per_token": costs.decode_flops_per_token(t),
                              "recall_capacity_facts": recall_capacity(cfg["layers"], t, tokens_per_fact)}
@@ -205,6 +223,8 @@ def render(report: dict, console=None) -> None:
 
     console.print(f"crossover vs {cx['reference']}: cache memory {say(cx['cache_memory'])}, decode FLOPs "
                   f"{say(cx['decode_flops'])}, training FLOPs {say(cx['train_flops'])}")
+    if "hint" in report.get("calibration", {}):
+        console.print(f"[yellow]calibration:[/yellow] {report['calibration']['hint']}")
     for line in report["not_measured"]:
         console.print(f"[yellow]not measured:[/yellow] {line}")
 

@@ -17,7 +17,9 @@ the relative error (predicted - measured) / measured per row.
 
 Predicted: parameters, training FLOPs per token, activation memory per token, decode FLOPs per token,
 KV cache + recurrent state at several context lengths, a roofline step time from the device's rates
-(a table of measured devices, else measured on the spot), peak memory of a training step, crossover
+(a table of measured devices, else measured on the spot: the floor), a calibrated step time and peak
+memory when `hybrid calibrate` has timed this recipe's parts on this device (else one line says how),
+an analytic peak memory of a training step, crossover
 lengths against a pure transformer of the same width and depth, and a recall-capacity proxy.
 Measured: the exact parameter count, FLOPs counted by torch, a timed forward+backward step at the
 recipe's batch and length (bf16 autocast on CUDA), the peak CUDA memory of that step, and the cache
@@ -44,6 +46,8 @@ def _options(p) -> None:
     p.add_argument("--max-seconds", type=float, default=120.0,
                    help="skip the timed step when the roofline suggests it would take longer (default 120)")
     p.add_argument("--tokens-per-fact", type=int, default=8, help="context tokens one fact takes (capacity proxy)")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of the calibration tables of `hybrid calibrate` (default $XDG_CACHE_HOME/hybrid)")
 
 
 def add_arguments(p) -> None:
@@ -94,7 +98,7 @@ def main(args) -> int:
 
     report = build_report(recipe, device=device, batch=args.batch, length=args.length,
                           measure=not args.no_measure, max_seconds=args.max_seconds,
-                          tokens_per_fact=args.tokens_per_fact, log=log)
+                          tokens_per_fact=args.tokens_per_fact, calibration_dir=args.cache_dir, log=log)
     if args.out:
         os.makedirs(args.out, exist_ok=True)
         path = os.path.join(args.out, "report.json")

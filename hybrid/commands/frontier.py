@@ -10,7 +10,9 @@ NAME = "frontier"
 HELP = "predict the cost vs recall-capacity Pareto frontier over attention fractions (table + PNG)"
 DESCRIPTION = """Re-lay out a recipe at several attention fractions f (layout.ratio = (1-f):f, same block
 templates and placement), predict each variant's cost and its recall capacity (docs/analytic.md), and
-show the Pareto frontier as a table and a plot. With --facts F the predicted optimum is marked: the
+show the Pareto frontier as a table and a plot. With --cost step-time the step time is the one
+calibrated on this device by `hybrid calibrate` (the roofline beside it as the floor), or the roofline
+alone with one line saying how to calibrate. With --facts F the predicted optimum is marked: the
 cheapest fraction whose capacity is at least F facts. Nothing is built or trained; compare the
 prediction with a measured RULER ratio sweep (recipes/sweep-ratios.yaml).
 
@@ -35,7 +37,10 @@ def add_arguments(p) -> None:
     p.add_argument("--cost", default="train-flops", choices=list(COSTS), help="cost axis (default train-flops)")
     p.add_argument("--batch", type=int, default=1, help="batch for --cost step-time")
     p.add_argument("--device", default="H200",
-                   help="rates for --cost step-time: H200 (table), cpu or cuda (measured now)")
+                   help="--cost step-time on: H200 (roofline from its table; calibrated when this machine is "
+                        "an H200), cpu or cuda (roofline rates measured now; calibrated by `hybrid calibrate`)")
+    p.add_argument("--cache-dir", default=None,
+                   help="folder of the calibration tables of `hybrid calibrate` (default $XDG_CACHE_HOME/hybrid)")
     p.add_argument("--dtype-bytes", type=int, default=2, choices=(2, 4), help="bytes per activation (2 = bf16)")
     p.add_argument("--out", default=None, help="folder for frontier.png and frontier.json "
                                                "(default runs/frontier-RECIPE)")
@@ -57,14 +62,19 @@ def main(args) -> int:
     if length < 1 or args.tokens_per_fact < 1:
         print("error: --length and --tokens-per-fact must be >= 1", file=sys.stderr)
         return 2
-    rates = None
+    rates = table = note = None
     if args.cost == "step-time":
         from hybrid.analytic.rates import KNOWN, rates_for
 
-        rates = KNOWN.get(args.device) or rates_for(args.device)
+        try:
+            rates = KNOWN.get(args.device) or rates_for(args.device)
+        except RuntimeError as e:
+            print(f"error: --device {args.device}: {e}", file=sys.stderr)
+            return 2
+        table, note = _calibration(recipe, fractions, args)
     try:
         res = frontier(recipe, fractions, length, facts=args.facts, tokens_per_fact=args.tokens_per_fact,
-                       cost=args.cost, batch=args.batch, b=args.dtype_bytes, rates=rates)
+                       cost=args.cost, batch=args.batch, b=args.dtype_bytes, rates=rates, table=table)
     except RecipeError as e:
         print(f"error: cannot re-lay out the recipe: {e}", file=sys.stderr)
         return 2
@@ -80,15 +90,22 @@ def main(args) -> int:
     from rich.table import Table
 
     t = Table(title=f"{recipe.name}: predicted frontier at {length:,} tokens ({res['cost_label']})")
-    for col in ("fraction", "ratio", "attention layers", "layout", res["cost_label"], "capacity (facts)",
-                "on frontier"):
+    floor = table is not None
+    cols = ["fraction", "ratio", "attention layers", "layout", res["cost_label"]]
+    cols += ["roofline (floor)"] if floor else []
+    for col in cols + ["capacity (facts)", "on frontier"]:
         t.add_column(col, justify="left" if col == "layout" else "right")
     for p in res["points"]:
         mark = " *" if p["ratio"] == res["optimum"] else ""
+        extra = [fmt(p["costs"]["step-time-roofline"], "s")] if floor else []
         t.add_row(p["fraction"], p["ratio"] + mark, f"{p['n_attention']}/{p['n_layers']}", p["layout"],
-                  fmt(p["cost"], res["cost_unit"]), f"{p['capacity']:,.0f}", "yes" if p["pareto"] else "")
+                  fmt(p["cost"], res["cost_unit"]), *extra, f"{p['capacity']:,.0f}", "yes" if p["pareto"] else "")
     console = Console()
     console.print(t)
+    if note:
+        console.print(f"[yellow]calibration:[/yellow] {note}")
+    elif res["calibrated_on"]:
+        console.print(f"step time calibrated on {res['calibrated_on']}; the roofline beside it is the floor")
     console.print(f"facts in context: {res['facts_in_context']:,.0f} ({args.tokens_per_fact} tokens per fact)")
     if args.facts is not None:
         if res["optimum"]:
@@ -97,3 +114,24 @@ def main(args) -> int:
             console.print(f"[yellow]no fraction reaches {args.facts:g} facts at this length[/yellow]")
     console.print(f"wrote {png} and {os.path.join(out, 'frontier.json')}")
     return 0
+
+
+def _calibration(recipe, fractions, args):
+    """(table, None) when this machine's calibration covers every variant, else (None, one line)."""
+    from hybrid.analytic.calibration import cache_dir, hint, load_table, software_key
+    from hybrid.analytic.frontier import calibrated_for
+    from hybrid.analytic.rates import KNOWN
+
+    folder = cache_dir(args.cache_dir)
+    device = args.device
+    if device in KNOWN:
+        import torch
+
+        if not (torch.cuda.is_available() and device in torch.cuda.get_device_name()):
+            return None, (f"step time from the {device} roofline only; a calibrated one needs "
+                          f"`hybrid calibrate {recipe.path}` run on an {device}")
+        device = "cuda"
+    table = load_table(software_key(device), folder)
+    if table is None or not calibrated_for(recipe, fractions, table):
+        return None, hint(recipe.path, device, folder)
+    return table, None
