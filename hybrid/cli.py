@@ -13,6 +13,7 @@ import hybrid.commands as commands_pkg
 EPILOG = """typical session:
   hybrid demo                          run the operator on random input, check it against the reference
   hybrid build recipes/carve-3to1.yaml  build a model, print predicted vs measured costs
+  hybrid calibrate recipes/carve-3to1.yaml  time its parts on this device, for calibrated predictions
   hybrid train recipes/tiny-cpu.yaml    train it
   hybrid ruler runs/tiny-cpu            evaluate on RULER tasks
   hybrid sweep recipes/sweep-ratios.yaml  compare hybrid ratios end to end

@@ -27,7 +27,7 @@ from hybrid.analytic.calibration import Table
 from hybrid.analytic.parts import describe, signature_key
 
 DEFAULT_GRID = {
-    "cuda": {"lengths": (512, 2048, 8192, 32768), "tokens": (2048, 8192, 32768, 131072)},
+    "cuda": {"lengths": (512, 2048, 8192, 32768), "tokens": (2048, 8192, 32768)},
     "cpu": {"lengths": (64, 256, 1024), "tokens": (1024, 4096)},
 }
 _PLACEHOLDER = {"kind": "attention", "heads": 1, "head_dim": 2}  # the layer a head/embed-only model needs

@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
     p.add_argument("--lengths", type=_ints, default=None,
                    help="sequence lengths T (default cuda 512,2048,8192,32768; cpu 64,256,1024)")
     p.add_argument("--tokens", type=_ints, default=None,
-                   help="tokens per step N = batch x T (default cuda 2048,8192,32768,131072; cpu 1024,4096)")
+                   help="tokens per step N = batch x T (default cuda 2048,8192,32768; cpu 1024,4096)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per shape, median kept (default 3)")
     p.add_argument("--force", action="store_true", help="measure again parts already in the table")
     p.add_argument("--cache-dir", default=None, help="folder of the tables (default $XDG_CACHE_HOME/hybrid)")
