@@ -31,15 +31,17 @@ FORMAT = 1
 
 
 def code_hash() -> str:
-    """Hash of the sources that run in a training step (blocks and operator kernels)."""
+    """Hash of the sources that run in a training step (blocks and operator kernels) and of the
+    measurement itself."""
     root = Path(__file__).resolve().parents[1]
     h = hashlib.sha256()
+    files = [root / "analytic" / "calibrate.py", root / "analytic" / "parts.py"]  # how parts are measured
     for sub in ("blocks", "kernels", "ops"):
-        folder = root / sub
-        if folder.is_dir():
-            for f in sorted(folder.rglob("*.py")):
-                h.update(str(f.relative_to(root)).encode())
-                h.update(f.read_bytes())
+        if (root / sub).is_dir():
+            files += sorted((root / sub).rglob("*.py"))
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
     return h.hexdigest()[:12]
 
 

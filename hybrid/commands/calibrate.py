@@ -20,6 +20,7 @@ The block templates a frontier re-layout would use are calibrated too, so every 
 of the recipe can be predicted.
 
 examples:
+  hybrid calibrate                                  every shipped recipe (recipes/*.yaml)
   hybrid calibrate recipes/carve-350m-3to1.yaml
   hybrid calibrate recipes/*.yaml --device cuda
   hybrid calibrate recipes/tiny-cpu.yaml --lengths 64,256 --tokens 1024,4096 --cache-dir /tmp/cal
@@ -39,7 +40,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("recipes", nargs="+", help="recipe YAML files whose parts to calibrate (sweep files are skipped)")
+    p.add_argument("recipes", nargs="*",
+                   help="recipe YAML files whose parts to calibrate (default: every recipe shipped in recipes/; "
+                        "sweep files are skipped)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     p.add_argument("--lengths", type=_ints, default=None,
                    help="sequence lengths T (default cuda 512,2048,8192,32768; cpu 64,256,1024)")
@@ -49,6 +52,14 @@ def add_arguments(p) -> None:
     p.add_argument("--force", action="store_true", help="measure again parts already in the table")
     p.add_argument("--cache-dir", default=None, help="folder of the tables (default $XDG_CACHE_HOME/hybrid)")
     p.add_argument("--json", action="store_true", help="print the table as JSON")
+
+
+def shipped_recipes() -> list[str]:
+    """The recipe files of the source tree (``recipes/*.yaml`` beside the package), sorted."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "recipes"
+    return sorted(str(p) for p in folder.glob("*.yaml")) if folder.is_dir() else []
 
 
 def _recipe_signatures(recipe) -> list[dict]:
@@ -65,8 +76,12 @@ def _recipe_signatures(recipe) -> list[dict]:
 def main(args) -> int:
     from hybrid.recipes import RecipeError, is_sweep_file, load_recipe
 
+    paths = args.recipes or shipped_recipes()
+    if not paths:
+        print("error: no recipe given and no shipped recipes/ folder found; name a recipe file", file=sys.stderr)
+        return 2
     recipes = []
-    for path in args.recipes:
+    for path in paths:
         try:
             if is_sweep_file(path):
                 print(f"skipping {path}: a sweep file (calibrate the recipes it varies)", file=sys.stderr)
