@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 
-from hybrid.blocks.spec import normalize_block, normalize_mlp
+from hybrid.blocks.spec import is_recurrent, normalize_block, normalize_mlp
 
 
 def signature_key(sig: dict) -> str:
@@ -63,7 +63,7 @@ def describe(sig: dict) -> str:
     d = sig["d_model"]
     if sig["part"] == "mixer":
         b = sig["block"]
-        if b["kind"] == "attention":
+        if not is_recurrent(b):
             win = f" W{b['window']}" if b["window"] else ""
             return f"attention {b['heads']}/{b['kv_heads']}x{b['head_dim']}{win} (d {d})"
         return f"{b['kind']} H{b['heads']} K{b['head_dim']} V{b['value_dim']} C{b['chunk_size']} (d {d})"
