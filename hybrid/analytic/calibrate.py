@@ -233,9 +233,10 @@ def calibrate_optimizer(device: str, *, warmup: int, repeats: int) -> dict:
 
 
 def calibrate(table: Table, sigs, device: str, *, lengths=None, tokens=None, warmup: int | None = None,
-              repeats: int = 3, force: bool = False, log=None) -> dict:
+              repeats: int = 3, force: bool = False, log=None, on_part=None) -> dict:
     """Measure every signature of ``sigs`` that the table lacks at this grid (all with ``force``);
-    also the optimizer when the table has none. Returns {"measured": [...], "kept": [...]} labels."""
+    also the optimizer when the table has none. ``on_part(table)`` runs after each measured part (to
+    save progress). Returns {"measured": [...], "kept": [...]} labels."""
     grid = default_grid(device)
     lengths = tuple(lengths or grid["lengths"])
     tokens = tuple(tokens or grid["tokens"])
@@ -257,6 +258,8 @@ def calibrate(table: Table, sigs, device: str, *, lengths=None, tokens=None, war
         entry["grid"] = {"lengths": list(lengths), "tokens": list(tokens)}
         table.parts[key] = entry
         done["measured"].append(describe(sig))
+        if on_part:
+            on_part(table)
     if force or not table.data.get("optimizer"):
         if log:
             log("calibrating the optimizer step (gradient clipping + AdamW)")

@@ -121,7 +121,7 @@ def main(args) -> int:
         f"hybrid {key['hybrid']}")
     try:
         done = calibrate(table, sigs, device, lengths=args.lengths, tokens=args.tokens, repeats=args.repeats,
-                         force=args.force, log=log)
+                         force=args.force, log=log, on_part=lambda t: save_table(t, folder))
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
