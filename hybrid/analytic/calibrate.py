@@ -246,6 +246,10 @@ def calibrate(table: Table, sigs, device: str, *, lengths=None, tokens=None, war
     if not cells:
         raise ValueError("empty grid: every length is above every token count")
     done = {"measured": [], "kept": []}
+    if force or not table.data.get("optimizer"):
+        if log:
+            log("calibrating the optimizer step (gradient clipping + AdamW)")
+        table.data["optimizer"] = calibrate_optimizer(device, warmup=warmup, repeats=repeats)
     for sig in sigs:
         key = signature_key(sig)
         old = table.parts.get(key)
@@ -260,8 +264,4 @@ def calibrate(table: Table, sigs, device: str, *, lengths=None, tokens=None, war
         done["measured"].append(describe(sig))
         if on_part:
             on_part(table)
-    if force or not table.data.get("optimizer"):
-        if log:
-            log("calibrating the optimizer step (gradient clipping + AdamW)")
-        table.data["optimizer"] = calibrate_optimizer(device, warmup=warmup, repeats=repeats)
     return done
