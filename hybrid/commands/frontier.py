@@ -66,6 +66,12 @@ def main(args) -> int:
     if args.cost == "step-time":
         from hybrid.analytic.rates import KNOWN, rates_for
 
+        if args.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                print("error: --device cuda but no CUDA device is available here", file=sys.stderr)
+                return 2
         try:
             rates = KNOWN.get(args.device) or rates_for(args.device)
         except RuntimeError as e:
