@@ -223,6 +223,16 @@ def render(report: dict, console=None) -> None:
 
     console.print(f"crossover vs {cx['reference']}: cache memory {say(cx['cache_memory'])}, decode FLOPs "
                   f"{say(cx['decode_flops'])}, training FLOPs {say(cx['train_flops'])}")
+    pred = report.get("calibration", {}).get("prediction")
+    if pred:
+        k = Table(title=f"calibrated step by part (forward + backward, on {pred['device']})")
+        for col in ("part", "layers", "time", "share", "saved for backward"):
+            k.add_column(col, justify="left" if col == "part" else "right")
+        total = pred["forward_s"] + pred["backward_s"]
+        for q in sorted(pred["parts"], key=lambda q: -q["seconds"]):
+            k.add_row(q["part"], str(q["count"]), fmt(q["seconds"], "s"), f"{q['seconds'] / total * 100:.0f}%",
+                      fmt(q["saved_bytes"], "B"))
+        console.print(k)
     if "hint" in report.get("calibration", {}):
         console.print(f"[yellow]calibration:[/yellow] {report['calibration']['hint']}")
     for line in report["not_measured"]:
