@@ -270,3 +270,11 @@ def test_calibrated_prediction_on_the_gpu(tmp_path):
     p = t.predict_step(cfg, batch, length, param_count=sum(q.numel() for q in model.parameters()))
     assert abs(p["seconds"] - m["seconds"]) / m["seconds"] <= 0.15, (p["seconds"], m["seconds"])
     assert abs(p["peak_bytes"] - m["peak_bytes"]) / m["peak_bytes"] <= 0.10, (p["peak_bytes"], m["peak_bytes"])
+
+
+def test_shipped_recipes_are_the_top_level_recipe_files():
+    from hybrid.commands.calibrate import shipped_recipes
+
+    names = [Path(p).name for p in shipped_recipes()]
+    assert "tiny-cpu.yaml" in names and "carve-350m-3to1.yaml" in names
+    assert "small.yaml" not in names  # recipes/base/ holds bases, not recipes
