@@ -52,11 +52,12 @@ class _GatedNormFn(torch.autograd.Function):
         return dx, dgate, dwp.sum(0).to(weight.dtype), None
 
 
-def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def gated_rms_norm(x: torch.Tensor, gate: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, *,
+                   backend: str = "auto") -> torch.Tensor:
     """``x`` and ``gate`` of one shape ``[..., D]``, ``weight [D]``. Returns ``y`` in the gate's dtype."""
     if x.shape != gate.shape or weight.shape != (x.shape[-1],):
         raise ValueError(f"gated_rms_norm: x and gate must share a shape [..., D] and weight be [D], got "
                          f"{list(x.shape)}, {list(gate.shape)}, {list(weight.shape)}")
-    if not use_triton(x):
+    if not use_triton(x, backend):
         return gated_rms_norm_torch(x, gate, weight, eps)
     return _GatedNormFn.apply(x, gate, weight.contiguous(), float(eps))

@@ -73,7 +73,8 @@ class _GatesFn(torch.autograd.Function):
         return (df.view(B, T, H, K), ddt.sum(0).to(dt_bias.dtype), da.sum(0).to(A_log.dtype), dwl)
 
 
-def gates(f: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor, w_logits: torch.Tensor):
+def gates(f: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor, w_logits: torch.Tensor, *,
+          backend: str = "auto"):
     """``f [B, T, H, K]`` (decay logits), ``dt_bias [H*K]``, ``A_log [H]``, ``w_logits [B, T, H]`` or
     ``[B, T, H, V]``. Returns ``g [B, T, H, K]`` fp32 and ``w`` (the logits' shape and dtype)."""
     B, T, H, K = f.shape
@@ -83,6 +84,6 @@ def gates(f: torch.Tensor, dt_bias: torch.Tensor, A_log: torch.Tensor, w_logits:
     if w_logits.shape[:3] != (B, T, H) or w_logits.dim() not in (3, 4):
         raise ValueError(f"gates: w_logits must be [B, T, H] or [B, T, H, V] = [{B}, {T}, {H}, ...], "
                          f"got {list(w_logits.shape)}")
-    if not use_triton(f):
+    if not use_triton(f, backend):
         return gates_torch(f, dt_bias, A_log, w_logits)
     return _GatesFn.apply(f, dt_bias.contiguous(), A_log.contiguous(), w_logits)

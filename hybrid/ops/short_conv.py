@@ -240,14 +240,14 @@ def _add_final_grad(dx, ds0, dfinal, cu, B, T, W):
 
 def conv_qkv(x: torch.Tensor, weight: torch.Tensor, heads: int, key_dim: int, value_dim: int, *,
              cu_seqlens: torch.Tensor | None = None, initial_state: torch.Tensor | None = None,
-             output_final_state: bool = False, normalize_qk: bool = True):
+             output_final_state: bool = False, normalize_qk: bool = True, backend: str = "auto"):
     """Short convolution + SiLU of ``x [B, T, 2HK + HV]`` (``[q | k | v]`` channels; the last axis may be a
     strided slice of a wider projection), then the L2 norm of every q and k head (``normalize_qk``).
 
     weight ``[C, c]``; initial_state ``[N, C, c - 1]``. Returns ``q, k [B, T, H, K]``, ``v [B, T, H, V]``
-    in x's dtype and the final state ``[N, C, c - 1]`` (or None). Triton on CUDA, PyTorch elsewhere."""
+    in x's dtype and the final state ``[N, C, c - 1]`` (or None). ``backend``: see ``backend.use_triton``."""
     _check(x, weight, heads, key_dim, value_dim, initial_state, cu_seqlens)
-    if not use_triton(x):
+    if not use_triton(x, backend):
         return conv_qkv_torch(x, weight, heads, key_dim, value_dim, cu_seqlens=cu_seqlens,
                               initial_state=initial_state, output_final_state=output_final_state,
                               normalize_qk=normalize_qk)
@@ -263,7 +263,7 @@ def conv_qkv(x: torch.Tensor, weight: torch.Tensor, heads: int, key_dim: int, va
 
 
 def conv_qkv_step(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, heads: int, key_dim: int,
-                  value_dim: int, *, normalize_qk: bool = True):
+                  value_dim: int, *, normalize_qk: bool = True, backend: str = "auto"):
     """One token per sequence: ``x [N, C]`` with the carried ``state [N, C, c - 1]``, which is shifted in
     place (oldest input dropped, this token appended). Returns ``q, k [N, H, K]``, ``v [N, H, V]``."""
     N, C = x.shape
@@ -271,7 +271,7 @@ def conv_qkv_step(x: torch.Tensor, weight: torch.Tensor, state: torch.Tensor, he
     if state.shape != (N, C, W - 1):
         raise ValueError(f"conv_qkv_step: state must be [{N}, {C}, {W - 1}], got {list(state.shape)}")
     H, K, V = heads, key_dim, value_dim
-    if not use_triton(x):
+    if not use_triton(x, backend):
         y = (state.to(x.dtype) * weight[:, :-1].to(x.dtype)).sum(-1) + x * weight[:, -1].to(x.dtype)
         if W > 1:
             state.copy_(torch.cat([state[:, :, 1:], x.unsqueeze(-1).to(state.dtype)], dim=-1))
