@@ -48,7 +48,7 @@ class _GatedNormFn(torch.autograd.Function):
         dwp = torch.zeros(max(nb, 1), D, device=xc.device, dtype=torch.float32)
         if R > 0:
             gated_norm_bwd_kernel[(nb,)](xc, gc, weight, dy.contiguous(), dx, dgate, dwp, R, ctx.eps, D=D,
-                                         BR=ROWS_PER_PROGRAM, BD=next_pow2(D, 16), num_warps=4)
+                                         BR=ROWS_PER_PROGRAM, BD=next_pow2(D, 16), num_warps=8)
         return dx, dgate, dwp.sum(0).to(weight.dtype), None
 
 

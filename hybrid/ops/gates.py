@@ -43,7 +43,7 @@ class _GatesFn(torch.autograd.Function):
         if TT > 0:
             gates_fwd_kernel[(-(-TT // TOKENS_PER_PROGRAM), H)](
                 f2, dt_bias, A_log, wl2, g, w, TT, f2.stride(0), wl2.stride(0), H, K=K, WD=WD,
-                BT=TOKENS_PER_PROGRAM, BK=next_pow2(K, 16), BW=next_pow2(WD, 2), num_warps=4)
+                BT=TOKENS_PER_PROGRAM, BK=next_pow2(K, 16), BW=next_pow2(WD, 2), num_warps=8)
         ctx.save_for_backward(f2, dt_bias, A_log, wl2)
         ctx.shape = (B, T, H, K, WD, f.dtype, w_logits.shape)
         return g, w
@@ -69,7 +69,7 @@ class _GatesFn(torch.autograd.Function):
                 f2, dt_bias, A_log, wl2, dg.contiguous() if dg is not None else dummy,
                 dw.contiguous() if dw is not None else dummy, df, dwl, ddt, da, TT, f2.stride(0), wl2.stride(0), H,
                 HAS_DG=dg is not None, HAS_DW=dw is not None, K=K, WD=WD, BT=TOKENS_PER_PROGRAM,
-                BK=next_pow2(K, 16), BW=next_pow2(WD, 2), num_warps=4)
+                BK=next_pow2(K, 16), BW=next_pow2(WD, 2), num_warps=8)
         return (df.view(B, T, H, K), ddt.sum(0).to(dt_bias.dtype), da.sum(0).to(A_log.dtype), dwl)
 
 

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from .backend import next_pow2, use_triton
 
 NORM_EPS = 1e-6
-TOKENS_PER_PROGRAM = 64
+TOKENS_PER_PROGRAM = 64  # forward; the backward holds about six [tokens, head] fp32 tiles: half as many
+TOKENS_PER_PROGRAM_BWD = 32
 
 
 def doc_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -167,7 +168,7 @@ class _ConvQKVFn(torch.autograd.Function):
                 x2, weight, s0 if s0 is not None else x2, q, k, v, cu if cu is not None else dummy,
                 doc if doc is not None else dummy, TT, max(T, 1), x2.stride(0), C, H, NORM_EPS, K=K, V=V, W=W,
                 VARLEN=cu is not None, HAS_STATE=s0 is not None, NORM=norm, BT=TOKENS_PER_PROGRAM, BD=BD,
-                num_warps=4)
+                num_warps=8)
         ctx.save_for_backward(x2, weight, s0, cu, doc)
         ctx.meta = meta
         if not want_final:
@@ -185,7 +186,7 @@ class _ConvQKVFn(torch.autograd.Function):
         dk = x2.new_zeros(B, T, H, K) if dk is None else dk.contiguous()
         dv = x2.new_zeros(B, T, H, V) if dv is None else dv.contiguous()
         BD = next_pow2(max(K, V), 16)
-        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM)
+        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM_BWD)
         dx = torch.empty(TT, C, device=x2.device, dtype=x2.dtype)
         dwp = torch.empty(max(nb, 1), C, W, device=x2.device, dtype=torch.float32)
         dummy = torch.zeros(1, device=x2.device, dtype=torch.int64)
@@ -195,7 +196,7 @@ class _ConvQKVFn(torch.autograd.Function):
         if TT > 0:
             short_conv_bwd_kernel[(nb, 3 * H)](
                 x2, weight, s0_arg, dq, dk, dv, dx, dwp, cu_arg, doc if doc is not None else dummy, TT, max(T, 1),
-                x2.stride(0), C, H, NORM_EPS, HAS_STATE=s0 is not None, BT=TOKENS_PER_PROGRAM, **common)
+                x2.stride(0), C, H, NORM_EPS, HAS_STATE=s0 is not None, BT=TOKENS_PER_PROGRAM_BWD, **common)
             dw = dwp.sum(0).to(weight.dtype)
         else:
             dw = torch.zeros_like(weight)
@@ -206,7 +207,7 @@ class _ConvQKVFn(torch.autograd.Function):
             if W > 1 and TT > 0:
                 short_conv_dstate_kernel[(n, 3 * H)](
                     x2, weight, s0, dq, dk, dv, ds0, cu_arg, TT, max(T, 1), x2.stride(0), C, H, NORM_EPS,
-                    BS=next_pow2(W - 1), **common)
+                    BS=next_pow2(W - 1, 2), **common)
         if dfinal is not None and W > 1:
             dx, ds0 = _add_final_grad(dx, ds0, dfinal, cu, B, T, W)
         if ds0 is not None:
