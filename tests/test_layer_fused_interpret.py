@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CASES = {
     "conv_state_final": ("check_conv", {}),
-    "conv_varlen_short_and_empty": ("check_conv", dict(lengths=[5, 0, 2, 17, 1])),
+    "conv_varlen_short_and_empty": ("check_conv", dict(lengths=[5, 0, 2, 9, 1])),
     "conv_no_state_no_norm_width2": ("check_conv", dict(state=False, normalize=False, W=2, T=9)),
     "conv_value_dim_differs": ("check_conv", dict(K=16, V=8, T=7, W=3)),
     "conv_width2_state_varlen": ("check_conv", dict(W=2, lengths=[3, 1, 0, 6])),
