@@ -20,8 +20,13 @@ import torch.nn.functional as F
 from .backend import next_pow2, use_triton
 
 NORM_EPS = 1e-6
-TOKENS_PER_PROGRAM = 64  # forward; the backward holds about six [tokens, head] fp32 tiles: half as many
-TOKENS_PER_PROGRAM_BWD = 32
+# tokens per program of the convolution kernels (16 x 128 channels: about 110 registers for sm_90 at
+# 4 warps, against 255 and spills at 64 tokens) and channels per program of the dx pass
+TOKENS_PER_PROGRAM = 16
+CHANNELS_PER_PROGRAM = 128
+# token blocks per program of the backward's first pass: its weight-gradient partial sums [programs, C, W]
+# stay small (6 MB at 32768 tokens x 3072 channels)
+DPRE_BLOCKS = 16
 
 
 def doc_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +173,7 @@ class _ConvQKVFn(torch.autograd.Function):
                 x2, weight, s0 if s0 is not None else x2, q, k, v, cu if cu is not None else dummy,
                 doc if doc is not None else dummy, TT, max(T, 1), x2.stride(0), C, H, NORM_EPS, K=K, V=V, W=W,
                 VARLEN=cu is not None, HAS_STATE=s0 is not None, NORM=norm, BT=TOKENS_PER_PROGRAM, BD=BD,
-                num_warps=8)
+                num_warps=4)
         ctx.save_for_backward(x2, weight, s0, cu, doc)
         ctx.meta = meta
         if not want_final:
@@ -177,7 +182,7 @@ class _ConvQKVFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dq, dk, dv, dfinal):
-        from .short_conv_kernels import short_conv_bwd_kernel, short_conv_dstate_kernel
+        from .short_conv_kernels import short_conv_dpre_kernel, short_conv_dx_kernel
 
         x2, weight, s0, cu, doc = ctx.saved_tensors
         B, T, H, K, V, W, norm, _ = ctx.meta
@@ -185,34 +190,49 @@ class _ConvQKVFn(torch.autograd.Function):
         dq = x2.new_zeros(B, T, H, K) if dq is None else dq.contiguous()
         dk = x2.new_zeros(B, T, H, K) if dk is None else dk.contiguous()
         dv = x2.new_zeros(B, T, H, V) if dv is None else dv.contiguous()
-        BD = next_pow2(max(K, V), 16)
-        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM_BWD)
+        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM * DPRE_BLOCKS)
+        dpre = torch.empty(TT, C, device=x2.device, dtype=x2.dtype)
         dx = torch.empty(TT, C, device=x2.device, dtype=x2.dtype)
         dwp = torch.empty(max(nb, 1), C, W, device=x2.device, dtype=torch.float32)
         dummy = torch.zeros(1, device=x2.device, dtype=torch.int64)
-        common = dict(K=K, V=V, W=W, VARLEN=cu is not None, NORM=norm, BD=BD, num_warps=4)
-        s0_arg = s0 if s0 is not None else x2
         cu_arg = cu if cu is not None else dummy
+        doc_arg = doc if doc is not None else dummy
         if TT > 0:
-            short_conv_bwd_kernel[(nb, 3 * H)](
-                x2, weight, s0_arg, dq, dk, dv, dx, dwp, cu_arg, doc if doc is not None else dummy, TT, max(T, 1),
-                x2.stride(0), C, H, NORM_EPS, HAS_STATE=s0 is not None, BT=TOKENS_PER_PROGRAM_BWD, **common)
+            short_conv_dpre_kernel[(nb, 3 * H)](
+                x2, weight, s0 if s0 is not None else x2, dq, dk, dv, dpre, dwp, cu_arg, doc_arg, TT, max(T, 1),
+                x2.stride(0), C, H, NORM_EPS, K=K, V=V, W=W, VARLEN=cu is not None, HAS_STATE=s0 is not None,
+                NORM=norm, BT=TOKENS_PER_PROGRAM, BD=next_pow2(max(K, V), 16), NBLK=DPRE_BLOCKS,
+                WP=next_pow2(W, 2), num_warps=4)
+            short_conv_dx_kernel[(triton_cdiv(TT, TOKENS_PER_PROGRAM), triton_cdiv(C, CHANNELS_PER_PROGRAM))](
+                dpre, weight, dx, cu_arg, doc_arg, TT, max(T, 1), C, W=W, VARLEN=cu is not None,
+                BT=TOKENS_PER_PROGRAM, BC=CHANNELS_PER_PROGRAM, num_warps=4)
             dw = dwp.sum(0).to(weight.dtype)
         else:
             dw = torch.zeros_like(weight)
         ds0 = None
         if s0 is not None and ctx.needs_input_grad[2]:
-            n = s0.shape[0]
-            ds0 = torch.zeros(n, C, W - 1, device=x2.device, dtype=torch.float32)
-            if W > 1 and TT > 0:
-                short_conv_dstate_kernel[(n, 3 * H)](
-                    x2, weight, s0, dq, dk, dv, ds0, cu_arg, TT, max(T, 1), x2.stride(0), C, H, NORM_EPS,
-                    BS=next_pow2(W - 1, 2), **common)
+            ds0 = _state_grad(dpre, weight, cu, B, T, W) if TT > 0 else torch.zeros_like(s0, dtype=torch.float32)
         if dfinal is not None and W > 1:
             dx, ds0 = _add_final_grad(dx, ds0, dfinal, cu, B, T, W)
         if ds0 is not None:
             ds0 = ds0.to(s0.dtype)
         return dx.view(B, T, C), dw, ds0, None, None, None
+
+
+def _state_grad(dpre, weight, cu, B, T, W):
+    """Gradient of the carried state [N, C, W-1] (fp32): slot j (position start - (W-1) + j) feeds tap i of
+    token start + j - i for i <= j, inside the sequence."""
+    C = dpre.shape[1]
+    dev = dpre.device
+    starts, ends = (cu[:-1], cu[1:]) if cu is not None else (
+        torch.arange(B, device=dev) * T, torch.arange(1, B + 1, device=dev) * T)
+    j = torch.arange(W - 1, device=dev)
+    i = torch.arange(W, device=dev)
+    tgt = starts[:, None, None] + j[None, :, None] - i[None, None, :]  # [N, j, i]
+    ok = (j[:, None] >= i[None, :])[None] & (tgt < ends[:, None, None])
+    dp = dpre.index_select(0, torch.where(ok, tgt, 0).reshape(-1)).view(*tgt.shape, C).float()
+    dp = dp * ok[..., None]
+    return torch.einsum("njic,ci->ncj", dp, weight.float())
 
 
 def triton_cdiv(a: int, b: int) -> int:

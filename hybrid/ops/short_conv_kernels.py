@@ -8,9 +8,10 @@ epilogue of its own program. Tokens before a sequence's start read its carried s
 (oldest first) or zero. Sequences: ``VARLEN`` reads each token's sequence from ``doc`` and ``cu``, else
 token ``t`` belongs to sequence ``t // T``.
 
-The backward recomputes everything from the input: ``dpre`` (the gradient before the SiLU) at a token
-needs that token's convolution and, for q and k, its head's norm; ``dx[t] = sum_i w[i] dpre[t + W-1-i]``
-inside the sequence, so every program recomputes ``dpre`` on its tokens shifted by ``0..W-1``.
+The backward recomputes the convolution, SiLU and norms from the input in a first pass that writes
+``dpre`` (the gradient before the SiLU, in the input's dtype) and per-program weight-gradient sums; a
+second pass forms ``dx[t] = sum_i w[i] dpre[t + W-1-i]`` inside each sequence. (Recomputing ``dpre`` at
+the W shifted tokens in one pass instead needed about 255 registers per thread for sm_90.)
 """
 
 from __future__ import annotations
@@ -118,89 +119,63 @@ def short_conv_fwd_kernel(x_ptr, w_ptr, s0_ptr, q_ptr, k_ptr, v_ptr, cu_ptr, doc
 
 
 @triton.jit
-def short_conv_bwd_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dx_ptr, dwp_ptr, cu_ptr, doc_ptr,
-                          TT, T, sx, C, H, eps, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr,
-                          VARLEN: tl.constexpr, HAS_STATE: tl.constexpr, NORM: tl.constexpr, BT: tl.constexpr,
-                          BD: tl.constexpr):
-    """dx [TT, C] (contiguous) and this program's partial weight gradient dwp[pt, C, W] (fp32)."""
+def short_conv_dpre_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dp_ptr, dwp_ptr, cu_ptr, doc_ptr, TT, T, sx,
+                           C, H, eps, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr, VARLEN: tl.constexpr,
+                           HAS_STATE: tl.constexpr, NORM: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
+                           NBLK: tl.constexpr, WP: tl.constexpr):
+    """Backward, first pass over NBLK blocks of BT tokens: the gradient before the SiLU, dpre [TT, C]
+    (contiguous), and this program's partial weight gradient dwp[pt, C, W] (fp32)."""
+    pt = tl.program_id(0)
+    pc = tl.program_id(1)
+    col0, width, is_v = _head(pc, H, K, V)
+    d = tl.arange(0, BD)
+    cmask = d < width
+    cols = col0 + d
+    if pc < H:
+        gbase = dq_ptr + pc * K
+        gstride = H * K
+    elif pc < 2 * H:
+        gbase = dk_ptr + (pc - H) * K
+        gstride = H * K
+    else:
+        gbase = dv_ptr + (pc - 2 * H) * V
+        gstride = H * V
+    taps = tl.arange(0, WP)
+    dw = tl.zeros((BD, WP), dtype=tl.float32)  # this program's weight gradient, tap i in column i
+    for blk in range(NBLK):
+        rows = (pt * NBLK + blk) * BT + tl.arange(0, BT).to(tl.int64)
+        ok = rows < TT
+        doc, start, end = _seq_of(rows, TT, T, cu_ptr, doc_ptr, VARLEN)
+        dp = _dpre(x_ptr, s0_ptr, w_ptr, gbase, gstride, rows, ok, start, doc, cols, cmask, d, sx, C, eps, is_v,
+                   W, HAS_STATE, NORM, BT, BD)
+        tl.store(dp_ptr + rows[:, None] * C + cols[None, :], dp.to(dp_ptr.dtype.element_ty),
+                 mask=ok[:, None] & cmask[None, :])
+        for i in tl.static_range(W):
+            xi = _tap(x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W, HAS_STATE)
+            dw += tl.where(taps[None, :] == i, tl.sum(dp * xi, 0)[:, None], 0.0)
+    tl.store(dwp_ptr + pt * (C * W) + cols[:, None] * W + taps[None, :], dw,
+             mask=cmask[:, None] & (taps < W)[None, :])
+
+
+@triton.jit
+def short_conv_dx_kernel(dp_ptr, w_ptr, dx_ptr, cu_ptr, doc_ptr, TT, T, C, W: tl.constexpr, VARLEN: tl.constexpr,
+                         BT: tl.constexpr, BC: tl.constexpr):
+    """Backward, second pass: dx[t] = sum_s w[W-1-s] dpre[t + s] over the tokens of t's sequence."""
     pt = tl.program_id(0)
     pc = tl.program_id(1)
     rows = pt * BT + tl.arange(0, BT).to(tl.int64)
     ok = rows < TT
     doc, start, end = _seq_of(rows, TT, T, cu_ptr, doc_ptr, VARLEN)
-    col0, width, is_v = _head(pc, H, K, V)
-    d = tl.arange(0, BD)
-    cmask = d < width
-    cols = col0 + d
-    if pc < H:
-        gbase = dq_ptr + pc * K
-        gstride = H * K
-    elif pc < 2 * H:
-        gbase = dk_ptr + (pc - H) * K
-        gstride = H * K
-    else:
-        gbase = dv_ptr + (pc - 2 * H) * V
-        gstride = H * V
-    dp0 = _dpre(x_ptr, s0_ptr, w_ptr, gbase, gstride, rows, ok, start, doc, cols, cmask, d, sx, C, eps, is_v,
-                W, HAS_STATE, NORM, BT, BD)
-    # weight gradient of this block: sum over its tokens of dpre * tap input
-    for i in tl.static_range(W):
-        xi = _tap(x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W, HAS_STATE)
-        tl.store(dwp_ptr + pt * (C * W) + cols * W + i, tl.sum(dp0 * xi, 0), mask=cmask)
-    # input gradient: token t feeds tap i of token t + W-1-i (same sequence only)
-    w_last = tl.load(w_ptr + cols * W + (W - 1), mask=cmask, other=0.0).to(tl.float32)
-    dx = dp0 * w_last[None, :]
-    for s in tl.static_range(1, W):
+    cols = pc * BC + tl.arange(0, BC)
+    cmask = cols < C
+    acc = tl.zeros((BT, BC), dtype=tl.float32)
+    for s in tl.static_range(W):
         tgt = rows + s
-        ok_s = ok & (tgt < end)
-        dps = _dpre(x_ptr, s0_ptr, w_ptr, gbase, gstride, tgt, ok_s, start, doc, cols, cmask, d, sx, C, eps,
-                    is_v, W, HAS_STATE, NORM, BT, BD)
-        wi = tl.load(w_ptr + cols * W + (W - 1 - s), mask=cmask, other=0.0).to(tl.float32)
-        dx += dps * wi[None, :]
-    tl.store(dx_ptr + rows[:, None] * C + cols[None, :], dx.to(dx_ptr.dtype.element_ty),
+        m = (ok & (tgt < end))[:, None] & cmask[None, :]
+        dp = tl.load(dp_ptr + tgt[:, None] * C + cols[None, :], mask=m, other=0.0).to(tl.float32)
+        acc += dp * tl.load(w_ptr + cols * W + (W - 1 - s), mask=cmask, other=0.0).to(tl.float32)[None, :]
+    tl.store(dx_ptr + rows[:, None] * C + cols[None, :], acc.to(dx_ptr.dtype.element_ty),
              mask=ok[:, None] & cmask[None, :])
-
-
-@triton.jit
-def short_conv_dstate_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, ds0_ptr, cu_ptr, TT, T, sx, C, H, eps,
-                             K: tl.constexpr, V: tl.constexpr, W: tl.constexpr, VARLEN: tl.constexpr,
-                             NORM: tl.constexpr, BS: tl.constexpr, BD: tl.constexpr):
-    """Gradient of the carried state ``s0 [N, C, W-1]``: slot j (position start - (W-1) + j) feeds tap i of
-    token start + j - i, for i <= j."""
-    n = tl.program_id(0).to(tl.int64)
-    pc = tl.program_id(1)
-    j = tl.arange(0, BS).to(tl.int64)
-    if VARLEN:
-        start = tl.load(cu_ptr + n).to(tl.int64)
-        end = tl.load(cu_ptr + n + 1).to(tl.int64)
-    else:
-        start = n * T
-        end = start + T
-    startv = tl.zeros((BS,), dtype=tl.int64) + start
-    docv = tl.zeros((BS,), dtype=tl.int64) + n
-    col0, width, is_v = _head(pc, H, K, V)
-    d = tl.arange(0, BD)
-    cmask = d < width
-    cols = col0 + d
-    if pc < H:
-        gbase = dq_ptr + pc * K
-        gstride = H * K
-    elif pc < 2 * H:
-        gbase = dk_ptr + (pc - H) * K
-        gstride = H * K
-    else:
-        gbase = dv_ptr + (pc - 2 * H) * V
-        gstride = H * V
-    acc = tl.zeros((BS, BD), dtype=tl.float32)
-    for i in tl.static_range(W - 1):
-        tgt = startv + j - i
-        ok = (j < W - 1) & (j >= i) & (tgt < end)
-        dp = _dpre(x_ptr, s0_ptr, w_ptr, gbase, gstride, tgt, ok, startv, docv, cols, cmask, d, sx, C, eps, is_v,
-                   W, True, NORM, BS, BD)
-        wi = tl.load(w_ptr + cols * W + i, mask=cmask, other=0.0).to(tl.float32)
-        acc += dp * wi[None, :]
-    tl.store(ds0_ptr + n * (C * (W - 1)) + cols[None, :] * (W - 1) + j[:, None], acc,
-             mask=(j < W - 1)[:, None] & cmask[None, :])
 
 
 @triton.jit
