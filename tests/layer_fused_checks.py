@@ -45,9 +45,19 @@ def _compare(names_out, names_in, fused, ref, inputs, dtype, params=()):
 
 
 def check_conv(device="cpu", dtype=torch.float32, *, H=2, K=8, V=16, W=4, lengths=None, B=2, T=11, state=True,
-               normalize=True, seed=0):
+               normalize=True, seed=0, dpre_blocks=None):
     """conv_qkv (Triton) against its PyTorch definition: q, k, v, final state; dx (a strided slice of a wider
-    projection), dweight, dstate."""
+    projection), dweight, dstate. ``dpre_blocks``: token blocks per program of the backward's first pass
+    (fewer than the default reach several programs, and their partial sums, at small T)."""
+    if dpre_blocks is not None:
+        from hybrid.ops import short_conv
+
+        default, short_conv.DPRE_BLOCKS = short_conv.DPRE_BLOCKS, dpre_blocks
+        try:
+            return check_conv(device, dtype, H=H, K=K, V=V, W=W, lengths=lengths, B=B, T=T, state=state,
+                              normalize=normalize, seed=seed)
+        finally:
+            short_conv.DPRE_BLOCKS = default
     torch.manual_seed(seed)
     C = 2 * H * K + H * V
     cu = None

@@ -190,7 +190,8 @@ class _ConvQKVFn(torch.autograd.Function):
         dq = x2.new_zeros(B, T, H, K) if dq is None else dq.contiguous()
         dk = x2.new_zeros(B, T, H, K) if dk is None else dk.contiguous()
         dv = x2.new_zeros(B, T, H, V) if dv is None else dv.contiguous()
-        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM * DPRE_BLOCKS)
+        nblk = min(DPRE_BLOCKS, max(triton_cdiv(TT, TOKENS_PER_PROGRAM), 1))
+        nb = triton_cdiv(TT, TOKENS_PER_PROGRAM * nblk)
         dpre = torch.empty(TT, C, device=x2.device, dtype=x2.dtype)
         dx = torch.empty(TT, C, device=x2.device, dtype=x2.dtype)
         dwp = torch.empty(max(nb, 1), C, W, device=x2.device, dtype=torch.float32)
@@ -201,7 +202,7 @@ class _ConvQKVFn(torch.autograd.Function):
             short_conv_dpre_kernel[(nb, 3 * H)](
                 x2, weight, s0 if s0 is not None else x2, dq, dk, dv, dpre, dwp, cu_arg, doc_arg, TT, max(T, 1),
                 x2.stride(0), C, H, NORM_EPS, K=K, V=V, W=W, VARLEN=cu is not None, HAS_STATE=s0 is not None,
-                NORM=norm, BT=TOKENS_PER_PROGRAM, BD=next_pow2(max(K, V), 16), NBLK=DPRE_BLOCKS,
+                NORM=norm, BT=TOKENS_PER_PROGRAM, BD=next_pow2(max(K, V), 16), NBLK=nblk,
                 WP=next_pow2(W, 2), num_warps=4)
             short_conv_dx_kernel[(triton_cdiv(TT, TOKENS_PER_PROGRAM), triton_cdiv(C, CHANNELS_PER_PROGRAM))](
                 dpre, weight, dx, cu_arg, doc_arg, TT, max(T, 1), C, W=W, VARLEN=cu is not None,
