@@ -36,6 +36,7 @@ CASES = {
     "layer_gdn2_packed": ("check_layer", dict(kind="gdn2", lengths=[7, 0, 20])),
     "layer_packed_and_padded": ("check_layer_packed", {}),
     "layer_decode_after_prefill": ("check_layer_decode", {}),
+    "layer_under_torch_compile": ("check_layer_compiled", {}),
 }
 TOL = 1e-5
 

@@ -7,6 +7,10 @@ from torch import nn
 
 from hybrid.ops.gated_norm import gated_rms_norm
 
+# an autograd Function over Triton kernels on CUDA: eager under torch.compile, as the ops of the
+# recurrent layer are
+_gated_rms_norm = torch.compiler.disable(gated_rms_norm)
+
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
     """x / sqrt(mean(x^2) + eps) over the last axis, computed in fp32, returned in fp32."""
@@ -39,7 +43,7 @@ class GatedHeadRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, gate: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         """y in the gate's dtype; one fused kernel each way on CUDA (hybrid.ops.gated_norm)."""
-        return gated_rms_norm(x, gate, self.weight, self.eps, backend=backend)
+        return _gated_rms_norm(x, gate, self.weight, self.eps, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
