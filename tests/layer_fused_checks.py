@@ -205,15 +205,17 @@ def check_layer_decode(device="cpu", *, kind="carve", B=2, prefill=19, steps=6, 
     return {"decode": rel(torch.cat(outs, 1), full)}
 
 
-def check_layer_compiled(device="cpu", *, B=2, T=20, seed=0):
+def check_layer_compiled(device="cpu", *, B=2, T=20, seed=0, backend=None):
     """The fused layer under torch.compile (the fused ops stay eager, as train.compile runs them): output
-    and parameter gradients equal the uncompiled layer's."""
+    and parameter gradients equal the uncompiled layer's. ``backend``: torch.compile's (default: inductor
+    on CUDA, eager elsewhere)."""
+    backend = backend or ("inductor" if device == "cuda" else "eager")
     m = mixer("carve", device=device, seed=seed)
     m.ops_backend = "triton"
     torch.manual_seed(seed + 1)
     x = torch.randn(B, T, m.o_proj.out_features, device=device)
     res = []
-    for fn in (m, torch.compile(m, backend="eager")):
+    for fn in (m, torch.compile(m, backend=backend)):
         m.zero_grad(set_to_none=True)
         y = fn(x)
         y.square().sum().backward()

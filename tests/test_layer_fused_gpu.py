@@ -63,3 +63,8 @@ def test_fused_layer_bf16_autocast_gpu(kind):
 def test_fused_layer_packed_padded_and_decode_gpu():
     _ok(checks.check_layer_packed("cuda", lengths=(70, 0, 130, 9)), 1e-3)
     _ok(checks.check_layer_decode("cuda", B=3, prefill=70, steps=5), 1e-3)
+
+
+def test_fused_layer_under_torch_compile_gpu():
+    """train.compile's path: the layer compiled by inductor around the eager fused ops, fp32."""
+    _ok(checks.check_layer_compiled("cuda", B=2, T=200), 1e-4)
