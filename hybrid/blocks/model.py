@@ -23,11 +23,12 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from hybrid.ops.short_conv import doc_index
+
 from . import init
 from .attention import AttentionMixer
 from .cache import HybridCache
 from .config import HybridConfig
-from .conv import doc_index
 from .mlp import SwiGLU
 from .norms import RMSNorm
 from .recurrent import RecurrentMixer

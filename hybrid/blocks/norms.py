@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from hybrid.ops.gated_norm import gated_rms_norm
+
+# an autograd Function over Triton kernels on CUDA: eager under torch.compile, as the ops of the
+# recurrent layer are
+_gated_rms_norm = torch.compiler.disable(gated_rms_norm)
 
 
 def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
@@ -36,9 +41,9 @@ class GatedHeadRMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(head_dim))
 
-    def forward(self, x: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
-        y = rms_normalize(x, self.eps) * self.weight.float() * F.silu(gate.float())
-        return y.to(gate.dtype)
+    def forward(self, x: torch.Tensor, gate: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+        """y in the gate's dtype; one fused kernel each way on CUDA (hybrid.ops.gated_norm)."""
+        return _gated_rms_norm(x, gate, self.weight, self.eps, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"

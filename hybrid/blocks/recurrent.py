@@ -1,11 +1,14 @@
 """The CARVE layer and its GDN-2 baseline (one class, ``kind`` picks the write gate and the content term).
 
-x -> q, k, v projections -> causal short conv + SiLU -> L2-norm(q), L2-norm(k)
-g = -exp(A_log) * softplus(f_proj(x) + dt_bias)    (fp32, per key channel; f_proj low rank)
+x -> q, k, v projections -> causal short conv + SiLU -> L2-norm(q), L2-norm(k)   (hybrid.ops.short_conv)
+g = -exp(A_log) * softplus(f_proj(x) + dt_bias)    (fp32, per key channel; f_proj low rank; hybrid.ops.gates)
 a = b_proj(x)                                      (erase logits, d -> H*K)
 w = sigmoid(w_proj(x))                             (CARVE: d -> H, one scalar per head; GDN-2: d -> H*V)
 o = carve(q, k, v, g, a, w, U_down, U_up)          (hybrid.kernels; U only for CARVE with content on)
-y = o_proj(RMSNorm_head(o) * SiLU(out_gate(x)))    (out_gate low rank d -> R -> H*V)
+y = o_proj(RMSNorm_head(o) * SiLU(out_gate(x)))    (out_gate low rank d -> R -> H*V; hybrid.ops.gated_norm)
+
+On CUDA the ops around the operator are fused Triton kernels that keep only their low-precision inputs
+for the backward, and every projection of x but ``b_proj`` runs as one GEMM; elsewhere they are PyTorch.
 
 Padded batches (``valid`` has False entries): the real tokens of every row are packed into one
 sequence per row and run with ``cu_seqlens``; pads never touch the convolution state, the recurrent
@@ -21,16 +24,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from hybrid.kernels import CarveState, carve, carve_decode
+from hybrid.ops.backend import use_triton
+from hybrid.ops.gates import gates
+from hybrid.ops.short_conv import conv_qkv, conv_qkv_step
 
 from . import init
 from .cache import RecurrentCacheLayer
-from .conv import short_conv
 from .norms import GatedHeadRMSNorm
 
 # torch.compile (train.compile) compiles everything around the operator; the operator itself is our
 # own autograd Function over Triton kernels (or the chunked torch loop on CPU) and stays eager
 _carve = torch.compiler.disable(carve)
 _carve_decode = torch.compiler.disable(carve_decode)
+# the fused ops around it likewise (autograd Functions over Triton kernels; PyTorch on CPU)
+conv_qkv = torch.compiler.disable(conv_qkv)
+conv_qkv_step = torch.compiler.disable(conv_qkv_step)
+gates = torch.compiler.disable(gates)
 
 
 class RecurrentMixer(nn.Module):
@@ -47,6 +56,8 @@ class RecurrentMixer(nn.Module):
         self.content = self.kind == "carve" and block["content"] == "self"
         self.content_grad = block.get("content_grad", "full")
         self.operator_backend = "auto"
+        # the ops around the operator (hybrid.ops): "auto" = Triton kernels on CUDA, PyTorch elsewhere
+        self.ops_backend = "auto"
 
         self.q_proj = nn.Linear(d_model, H * K, bias=False)
         self.k_proj = nn.Linear(d_model, H * K, bias=False)
@@ -94,31 +105,57 @@ class RecurrentMixer(nn.Module):
         """g (fp32, <= 0), a, w for inputs ``x [B, T, d]``."""
         B, T, _ = x.shape
         H, K = self.H, self.K
-        f = self.f_proj(x).view(B, T, H, K).float() + self.dt_bias.float().view(H, K)
-        g = -torch.exp(self.A_log.float()).view(H, 1) * F.softplus(f)
+        g, w = gates(self.f_proj(x).view(B, T, H, K), self.dt_bias, self.A_log, self.w_proj_logits(x),
+                     backend=self.ops_backend)
+        return g, self.b_proj(x).view(B, T, H, K), w
+
+    def w_proj_logits(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        w = self.w_proj(x)
+        return w.view(B, T, self.H) if self.kind == "carve" else w.view(B, T, self.H, self.V)
+
+    def _projections(self, x):
+        """qkv [B, T, 2HK + HV], decay logits f [B, T, H, K], erase logits a, write logits, output gate.
+
+        With the fused ops every projection of x but the erase logits is one GEMM (its output slices feed
+        the kernels, which read strided rows); a is its own GEMM because the operator keeps it contiguous."""
+        B, T, _ = x.shape
+        H, K, V = self.H, self.K, self.V
         a = self.b_proj(x).view(B, T, H, K)
-        w = torch.sigmoid(self.w_proj(x))
-        w = w.view(B, T, H) if self.kind == "carve" else w.view(B, T, H, self.V)
-        return g, a, w
+        if not self._fused(x):
+            qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
+            return qkv, self.f_proj(x).view(B, T, H, K), a, self.w_proj_logits(x), self.g_proj(x)
+        f_down, g_down = self.f_proj[0], self.g_proj[0]
+        parts = [self.q_proj, self.k_proj, self.v_proj, f_down, self.w_proj, g_down]
+        z = F.linear(x, torch.cat([m.weight for m in parts]))
+        qkv, fl, wl, gl = torch.split(z, [2 * H * K + H * V, f_down.out_features, self.w_proj.out_features,
+                                          g_down.out_features], dim=-1)
+        wl = wl.view(B, T, H) if self.kind == "carve" else wl.view(B, T, H, V)
+        return qkv, self.f_proj[1](fl).view(B, T, H, K), a, wl, self.g_proj[1](gl)
+
+    def _fused(self, x) -> bool:
+        return use_triton(x, self.ops_backend)
 
     def _core(self, x, *, cu_seqlens=None, conv_state=None, state: CarveState | None = None,
               want_state=False, decode=False):
         """Mix ``x [B, T, d]`` (one sequence per row, or packed with cu_seqlens). Returns y and new states."""
         B, T, _ = x.shape
         H, K, V = self.H, self.K, self.V
-        qkv = torch.cat([self.q_proj(x), self.k_proj(x), self.v_proj(x)], dim=-1)
-        qkv, new_conv = short_conv(qkv, self.conv_weight, cu_seqlens=cu_seqlens, initial_state=conv_state,
-                                   output_final_state=want_state)
-        qkv = F.silu(qkv)
-        q, k, v = torch.split(qkv, [H * K, H * K, H * V], dim=-1)
+        be = self.ops_backend
+        qkv, f, a, w_logits, gate = self._projections(x)
         # the operator's dtype is the autocast dtype when autocast is on (the residual stream stays fp32
         # there): bf16 operands select the fast Triton path, fp32 ones its slower fp32 fallback
         dev = x.device.type
         cdt = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
-        q = F.normalize(q.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(cdt)
-        k = F.normalize(k.view(B, T, H, K).float(), dim=-1, eps=1e-6).to(cdt)
-        v = v.reshape(B, T, H, V).to(cdt)
-        g, a, w = self.gates(x)
+        if decode:  # the convolution state is shifted in place
+            new_conv = conv_state if conv_state is not None else qkv.new_zeros(B, qkv.shape[-1], self.conv_size - 1)
+            q, k, v = conv_qkv_step(qkv[:, 0], self.conv_weight, new_conv, H, K, V, backend=be)
+            q, k, v = q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)
+        else:
+            q, k, v, new_conv = conv_qkv(qkv, self.conv_weight, H, K, V, cu_seqlens=cu_seqlens,
+                                         initial_state=conv_state, output_final_state=want_state, backend=be)
+        q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)
+        g, w = gates(f, self.dt_bias, self.A_log, w_logits, backend=be)
         u_down = self.u_down if self.content else None
         u_up = self.u_up if self.content else None
         with torch.autocast(x.device.type, enabled=False):
@@ -134,8 +171,8 @@ class RecurrentMixer(nn.Module):
                                      content_grad=self.content_grad, initial_state=state,
                                      output_final_state=want_state, cu_seqlens=cu_seqlens,
                                      backend=self.operator_backend)
-        gate = self.g_proj(x).view(B, T, H, V)
-        y = self.o_norm(o.to(gate.dtype), gate).reshape(B, T, H * V)
+        gate = gate.view(B, T, H, V)
+        y = self.o_norm(o.to(gate.dtype), gate, backend=be).reshape(B, T, H * V)
         return self.o_proj(y), new_conv, new_state
 
     def forward(self, x: torch.Tensor, *, cu_seqlens: torch.Tensor | None = None,

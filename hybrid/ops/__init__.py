@@ -1,0 +1,1 @@
+"""Fused operations of the model's layers: the CARVE operator and the kernels around it."""
