@@ -52,13 +52,45 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
     return parser, table
 
 
+def expected_failure(e: BaseException) -> str | None:
+    """The one-line message of a failure the user caused (bad input, file system, device, checkpoint),
+    or None when ``e`` is a bug. Error types of this package that derive from ``ValueError`` (recipe,
+    block spec, RULER and data-file errors) are expected; a bare ``ValueError`` is not."""
+    from hybrid.errors import HybridError, os_error_message
+
+    if isinstance(e, HybridError):
+        return str(e)
+    if isinstance(e, UnicodeDecodeError):
+        return f"{e.reason} at byte {e.start}; the file must be UTF-8 text"
+    if isinstance(e, OSError):
+        return os_error_message(e)
+    if isinstance(e, ValueError) and type(e).__module__.startswith("hybrid."):
+        return str(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser, table = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 0
-    return int(table[args.command].main(args) or 0)
+    try:
+        return int(table[args.command].main(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the one place where failures become messages
+        msg = expected_failure(e)
+        if msg is None:
+            import traceback
+
+            traceback.print_exc()
+            print(f"error: this is a bug in hybrid ({type(e).__name__} above); please report it with the "
+                  "command line and the traceback", file=sys.stderr)
+            return 1
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

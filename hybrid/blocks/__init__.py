@@ -1,20 +1,29 @@
 """Model building blocks and the transformers model class of hybrid CARVE / attention models.
 
-Importing this package registers ``HybridConfig`` (model_type ``"hybrid"``) and ``HybridForCausalLM``
-with ``AutoConfig`` / ``AutoModel`` / ``AutoModelForCausalLM``; ``register()`` does it explicitly and is
-idempotent.
+Names are imported on first use, so that ``hybrid.blocks.spec`` (recipe validation) does not pull in
+torch and transformers. Importing ``hybrid.blocks.model`` (or using any model name from this package)
+registers ``HybridConfig`` (model_type ``"hybrid"``) and ``HybridForCausalLM`` with ``AutoConfig`` /
+``AutoModel`` / ``AutoModelForCausalLM``; ``register()`` does it explicitly and is idempotent.
 """
 
-from .attention import AttentionMixer
-from .attention_backends import AttentionBackendError, available_backends, causal_attention, masked_attention
-from .cache import HybridCache
-from .config import HybridConfig
-from .mlp import SwiGLU
-from .model import HybridBlock, HybridForCausalLM, HybridModel, HybridPreTrainedModel, bf16_autocast
-from .norms import RMSNorm
-from .params import block_params, count_params, mlp_params
-from .recurrent import RecurrentMixer
-from .spec import SpecError, normalize_block, normalize_mlp
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {
+    "AttentionMixer": "attention",
+    "AttentionBackendError": "attention_backends", "available_backends": "attention_backends",
+    "causal_attention": "attention_backends", "masked_attention": "attention_backends",
+    "HybridCache": "cache",
+    "HybridConfig": "config",
+    "SwiGLU": "mlp",
+    "HybridBlock": "model", "HybridForCausalLM": "model", "HybridModel": "model",
+    "HybridPreTrainedModel": "model", "bf16_autocast": "model",
+    "RMSNorm": "norms",
+    "block_params": "params", "count_params": "params", "mlp_params": "params",
+    "RecurrentMixer": "recurrent",
+    "SpecError": "spec", "normalize_block": "spec", "normalize_mlp": "spec",
+}
 
 _registered = False
 
@@ -26,6 +35,9 @@ def register() -> None:
         return
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
+    from .config import HybridConfig
+    from .model import HybridForCausalLM, HybridModel
+
     for fn in (lambda: AutoConfig.register("hybrid", HybridConfig),
                lambda: AutoModel.register(HybridConfig, HybridModel),
                lambda: AutoModelForCausalLM.register(HybridConfig, HybridForCausalLM)):
@@ -36,11 +48,14 @@ def register() -> None:
     _registered = True
 
 
-register()
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'hybrid.blocks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"hybrid.blocks.{_WHERE[name]}"), name)
+    if _WHERE[name] != "spec":
+        register()
+    globals()[name] = value
+    return value
 
-__all__ = [
-    "AttentionBackendError", "AttentionMixer", "HybridBlock", "HybridCache", "HybridConfig", "HybridForCausalLM",
-    "HybridModel", "HybridPreTrainedModel", "RMSNorm", "RecurrentMixer", "SpecError", "SwiGLU",
-    "available_backends", "bf16_autocast", "block_params", "causal_attention", "count_params", "masked_attention",
-    "mlp_params", "normalize_block", "normalize_mlp", "register",
-]
+
+__all__ = sorted([*_WHERE, "register"])

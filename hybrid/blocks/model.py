@@ -304,3 +304,12 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             if key in kwargs:
                 inputs[key] = kwargs[key]
         return inputs
+
+
+def _register_auto_classes() -> None:
+    from hybrid.blocks import register
+
+    register()
+
+
+_register_auto_classes()

@@ -34,17 +34,35 @@ def display_path(path: str) -> str:
 def read_yaml(path: str) -> tuple[object, Locs]:
     shown = display_path(path)
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        with open(path, "rb") as fh:
+            raw = fh.read()
     except FileNotFoundError:
         raise RecipeError(Loc(shown), "", "no such file") from None
+    except IsADirectoryError:
+        raise RecipeError(Loc(shown), "", "is a folder, not a recipe file") from None
     except OSError as e:
         raise RecipeError(Loc(shown), "", f"cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise RecipeError(Loc(shown, line), "", f"not UTF-8 text (byte 0x{raw[e.start]:02x}); save the recipe "
+                                                "as UTF-8") from None
     return parse_yaml(text, shown)
 
 
+# errors whose problem is only found on a later line: the line to show is where the construct began
+_STARTS_AT_CONTEXT = ("while scanning a simple key", "while parsing a flow", "while scanning a quoted scalar")
+
+
 def parse_yaml(text: str, filename: str, override: str | None = None) -> tuple[object, Locs]:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.reader.ReaderError as e:
+        line = text[:e.position].count("\n") + 1
+        raise RecipeError(Loc(filename, line, override), "",
+                          f"character U+{e.character:04X} is not allowed in YAML (control characters and "
+                          "NUL bytes); remove it") from None
     try:
         node = loader.get_single_node()
         locs: Locs = {}
@@ -56,6 +74,11 @@ def parse_yaml(text: str, filename: str, override: str | None = None) -> tuple[o
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else None
         what = " ".join(x for x in (e.context, e.problem) if x)
+        ctx = e.context_mark
+        if ctx and e.problem_mark and e.context and e.context.startswith(_STARTS_AT_CONTEXT) \
+                and ctx.line != e.problem_mark.line:
+            line = ctx.line + 1
+            what += f" (noticed on line {e.problem_mark.line + 1})"
         raise RecipeError(Loc(filename, line, override), "", f"not valid YAML: {what}") from None
     except yaml.YAMLError as e:
         raise RecipeError(Loc(filename, None, override), "", f"not valid YAML: {e}") from None

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hybrid.device import resolve_device
+
 
 @dataclass
 class Dist:
@@ -51,18 +53,6 @@ class Dist:
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def resolve_device(device: str | None, local_rank: int = 0) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    d = torch.device(device)
-    if d.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
-        if d.index is None:
-            d = torch.device(f"cuda:{local_rank}")
-    return d
 
 
 def setup(device: str | None = None) -> Dist:
