@@ -17,6 +17,8 @@ class DeviceError(HybridError):
 
 def os_error_message(e: OSError) -> str:
     """One line for a file-system failure: the path, the reason, what to do."""
+    if e.filename is None and e.errno is None:  # raised with a message of its own
+        return str(e)
     path = e.filename if e.filename is not None else "a file"
     why = (e.strerror or str(e)).lower()
     if isinstance(e, PermissionError):

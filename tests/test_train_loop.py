@@ -16,7 +16,7 @@ import torch
 
 from hybrid.recipes import recipe_from_dict
 from hybrid.train import run_training
-from hybrid.train.checkpoint import find_latest, load_checkpoint
+from hybrid.train.checkpoint import CheckpointError, find_latest, load_checkpoint
 from hybrid.train.loop import TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,7 +105,7 @@ def test_crash_while_saving_keeps_last_good_checkpoint(tmp_path):
         if calls["n"] == 2:
             raise OSError("simulated crash in the middle of writing a checkpoint")
 
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(CheckpointError, match="simulated crash.*step_000002 is intact"):
         run_training(recipe, tmp_path / "run", progress=False, _save_hook=crash_on_second_save)
     root = tmp_path / "run" / "checkpoints"
     assert (root / "latest").read_text().strip() == "step_000002"
@@ -150,7 +150,7 @@ def test_nan_loss_stops_with_message(tmp_path, monkeypatch):
         return (loss * float("nan") if calls["n"] > 4 and model.training else loss), logits
 
     monkeypatch.setattr(loop, "_forward", forward)
-    with pytest.raises(TrainingDiverged, match=r"loss became nan .* step 5; the last good checkpoint is .*step_000004"):
+    with pytest.raises(TrainingDiverged, match=r"loss became nan .* step 5; the newest checkpoint is .*step_000004 \(weights finite when saved\)"):
         run_training(small_recipe(steps=8, save_every=4, eval_every=0), tmp_path / "run", progress=False)
     assert find_latest(tmp_path / "run" / "checkpoints").name == "step_000004"
 

@@ -20,8 +20,12 @@ Data (train.data.kind):
 
 Output (--out, default runs/RECIPE_NAME): final weights + config + tokenizer at the top level
 (HybridForCausalLM.from_pretrained(OUT) loads it), metrics.jsonl, loss_curve.png, summary.json,
-checkpoints/ (atomic; the last good one is always kept). Ctrl-C saves a checkpoint and exits;
---resume continues exactly where it stopped.
+checkpoints/ (atomic, checksummed; the newest train.keep_checkpoints are kept). Ctrl-C saves a
+checkpoint and exits; --resume continues exactly where it stopped, from the newest checkpoint that
+passes its checks (a damaged one is skipped and named). A resume must keep the train settings except
+steps, eval/save/log cadence and the like (docs/training.md); --allow-changes accepts others.
+One run at a time per --out (OUT/.lock). On a terminal a progress bar is drawn; otherwise, and with
+--no-progress, a one-line heartbeat every train.heartbeat_every steps.
 
 examples:
   hybrid train recipes/tiny-cpu.yaml
@@ -35,9 +39,13 @@ examples:
 def _options(p) -> None:
     p.add_argument("--out", "-o", default=None, help="output folder (default: runs/<recipe name>)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (overrides train.steps)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in OUT")
+    p.add_argument("--allow-changes", action="store_true",
+                   help="with --resume: accept train settings that differ from the checkpoint's")
     p.add_argument("--device", default="auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (metrics.jsonl is still written)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; a heartbeat line every train.heartbeat_every steps (metrics.jsonl "
+                        "is still written)")
 
 
 def add_arguments(p) -> None:
@@ -50,9 +58,8 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from hybrid.blocks.spec import SpecError
+    from hybrid.device import check_device_name
     from hybrid.recipes import RecipeError, load_recipe
-    from hybrid.train.checkpoint import CheckpointError
-    from hybrid.train.loop import TrainingDiverged, run_training
     from hybrid.train.textfiles import DataFileError
 
     rank = int(os.environ.get("RANK", "0"))
@@ -61,15 +68,26 @@ def main(args) -> int:
     if bad:
         print(f"error: override {bad[0]!r} is not KEY=VALUE (e.g. train.lr=1e-3)", file=sys.stderr)
         return 2
+    if args.allow_changes and not args.resume:
+        print("error: --allow-changes: only meaningful with --resume", file=sys.stderr)
+        return 2
+    check_device_name(args.device)
     try:
         overrides = list(args.overrides)
         if args.steps is not None:
             overrides.append(f"train.steps={args.steps}")
         recipe = load_recipe(args.recipe, overrides=overrides)
+    except (RecipeError, SpecError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from hybrid.errors import HybridError
+    from hybrid.train.loop import TrainingDiverged, run_training
+
+    try:
         out = args.out or os.path.join("runs", recipe.name)
-        res = run_training(recipe, out, device=args.device, progress=not args.no_progress, resume=args.resume)
-    except (RecipeError, SpecError, DataFileError, CheckpointError, FileExistsError, FileNotFoundError,
-            ValueError) as e:
+        res = run_training(recipe, out, device=args.device, progress=not args.no_progress, resume=args.resume,
+                           allow_changes=args.allow_changes)
+    except (HybridError, DataFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:

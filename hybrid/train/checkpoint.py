@@ -7,17 +7,22 @@ Layout of ``OUT/checkpoints/``::
         optimizer.pt        AdamW state
         trainer.pt          scheduler state, step, tokens seen, data position, train config
         rng_rank0.pt ...    python / numpy / torch / cuda RNG states, one file per rank
-        meta.json           written last: {"step", "complete": true, ...}
+        config.json         the model's HybridConfig (the folder can be evaluated or exported alone)
+        meta.json           written last: {"step", "complete": true, "sha256": {file: digest}, ...}
     latest                  the name of the newest complete checkpoint (replaced atomically)
 
 A save writes everything into ``.tmp-step_N`` (each file fsynced), renames the folder into place,
 fsyncs the parent, then swaps ``latest`` with ``os.replace``; only after that are older checkpoints
-removed. A crash at any point leaves the previous checkpoint and ``latest`` intact; leftover ``.tmp-*``
-folders are ignored and cleaned on the next save.
+removed (the newest ``keep`` are kept). A crash at any point leaves the previous checkpoint and
+``latest`` intact; leftover ``.tmp-*`` folders are ignored and cleaned on the next save.
+
+Before a resume, :func:`load_verified` checks every file against its sha256 in ``meta.json`` and the
+weights for NaN/Inf; a damaged checkpoint is skipped (and named) in favour of the previous one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -27,9 +32,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hybrid.errors import HybridError
 
-class CheckpointError(RuntimeError):
-    pass
+
+class CheckpointError(HybridError, RuntimeError):
+    """A checkpoint that is missing, damaged or made for another model."""
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -79,7 +94,7 @@ def write_rng(tmp: Path, rank: int) -> None:
 
 
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer, trainer_state: dict,
-                    rank: int = 0, keep: int = 1, barrier=None, _write_hook=None) -> Path:
+                    rank: int = 0, keep: int = 2, barrier=None, _write_hook=None) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically. Call on every rank (each writes its RNG
     file); rank 0 writes the rest. ``barrier`` synchronises ranks in distributed runs. Returns the
     final folder."""
@@ -107,7 +122,13 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer,
         _fsync_file(tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer.pt")
         _fsync_file(tmp / "trainer.pt")
-        meta = {"step": step, "complete": True, "world_size": trainer_state.get("world_size", 1)}
+        config = getattr(model, "config", None)
+        if config is not None and hasattr(config, "to_json_string"):
+            (tmp / "config.json").write_text(config.to_json_string())
+            _fsync_file(tmp / "config.json")
+        digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {"step": step, "complete": True, "world_size": trainer_state.get("world_size", 1),
+                "sha256": digests}
         (tmp / "meta.json").write_text(json.dumps(meta))
         _fsync_file(tmp / "meta.json")
         _fsync_dir(tmp)
@@ -141,9 +162,17 @@ def _prune(root: Path, keep: int, newest: str) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under ``root`` (those with a ``meta.json``), newest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.glob("step_*") if (p / "meta.json").exists()), reverse=True)
+
+
 def find_latest(root: Path) -> Path | None:
     """The newest complete checkpoint under ``root`` (``latest`` if valid, else the highest complete
-    ``step_*``), or None."""
+    ``step_*``), or None. Nothing is verified here: see :func:`load_verified`."""
     root = Path(root)
     if not root.is_dir():
         return None
@@ -152,29 +181,90 @@ def find_latest(root: Path) -> Path | None:
         cand = root / latest.read_text().strip()
         if (cand / "meta.json").exists():
             return cand
-    done = sorted(p for p in root.glob("step_*") if (p / "meta.json").exists())
-    return done[-1] if done else None
+    done = list_checkpoints(root)
+    return done[0] if done else None
+
+
+def verify_files(path: Path) -> None:
+    """Check every file of a checkpoint against the sha256 recorded in its ``meta.json``; raise
+    :class:`CheckpointError` naming the first file that is missing or differs."""
+    path = Path(path)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: meta.json is unreadable ({e})") from None
+    digests = meta.get("sha256")
+    if not isinstance(digests, dict):  # written before checksums existed: nothing to compare
+        return
+    for name, want in digests.items():
+        f = path / name
+        if not f.is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+        if sha256_of(f) != want:
+            raise CheckpointError(f"{path}: {name} does not match its sha256 (truncated or overwritten)")
+
+
+def check_finite(model: torch.nn.Module, path: Path) -> None:
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: weight {name} holds NaN or Inf")
+
+
+def load_model_weights(path: Path, model: torch.nn.Module) -> None:
+    """Load a checkpoint's ``model.safetensors`` into ``model`` (strict) and check that it is finite."""
+    from safetensors.torch import load_model
+
+    try:
+        missing, unexpected = load_model(model, str(Path(path) / "model.safetensors"), strict=False)
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path}: cannot load model.safetensors ({type(e).__name__}: {e})") from None
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: does not match the model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}; was it made from another recipe?")
+    check_finite(model, path)
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated file raises RuntimeError / EOFError / pickle errors
+        raise CheckpointError(f"{path.parent}: cannot read {path.name} ({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer=None, rank: int = 0) -> dict:
-    """Load weights (and optimizer, RNG of this rank) from a checkpoint folder; return trainer state."""
-    from safetensors.torch import load_model
-
+    """Verify a checkpoint folder, load weights (and optimizer, RNG of this rank); return trainer state.
+    Raises :class:`CheckpointError` when any part is missing, damaged or not finite."""
     path = Path(path)
-    meta_path = path / "meta.json"
-    if not meta_path.exists():
+    if not (path / "meta.json").exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)")
-    try:
-        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    except Exception as e:  # noqa: BLE001
-        raise CheckpointError(f"cannot load weights from {path}: {e}") from e
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]} (was it made from another recipe?)")
-    state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+    verify_files(path)
+    load_model_weights(path, model)
+    state = _torch_load(path / "trainer.pt")
     if optimizer is not None:
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+        optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     rng_path = path / f"rng_rank{rank}.pt"
     if rng_path.exists():
-        set_rng_state(torch.load(rng_path, map_location="cpu", weights_only=False))
+        set_rng_state(_torch_load(rng_path))
     return state
+
+
+def load_verified(root: Path, *, model: torch.nn.Module, optimizer=None, rank: int = 0,
+                  log=print) -> tuple[Path, dict]:
+    """Load the newest checkpoint under ``root`` that passes :func:`load_checkpoint`'s checks, falling
+    back to older ones (each skipped one is reported through ``log``). Returns (folder, trainer state)."""
+    cands = list_checkpoints(root)
+    latest = find_latest(root)
+    if latest is not None and latest in cands:  # ``latest`` first, then the others newest first
+        cands.remove(latest)
+        cands.insert(0, latest)
+    problems = []
+    for cand in cands:
+        try:
+            return cand, load_checkpoint(cand, model=model, optimizer=optimizer, rank=rank)
+        except CheckpointError as e:
+            problems.append(str(e))
+            log(f"warning: checkpoint {cand.name} is damaged ({e}); trying the previous one")
+    if not problems:
+        raise CheckpointError(f"{root}: no checkpoint to resume from; run without --resume to start over")
+    raise CheckpointError(f"{root}: every checkpoint is damaged (newest: {problems[0]}); start a new run "
+                          "without --resume in another --out")

@@ -192,10 +192,12 @@ class TrainConfig:
     eval_every: int = 200
     eval_batches: int = 4
     save_every: int = 500
+    keep_checkpoints: int = 2
     seed: int = 0
     compile: bool = False
     dtype: str = "auto"
     log_every: int = 10
+    heartbeat_every: int = 100
     decay_embeddings: bool = False
     data_workers: int | None = None
     data: DataConfig = field(default_factory=DataConfig)
@@ -214,10 +216,12 @@ class TrainConfig:
         "eval_every": "steps between held-out evaluations; 0 = only at the end",
         "eval_batches": "micro-batches per evaluation",
         "save_every": "steps between checkpoints; 0 = only at the end",
+        "keep_checkpoints": "newest checkpoints kept in OUT/checkpoints (older ones are removed)",
         "seed": "base seed (model init, data streams)",
         "compile": "wrap the model in torch.compile",
         "dtype": "auto (bf16 autocast on GPU, fp32 on CPU), bf16 or fp32",
         "log_every": "steps between metric lines in metrics.jsonl",
+        "heartbeat_every": "steps between one-line progress reports when no bar is drawn; 0 = none",
         "decay_embeddings": "apply weight decay to token embeddings / tied head too",
         "data_workers": "processes generating batches ahead; null = auto (RULER mixture on GPU only)",
         "data": "data source mapping: kind = assoc_recall | ruler_mix | text",
@@ -243,9 +247,9 @@ class TrainConfig:
         out = cls()
         for key, v in d.items():
             kp = _p(path, key)
-            if key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every"):
+            if key in ("steps", "batch_size", "seq_len", "grad_accum", "log_every", "keep_checkpoints"):
                 setattr(out, key, _int(v, kp, 1))
-            elif key in ("warmup_steps", "eval_every", "eval_batches", "save_every", "seed"):
+            elif key in ("warmup_steps", "eval_every", "eval_batches", "save_every", "seed", "heartbeat_every"):
                 setattr(out, key, _int(v, kp, 0))
             elif key == "lr":
                 out.lr = _float(v, kp, 0.0, lo_open=True)
@@ -270,6 +274,11 @@ class TrainConfig:
         if out.seq_len < 8:
             raise SpecError(_p(path, "seq_len"), f"must be >= 8, got {out.seq_len}")
         return out
+
+    # keys a --resume may change without --allow-changes: they decide how long the run goes and what
+    # it reports, never the numbers of a step
+    CHANGEABLE = ("steps", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every",
+                  "heartbeat_every", "data_workers", "compile")
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.keys() if k != "data"}

@@ -28,16 +28,35 @@ from pathlib import Path
 
 import torch
 
+from hybrid.errors import HybridError
 from hybrid.train.batches import Batch
-from hybrid.train.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from hybrid.train.checkpoint import CheckpointError, find_latest, load_verified, save_checkpoint
 from hybrid.train.config import TrainConfig
 from hybrid.train.distributed import Dist, setup
+from hybrid.train.heartbeat import Heartbeat
 from hybrid.train.metrics import MetricsLog, flops_per_token, peak_flops, plot_loss
+from hybrid.train.runlock import RunLock
 from hybrid.train.schedule import make_scheduler, param_groups
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or the gradient norm became NaN/Inf; the last good checkpoint is kept."""
+    """The loss or the gradient norm became NaN/Inf; the checkpoints saved so far are kept."""
+
+
+class ResumeMismatch(HybridError):
+    """``--resume`` with train settings that differ from the checkpoint's in keys that change the run."""
+
+
+def compare_for_resume(saved: dict, new: dict) -> tuple[list[str], list[str]]:
+    """(changes to keys a resume may change, changes to any other key), each as ``key: old -> new``."""
+    allowed, refused = [], []
+    for key in sorted(set(saved) | set(new)):
+        old, now = saved.get(key), new.get(key)
+        if old == now:
+            continue
+        line = f"{key}: {json.dumps(old)} -> {json.dumps(now)}"
+        (allowed if key in TrainConfig.CHANGEABLE else refused).append(line)
+    return allowed, refused
 
 
 @dataclass
@@ -207,13 +226,17 @@ def evaluate(model, source, n_batches: int, dev: torch.device, autocast, dist_: 
 
 def run_training(recipe, out_dir, *, steps: int | None = None, device: str | None = None,
                  overrides: list[str] | None = None, progress: bool = True, resume: bool = False,
-                 _save_hook=None, _stop_after: int | None = None) -> TrainResult:
+                 allow_changes: bool = False, _save_hook=None, _stop_after: int | None = None) -> TrainResult:
     """Train ``recipe`` (a path or a ``Recipe``) into ``out_dir``.
 
     ``steps`` overrides ``train.steps``; ``overrides`` are recipe ``key=value`` strings
-    (``"train.lr=1e-3"``); ``resume`` continues from ``out_dir/checkpoints/latest``. Raises
-    ``TrainingDiverged`` on a NaN/Inf loss (the last good checkpoint stays), ``FileExistsError`` when
-    ``out_dir`` already holds a checkpoint and ``resume`` is false. Works under ``torchrun`` (DDP)."""
+    (``"train.lr=1e-3"``); ``resume`` continues from the newest verified checkpoint under
+    ``out_dir/checkpoints`` (a damaged one is skipped, and said so); train settings other than
+    ``TrainConfig.CHANGEABLE`` must match the checkpoint's unless ``allow_changes``. ``progress``: a
+    bar on a terminal, else a one-line heartbeat every ``train.heartbeat_every`` steps; False: only the
+    heartbeat. Raises ``TrainingDiverged`` on a NaN/Inf loss (the checkpoints stay),
+    ``FileExistsError`` when ``out_dir`` already holds a checkpoint and ``resume`` is false,
+    ``RunLockError`` when another run writes ``out_dir``. Works under ``torchrun`` (DDP)."""
     overrides = list(overrides or [])
     if steps is not None:
         overrides.append(f"train.steps={int(steps)}")
@@ -223,8 +246,10 @@ def run_training(recipe, out_dir, *, steps: int | None = None, device: str | Non
     ckpt_root = out / "checkpoints"
     dist_ = setup(device)
     try:
-        return _run(rec, cfg, out, ckpt_root, dist_, progress=progress, resume=resume, save_hook=_save_hook,
-                    stop_after=_stop_after)
+        lock = RunLock(out) if dist_.is_main else contextlib.nullcontext()
+        with lock:
+            return _run(rec, cfg, out, ckpt_root, dist_, progress=progress, resume=resume,
+                        allow_changes=allow_changes, save_hook=_save_hook, stop_after=_stop_after)
     finally:
         dist_.close()
 
@@ -251,7 +276,7 @@ def _build_model(rec, cfg: TrainConfig, tokenizer):
 
 
 def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, progress: bool, resume: bool,
-         save_hook, stop_after):
+         allow_changes: bool, save_hook, stop_after):
     dev = dist_.device
     main = dist_.is_main
     latest = find_latest(ckpt_root)
@@ -278,13 +303,14 @@ def _run(rec, cfg: TrainConfig, out: Path, ckpt_root: Path, dist_: Dist, *, prog
     prefetch = Prefetcher(source, steps=cfg.steps, accum=cfg.grad_accum, workers=workers)  # spawned workers
     try:
         return _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, latest,
-                      progress=progress, resume=resume, save_hook=save_hook, stop_after=stop_after)
+                      progress=progress, resume=resume, allow_changes=allow_changes, save_hook=save_hook,
+                      stop_after=stop_after)
     finally:
         prefetch.close()
 
 
 def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, latest, *, progress, resume,
-           save_hook, stop_after):
+           allow_changes, save_hook, stop_after):
     dev = dist_.device
     main = dist_.is_main
     model.to(dev)
@@ -296,12 +322,20 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                                min_lr_ratio=cfg.min_lr_ratio)
 
     start_step, tokens_seen, wall_before = 0, 0, 0.0
+    resume_changes: list[str] = []
     if resume:
-        state = load_checkpoint(latest, model=raw_model, optimizer=optimizer, rank=dist_.rank)
+        log = print if main else (lambda *a, **k: None)
+        latest, state = load_verified(ckpt_root, model=raw_model, optimizer=optimizer, rank=dist_.rank, log=log)
         saved_model = state.get("model_config")
         if saved_model is not None and saved_model != _jsonable(rec.model_config_kwargs()):
-            raise ValueError(f"--resume: the checkpoint in {latest} was made from a different model "
-                             "(recipe model/layout changed); use a new --out")
+            raise CheckpointError(f"{latest}: made from a different model (the recipe's model or layout "
+                                  "changed); resume with the original recipe or use a new --out")
+        allowed, refused = compare_for_resume(state.get("train_config") or {}, cfg.to_dict())
+        if refused and not allow_changes:
+            raise ResumeMismatch(f"--resume: the train settings differ from {latest.name}'s: "
+                                 f"{'; '.join(refused)}; restore them, or pass --allow-changes to continue "
+                                 "with the new values")
+        resume_changes = allowed + refused
         scheduler.load_state_dict(state["scheduler"])
         # steps may be raised on resume; keep the schedule consistent with the new total
         scheduler.lr_lambdas[0] = make_scheduler(optimizer, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
@@ -310,6 +344,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             g["lr"] = lr
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         wall_before = state.get("wall_time_s", 0.0)
+        if main:
+            changed = f"; changed: {'; '.join(resume_changes)}" if resume_changes else ""
+            print(f"resuming from step {start_step} ({latest}){changed}", flush=True)
         if start_step >= cfg.steps and main:
             print(f"checkpoint {latest.name} is already at step {start_step} >= train.steps={cfg.steps}")
 
@@ -324,6 +361,8 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     peak = peak_flops(dev, bf16)
     baselines = source.baselines() if main else {}
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=start_step if resume else None, enabled=main)
+    if resume:
+        metrics.write({"kind": "resume", "step": start_step, "checkpoint": latest.name, "changes": resume_changes})
     n_params = sum(p.numel() for p in raw_model.parameters())
     if main:
         (out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
@@ -346,15 +385,28 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                 "data_position": {"kind": cfg.data.kind, "next_step": step, "seed": cfg.seed}}
 
     def save(step: int, wall: float) -> Path:
-        return save_checkpoint(ckpt_root, step, model=raw_model, optimizer=optimizer,
-                               trainer_state=trainer_state(step, wall), rank=dist_.rank,
-                               barrier=dist_.barrier if dist_.enabled else None, _write_hook=save_hook)
+        try:
+            return save_checkpoint(ckpt_root, step, model=raw_model, optimizer=optimizer,
+                                   trainer_state=trainer_state(step, wall), rank=dist_.rank,
+                                   keep=cfg.keep_checkpoints, barrier=dist_.barrier if dist_.enabled else None,
+                                   _write_hook=save_hook)
+        except OSError as e:
+            kept = f"{last_ckpt} is intact" if last_ckpt else "no earlier checkpoint exists"
+            what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+            raise CheckpointError(f"cannot write checkpoint step {step} in {ckpt_root}: {what}; {kept}; fix "
+                                  "the folder (space, permissions), then --resume") from None
 
     bar = None
-    if progress and main:
-        from tqdm.auto import tqdm
+    heartbeat = None
+    if main:
+        import sys
 
-        bar = tqdm(total=cfg.steps, initial=start_step, desc=rec.name, unit="step", dynamic_ncols=True)
+        if progress and sys.stderr.isatty():
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=start_step, desc=rec.name, unit="step", dynamic_ncols=True)
+        elif cfg.heartbeat_every:
+            heartbeat = Heartbeat(total=cfg.steps, start=start_step, every=cfg.heartbeat_every)
 
     fwd_model.train()
     t_start = time.perf_counter()
@@ -392,11 +444,17 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             if bad:
                 if bar:
                     bar.close()
-                where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else "; no checkpoint was saved"
+                where = (f"; the newest checkpoint is {last_ckpt} (weights finite when saved)" if last_ckpt
+                         else "; no checkpoint was saved")
                 metrics.write({"kind": "error", "step": step + 1, "loss": local_loss, "grad_norm": gnorm})
-                raise TrainingDiverged(f"loss became {local_loss} (grad norm {gnorm}) at step {step + 1}{where}. "
-                                       f"Lower train.lr (now {cfg.lr:g}), keep train.grad_clip > 0, or use "
-                                       "dtype fp32 to find the cause.")
+                if resume and step == start_step:
+                    todo = (f"it is the first step after resuming from {last_ckpt}: resume from an earlier "
+                            "checkpoint, or retrain if the data or settings changed")
+                else:
+                    todo = (f"lower train.lr (now {cfg.lr:g}), keep train.grad_clip > 0, or use dtype fp32 to "
+                            "find the cause")
+                raise TrainingDiverged(f"loss became {local_loss} (grad norm {gnorm}) at step {step + 1}{where}; "
+                                       f"{todo}")
             lr_now = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()
@@ -428,6 +486,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                     bar.set_postfix(post, refresh=False)
             if bar:
                 bar.update(1)
+            if heartbeat:
+                heartbeat.beat(step, last_loss, tok_per_s,
+                               f"  eval {last_eval:.4f}" if last_eval is not None else "")
 
             if cfg.eval_every and (step % cfg.eval_every == 0) and step < cfg.steps:
                 ev = evaluate(fwd_model, source, cfg.eval_batches, dev, autocast, dist_)
