@@ -33,7 +33,8 @@ More in docs/ruler.md.
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="model folder written by `hybrid train` (config.json, weights, tokenizer)")
+    p.add_argument("checkpoint", help="model folder written by `hybrid train`, one of its checkpoints/step_N, or "
+                                      "a stopped run's folder (its newest checkpoint)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="task names or groups, space or comma separated (default: the eval: section of the "
                         "model's recipe, else all = the 11 offline tasks)")
@@ -61,6 +62,14 @@ def main(args) -> int:
     from hybrid.eval.ruler.errors import RulerError
 
     err = make_console(stderr=True)
+    for flag in ("samples", "batch_size"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            err.print(f"[bold red]error:[/] --{flag.replace('_', '-')} {v}: must be >= 1", highlight=False)
+            return 2
+    from hybrid.device import check_device_name
+
+    check_device_name(args.device)
     try:
         return _run(args)
     except (RulerError, SpecError) as e:
@@ -84,8 +93,10 @@ def _run(args) -> int:
     ckpt = check_model_dir(args.checkpoint)
     ev = recipe_eval(ckpt)
     tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))
-    args.samples = args.samples or (ev.samples if ev else 20)
-    args.batch_size = args.batch_size or (ev.batch_size if ev else 8)
+    if args.samples is None:
+        args.samples = ev.samples if ev else 20
+    if args.batch_size is None:
+        args.batch_size = ev.batch_size if ev else 8
     args.haystack = args.haystack or (ev.haystack if ev else None)
     if args.samples < 1 or args.batch_size < 1:
         raise RulerError("--samples and --batch-size must be >= 1")

@@ -1,4 +1,7 @@
-"""Load a trained model folder (``HybridForCausalLM`` + its tokenizer) for evaluation, with clear errors."""
+"""Load a trained model folder (``HybridForCausalLM`` + its tokenizer) for evaluation, with clear errors.
+
+Accepted: the folder a finished ``hybrid train`` writes, one of its ``checkpoints/step_N``, or a run
+folder that stopped before its end (its newest checkpoint is used)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,16 @@ from pathlib import Path
 from .errors import RulerError
 
 
+def _is_training_checkpoint(p: Path) -> bool:
+    return (p / "meta.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def run_dir(p: Path) -> Path:
+    """The training output folder of ``p``: itself, or OUT for ``OUT/checkpoints/step_N``."""
+    p = Path(p)
+    return p.parent.parent if _is_training_checkpoint(p) and p.parent.name == "checkpoints" else p
+
+
 def check_model_dir(path: str | Path) -> Path:
     p = Path(path).expanduser()
     if not p.exists():
@@ -15,8 +28,13 @@ def check_model_dir(path: str | Path) -> Path:
     if not p.is_dir():
         raise RulerError(f"{p} is a file, not a model folder; give the folder written by `hybrid train` "
                          "(it holds config.json, the weights and the tokenizer)")
+    if _is_training_checkpoint(p):
+        return p
     cfg = p / "config.json"
-    if not cfg.is_file():
+    if not cfg.is_file() and (p / "checkpoints").is_dir():
+        from hybrid.train.trained import find_trained
+
+        return find_trained(p).weights
         sub = sorted(q.parent.name for q in p.glob("*/config.json"))
         hint = f"; model folders inside it: {', '.join(sub)}" if sub else ""
         raise RulerError(f"{p} is not a model folder: it has no config.json{hint}")
@@ -48,28 +66,37 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str = "a
     """(model, tokenizer, config dict) of a model folder, model in eval mode on ``device``."""
     import torch
 
+    from hybrid.device import resolve_device
+
+    dev = resolve_device(device)
     p = check_model_dir(path)
-    try:
+    if _is_training_checkpoint(p):
+        from hybrid.train.trained import find_trained, load_tokenizer_for, load_trained
+
+        found = find_trained(p)
+        model = load_trained(found)
+        tok = load_tokenizer_for(found)
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+    else:
         from hybrid.blocks import HybridForCausalLM
-    except ImportError as e:  # pragma: no cover - the model package is part of hybrid
-        raise RulerError(f"the model class is not available: {e}") from None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        model = HybridForCausalLM.from_pretrained(str(p))
-    except Exception as e:
-        raise RulerError(f"{p} could not be loaded as a hybrid model: {type(e).__name__}: {e}") from None
+
+        try:
+            model = HybridForCausalLM.from_pretrained(str(p))
+        except Exception as e:
+            raise RulerError(f"{p} could not be loaded as a hybrid model: {type(e).__name__}: {e}") from None
+        tok = load_tokenizer(p)
     if dtype == "auto":
-        dtype = "bf16" if device.startswith("cuda") else "fp32"
-    model = model.to(device=device, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
-    tok = load_tokenizer(p)
-    return model, tok, json.loads((p / "config.json").read_text())
+        dtype = "bf16" if dev.type == "cuda" else "fp32"
+    model = model.to(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
+    return model, tok, model.config.to_dict()
 
 
 def training_length(path: str | Path) -> int | None:
     """The training sequence length recorded next to a model (recipe or train config), if any."""
     p = Path(path)
-    for name in ("train_config.json", "recipe.json", "train.json"):
-        f = p / name
+    for f in (d / n for d in dict.fromkeys((p, run_dir(p))) for n in ("train_config.json", "recipe.json",
+                                                                       "train.json")):
         if f.is_file():
             try:
                 d = json.loads(f.read_text())
@@ -87,6 +114,8 @@ def training_length(path: str | Path) -> int | None:
 def recipe_eval(path: str | Path):
     """The ``eval:`` section of the recipe saved next to a model (``recipe.json``), or None."""
     f = Path(path) / "recipe.json"
+    if not f.is_file():
+        f = run_dir(Path(path)) / "recipe.json"
     if not f.is_file():
         return None
     try:
