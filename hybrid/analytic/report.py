@@ -72,27 +72,39 @@ def build_report(recipe, device: str = "cpu", batch: int | None = None, length: 
     meas: dict = {}
 
     if measure:
+        # the roofline is a lower bound; on a CPU the chunked operator runs far below it
+        guess = cal["seconds"] if cal is not None else step["seconds"] * (30 if dev.type == "cpu" else 3)
+        prefill_guess = guess / (3 * batch)  # a forward of one sequence
+        time_step = guess <= max_seconds
+        on = device if time_step or prefill_guess <= max_seconds else "meta"
+        log(f"building the model ({params['total'] / 1e6:.0f}M parameters) on {on}"
+            + (" (shapes only: every timed measurement is over --max-seconds)" if on == "meta" else ""))
         t0 = time.perf_counter()
-        model = M.build_model(recipe, device)
+        model = M.build_model(recipe, on)
         meas["build_seconds"] = time.perf_counter() - t0
         meas["params"] = M.count_parameters(model)
         emb = model.get_input_embeddings().weight
         head = model.get_output_embeddings().weight
         meas["non_embedding"] = meas["params"] - emb.numel() - (0 if head is emb else head.numel())
-        meas["cache"] = M.prefill_cache_bytes(model, length)
-        # the roofline is a lower bound; on a CPU the chunked operator runs far below it
-        guess = cal["seconds"] if cal is not None else step["seconds"] * (30 if dev.type == "cpu" else 3)
-        if guess > max_seconds:
+        if on == "meta":
+            not_measured.append(f"cache bytes: a prefill of {length} tokens would take about {prefill_guess:.3g} s "
+                                f"here, over the --max-seconds budget of {max_seconds:g} s")
+        else:
+            log(f"measuring the cache after a prefill of {length} tokens")
+            meas["cache"] = M.prefill_cache_bytes(model, length)
+        if not time_step:
             not_measured.append(f"step time and FLOP count: a step is predicted to take {guess:.3g} s, over the "
                                 f"--max-seconds budget of {max_seconds:g} s; "
                                 "use a smaller --batch/--length or raise --max-seconds")
         else:
             if count:
+                log("counting FLOPs of one forward+backward")
                 try:
                     meas["flops_counted"] = count_flops(model, 1, length)
                 except Exception as e:  # the counter does not know every op; the report says so
                     not_measured.append(f"FLOP count: torch's FlopCounterMode failed ({type(e).__name__}: {e})")
             reps = 5 if dev.type == "cuda" else 2
+            log(f"timing {reps} training steps at batch {batch} x {length} tokens")
             r = M.time_train_step(model, batch, length, warmup=2 if dev.type == "cuda" else 1, repeats=reps)
             meas["step_seconds"] = r["seconds"]
             meas["step_all_seconds"] = r["all_seconds"]

@@ -209,6 +209,9 @@ def _check_model(model, where: Where) -> dict:
                                 "max_position_embeddings")}
 
 
+KERNEL_CHUNK_SIZES = (16, 32, 64)
+
+
 def _check_blocks(blocks, where: Where) -> dict:
     if blocks is None or blocks == {}:
         raise where.error(("blocks",), "missing; define block templates, e.g. C: {kind: carve, heads: 4}")
@@ -224,6 +227,10 @@ def _check_blocks(blocks, where: Where) -> dict:
             out[name] = normalize_block(b, f"blocks.{name}")
         except SpecError as e:
             raise _spec_error(where, e) from None
+        chunk = out[name].get("chunk_size")
+        if chunk is not None and chunk not in KERNEL_CHUNK_SIZES:
+            raise where.error(("blocks", name, "chunk_size"), f"must be one of {', '.join(map(str, KERNEL_CHUNK_SIZES))} "
+                              f"(the chunk sizes the GPU kernels run), got {chunk}")
     return out
 
 

@@ -15,6 +15,7 @@ document start and every row start, and the first token of each segment gets no 
 from __future__ import annotations
 
 import math
+import sys
 
 import numpy as np
 
@@ -78,6 +79,11 @@ class TextSource:
             raise DataFileError(f"the training text has {len(self.train)} tokens, fewer than one row of "
                                 f"seq_len={seq_len}; add text or lower train.seq_len")
         self.n_val_rows = 0 if self.val is None else len(self.val) // seq_len
+        if val_fraction > 0 and self.n_val_rows == 0 and rank == 0:
+            have = 0 if self.val is None else len(self.val)
+            print(f"warning: no held-out rows: the held-out text has {have} tokens, fewer than one row of "
+                  f"seq_len={seq_len}; every held-out loss will be null; add text files or raise "
+                  "train.data.val_fraction", file=sys.stderr)
         self._perm_epoch, self._perm = -1, None
 
     def _row_index(self, g: int) -> int:

@@ -8,6 +8,7 @@ import gzip
 import io
 import json
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +54,19 @@ def expand_files(specs: list[str] | None) -> list[Path]:
 
 
 def _open_text(path: Path) -> io.TextIOBase:
-    if path.name.endswith(".gz"):
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", errors="replace")
-    return open(path, encoding="utf-8", errors="replace")
+    """The file as text. Bytes that are not UTF-8 become U+FFFD, with a warning naming the first one."""
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        text = raw.decode("utf-8", errors="replace")
+        line = raw[:e.start].count(b"\n") + 1
+        print(f"warning: {path}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); "
+              f"{text.count(chr(0xFFFD)) - raw.decode('utf-8', 'ignore').count(chr(0xFFFD))} undecodable "
+              "byte sequences were replaced with U+FFFD; convert the file to UTF-8", file=sys.stderr)
+    return io.StringIO(text, newline=None)
 
 
 def iter_documents(path: Path) -> Iterator[str]:
