@@ -99,8 +99,11 @@ def main(args) -> int:
         return 130
     ev = f", held-out loss {res.eval_loss:.4f}" if res.eval_loss is not None else ""
     mfu = f", MFU {100 * res.mfu:.1f}%" if res.mfu is not None else ""
-    print(f"done: {res.steps} steps, final loss {res.final_loss:.4f}{ev}; {res.tokens_per_s:,.0f} tokens/s{mfu} "
-          f"({res.flops_source} FLOPs/token); {res.wall_time_s:.1f}s")
+    if res.final_loss is None:  # resumed at its last step: nothing left to train
+        print(f"done: already at step {res.steps}{ev}")
+    else:
+        print(f"done: {res.steps} steps, final loss {res.final_loss:.4f}{ev}; {res.tokens_per_s:,.0f} tokens/s"
+              f"{mfu} ({res.flops_source} FLOPs/token); {res.wall_time_s:.1f}s")
     for k, v in res.baselines.items():
         if isinstance(v, float):
             print(f"baseline {k.replace('_', ' ')}: {v:.4f}")

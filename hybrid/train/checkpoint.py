@@ -263,7 +263,7 @@ def load_verified(root: Path, *, model: torch.nn.Module, optimizer=None, rank: i
             return cand, load_checkpoint(cand, model=model, optimizer=optimizer, rank=rank)
         except CheckpointError as e:
             problems.append(str(e))
-            log(f"warning: checkpoint {cand.name} is damaged ({e}); trying the previous one")
+            log(f"warning: {e}; trying the previous checkpoint")
     if not problems:
         raise CheckpointError(f"{root}: no checkpoint to resume from; run without --resume to start over")
     raise CheckpointError(f"{root}: every checkpoint is damaged (newest: {problems[0]}); start a new run "
