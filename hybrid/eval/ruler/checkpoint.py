@@ -35,6 +35,7 @@ def check_model_dir(path: str | Path) -> Path:
         from hybrid.train.trained import find_trained
 
         return find_trained(p).weights
+    if not cfg.is_file():
         sub = sorted(q.parent.name for q in p.glob("*/config.json"))
         hint = f"; model folders inside it: {', '.join(sub)}" if sub else ""
         raise RulerError(f"{p} is not a model folder: it has no config.json{hint}")
