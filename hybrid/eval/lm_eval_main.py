@@ -1,9 +1,9 @@
 """Run lm-evaluation-harness on a saved hybrid model.
 
-Our model type ``hybrid`` is registered with ``AutoConfig`` / ``AutoModelForCausalLM`` when
-``hybrid.blocks`` is imported; a bare ``lm_eval`` process never imports it, so ``lm_eval --model hf
+Our model type ``hybrid`` is registered with ``AutoConfig`` / ``AutoModelForCausalLM`` by
+``hybrid.blocks.register()``; a bare ``lm_eval`` process never calls it, so ``lm_eval --model hf
 --model_args pretrained=DIR`` alone fails with "Unrecognized model ... model_type hybrid". This entry
-point imports ``hybrid.blocks`` first and then hands every argument to lm-eval's own CLI::
+point registers first and then hands every argument to lm-eval's own CLI::
 
     python -m hybrid.eval.lm_eval_main --model hf \\
         --model_args pretrained=runs/tiny-cpu,dtype=float32,max_length=4096 \\
@@ -32,7 +32,9 @@ def hybrid_lm(pretrained: str, **kwargs):
     _require_lm_eval()
     from lm_eval.models.huggingface import HFLM
 
-    import hybrid.blocks  # noqa: F401  (registers model_type "hybrid")
+    from hybrid.blocks import register
+
+    register()  # model_type "hybrid"
 
     return HFLM(pretrained=pretrained, **kwargs)
 
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     _require_lm_eval()
     from lm_eval.__main__ import cli_evaluate
 
-    import hybrid.blocks  # noqa: F401  (registers model_type "hybrid" before lm-eval loads the model)
+    from hybrid.blocks import register
+
+    register()  # model_type "hybrid", before lm-eval loads the model
 
     sys.argv = ["lm_eval", *(sys.argv[1:] if argv is None else argv)]
     cli_evaluate()
