@@ -390,3 +390,41 @@ def test_a_run_stopped_early_can_be_evaluated(reference, tmp_path, capsys):
     rc, out, err = run_cli(["export", run, "--out", tmp_path / "exp"], capsys)
     assert rc == 0, err
     assert f"note: {run} has no final model (the run stopped early); using its newest checkpoint step_000006" in err
+
+
+# --------------------------------------------------------------------------------------------------
+# the one error path
+
+
+def test_expected_failures_and_bugs_are_told_apart():
+    from hybrid.cli import expected_failure
+    from hybrid.recipes import RecipeError
+
+    assert expected_failure(RecipeError(None, "train.lr", "must be > 0")) == "train.lr: must be > 0"
+    assert expected_failure(PermissionError(13, "Permission denied", "/x/y")) == \
+        "/x/y: permission denied; fix the permissions or choose another folder"
+    assert expected_failure(OSError(28, "No space left on device", "/x")) == \
+        "/x: no space left on device; free some space or choose another folder"
+    assert expected_failure(FileExistsError("runs/x already holds a checkpoint")) == "runs/x already holds a checkpoint"
+    assert expected_failure(CheckpointError("bad")) == "bad"
+    for bug in (ValueError("bad"), TypeError("x"), KeyError("k"), AssertionError()):
+        assert expected_failure(bug) is None
+
+
+@pytest.mark.gpu
+def test_gpu_resume_falls_back_from_a_corrupted_checkpoint(tmp_path, capsys):
+    from hybrid.train import run_training
+
+    recipe = write_recipe(tmp_path)
+    part = run_training(str(recipe), tmp_path / "run", device="cuda", progress=False, _stop_after=4)
+    assert part.interrupted and part.steps == 4
+    truncate(tmp_path / "run" / "checkpoints" / "step_000004" / "optimizer.pt")
+    rc, out, err = run_cli(["train", recipe, "--out", tmp_path / "run", "--resume", "--device", "cuda",
+                            "--no-progress"], capsys)
+    assert rc == 0, err
+    assert "optimizer.pt does not match its sha256" in out and "resuming from step 2" in out
+    assert [r["step"] for r in train_records(tmp_path / "run")] == [1, 2, 3, 4, 5, 6]
+    n = torch.cuda.device_count()
+    rc, _, err = run_cli(["train", recipe, "--out", tmp_path / "other", "--device", f"cuda:{n}"], capsys)
+    assert rc == 2 and err == (f"error: --device cuda:{n}: this machine has {n} CUDA device(s); use cuda:0 .. "
+                               f"cuda:{n - 1}\n")

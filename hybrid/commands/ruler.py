@@ -27,7 +27,8 @@ Samples are reproducible: sample i of a task at a length depends only on (--seed
 examples:
   hybrid ruler runs/tiny-cpu --tasks niah_single_1,vt --lengths 512 1024 2048 --samples 20
   hybrid ruler runs/model --tasks all --lengths 1x 2x 4x --samples 100 --batch-size 16 --out runs/model/ruler
-writes OUT/results.json, OUT/predictions.jsonl and OUT/heatmap.png (default OUT: CHECKPOINT/ruler).
+writes OUT/results.json, OUT/predictions.jsonl and OUT/heatmap.png (default OUT: CHECKPOINT/ruler; for
+a training checkpoint RUN/checkpoints/step_N: RUN/ruler-step_N).
 More in docs/ruler.md.
 """
 
@@ -45,7 +46,7 @@ def add_arguments(p) -> None:
                    help="samples per task and length (default: the recipe's eval: section, else 20)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="prompts decoded together (default: the recipe's eval: section, else 8)")
-    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler)")
+    p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler, or RUN/ruler-step_N)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (default 0)")
     p.add_argument("--haystack", default=None, metavar="FILE", help="essay text file for the essay tasks")
     p.add_argument("--squad", default=None, metavar="FILE", help="local SQuAD v2 dev JSON (enables qa_1)")
@@ -83,7 +84,13 @@ def _run(args) -> int:
     from hybrid.eval.config import parse_length, resolve_length
     from hybrid.eval.console import console as make_console
     from hybrid.eval.ruler import resolve_tasks
-    from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, recipe_eval, training_length
+    from hybrid.eval.ruler.checkpoint import (
+        check_model_dir,
+        load_checkpoint,
+        recipe_eval,
+        run_dir,
+        training_length,
+    )
     from hybrid.eval.ruler.errors import RulerError
     from hybrid.eval.ruler.haystack import essay_words
     from hybrid.eval.ruler.report import save, table
@@ -122,7 +129,9 @@ def _run(args) -> int:
                   f"{args.samples} samples each" + (f" (trained at {train_len})" if train_len else ""))
     run = evaluate(model, tok, tasks, lengths, args.samples, batch_size=args.batch_size, seed=args.seed,
                    haystack=args.haystack, data=data, progress=not args.no_progress)
-    out = Path(args.out) if args.out else ckpt / "ruler"
+    trained_in = run_dir(ckpt)
+    out = Path(args.out) if args.out else (ckpt / "ruler" if trained_in == ckpt else
+                                           trained_in / f"ruler-{ckpt.name}")
     paths = save(run, out, {"checkpoint": str(ckpt), "training_length": train_len}, title=ckpt.name)
     console.print(table(run, title=f"RULER on {ckpt.name} (score x100, {args.samples} samples per cell)"))
     d = run.to_dict()["decode"]
