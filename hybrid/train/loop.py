@@ -35,7 +35,7 @@ from hybrid.train.config import TrainConfig
 from hybrid.train.distributed import Dist, setup
 from hybrid.train.heartbeat import Heartbeat
 from hybrid.train.metrics import MetricsLog, flops_per_token, peak_flops, plot_loss
-from hybrid.train.runlock import RunLock
+from hybrid.train.runlock import RunLock, RunLockError
 from hybrid.train.schedule import make_scheduler, param_groups
 
 
@@ -245,12 +245,20 @@ def run_training(recipe, out_dir, *, steps: int | None = None, device: str | Non
     out = Path(out_dir)
     ckpt_root = out / "checkpoints"
     dist_ = setup(device)
+    lock = RunLock(out)
     try:
-        lock = RunLock(out) if dist_.is_main else contextlib.nullcontext()
-        with lock:
-            return _run(rec, cfg, out, ckpt_root, dist_, progress=progress, resume=resume,
-                        allow_changes=allow_changes, save_hook=_save_hook, stop_after=_stop_after)
+        refused = None
+        if dist_.is_main:
+            try:
+                lock.acquire()
+            except (RunLockError, OSError) as e:
+                refused = e
+        if dist_.any(refused is not None):  # every rank stops, not only the one that holds the error
+            raise refused if refused is not None else RunLockError(f"{out}: rank 0 could not take the lock")
+        return _run(rec, cfg, out, ckpt_root, dist_, progress=progress, resume=resume,
+                    allow_changes=allow_changes, save_hook=_save_hook, stop_after=_stop_after)
     finally:
+        lock.release()
         dist_.close()
 
 
