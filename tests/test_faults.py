@@ -291,12 +291,17 @@ def test_resume_refuses_changed_settings_unless_allowed(reference, tmp_path, cap
                    "restore them, or pass --allow-changes to continue with the new values\n")
     assert (run / "train_config.json").read_text() == config_before
     rc, out, err = run_cli(["train", recipe, "--out", run, "--resume", "--allow-changes", "train.lr=1e-3",
-                            "--no-progress"], capsys)
+                            "--steps", "7", "--no-progress"], capsys)
     assert rc == 0, err
-    assert (f"resuming from step 6 ({run / 'checkpoints' / 'step_000006'}); changed: lr: 0.003 -> 0.001"
-            in out)
+    assert (f"resuming from step 6 ({run / 'checkpoints' / 'step_000006'}); changed: lr: 0.003 -> 0.001; "
+            "steps: 6 -> 7" in out)
     resume = train_records(run, "resume")[-1]
-    assert resume["step"] == 6 and resume["changes"] == ["lr: 0.003 -> 0.001"]
+    assert resume["step"] == 6 and resume["changes"] == ["lr: 0.003 -> 0.001", "steps: 6 -> 7"]
+    from hybrid.train.schedule import lr_factor
+
+    step7 = train_records(run)[-1]
+    assert step7["step"] == 7  # the new peak lr is the one used, on the schedule of the new total
+    assert step7["lr"] == pytest.approx(1e-3 * lr_factor(6, steps=7, warmup_steps=2, min_lr_ratio=0.1), rel=1e-12)
 
 
 def test_resume_accepts_more_steps_and_says_so(reference, tmp_path, capsys):

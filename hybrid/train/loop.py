@@ -333,6 +333,10 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     resume_changes: list[str] = []
     if resume:
         log = print if main else (lambda *a, **k: None)
+        # hyperparameters come from the current config (they equal the checkpoint's unless
+        # --allow-changes); the optimizer's moments and the schedule position from the checkpoint
+        fresh = [{"lr": g["initial_lr"], "betas": g["betas"], "weight_decay": g["weight_decay"]}
+                 for g in optimizer.param_groups]
         latest, state = load_verified(ckpt_root, model=raw_model, optimizer=optimizer, rank=dist_.rank, log=log)
         saved_model = state.get("model_config")
         if saved_model is not None and saved_model != _jsonable(rec.model_config_kwargs()):
@@ -348,8 +352,11 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
         # steps may be raised on resume; keep the schedule consistent with the new total
         scheduler.lr_lambdas[0] = make_scheduler(optimizer, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
                                                  min_lr_ratio=cfg.min_lr_ratio).lr_lambdas[0]
-        for g, lr in zip(optimizer.param_groups, scheduler.get_last_lr()):
-            g["lr"] = lr
+        scheduler.base_lrs = [f["lr"] for f in fresh]
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+        for g, f in zip(optimizer.param_groups, fresh):
+            g.update(betas=f["betas"], weight_decay=f["weight_decay"], initial_lr=f["lr"], lr=f["lr"] * factor)
+        scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
         start_step, tokens_seen = state["step"], state["tokens_seen"]
         wall_before = state.get("wall_time_s", 0.0)
         if main:
