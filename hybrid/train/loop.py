@@ -347,7 +347,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             raise ResumeMismatch(f"--resume: the train settings differ from {latest.name}'s: "
                                  f"{'; '.join(refused)}; restore them, or pass --allow-changes to continue "
                                  "with the new values")
-        resume_changes = allowed + refused
+        resume_changes = sorted(allowed + refused)
         scheduler.load_state_dict(state["scheduler"])
         # steps may be raised on resume; keep the schedule consistent with the new total
         scheduler.lr_lambdas[0] = make_scheduler(optimizer, steps=cfg.steps, warmup_steps=cfg.warmup_steps,
