@@ -15,7 +15,8 @@ EPILOG = """typical session:
   hybrid build recipes/carve-3to1.yaml  build a model, print predicted vs measured costs
   hybrid calibrate recipes/carve-3to1.yaml  time its parts on this device, for calibrated predictions
   hybrid train recipes/tiny-cpu.yaml    train it
-  hybrid ruler runs/tiny-cpu            evaluate on RULER tasks
+  hybrid ruler runs/tiny-cpu            evaluate on RULER tasks (also a runs/tiny-cpu/checkpoints/step_N)
+  hybrid export runs/tiny-cpu/checkpoints/step_000100 --out runs/tiny-100   a from_pretrained folder
   hybrid sweep recipes/sweep-ratios.yaml  compare hybrid ratios end to end
 run 'hybrid COMMAND --help' for each command's options."""
 
