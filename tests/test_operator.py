@@ -253,16 +253,3 @@ def test_nan_guard_is_opt_in(monkeypatch):
     inp2.g[0, 0, 0, 0] = 0.5
     with pytest.raises(CarveInputError, match="must be <= 0"):
         carve_chunked(*inp2.args(), chunk_size=4)
-
-
-def test_triton_sequence_kernel_choice(monkeypatch):
-    pytest.importorskip("triton")
-    from hybrid.ops.carve import dispatch, triton_carve, triton_v2
-
-    monkeypatch.delenv("HYBRID_TRITON_IMPL", raising=False)
-    assert dispatch._triton_seq_fn() is triton_v2.carve_triton_v2
-    monkeypatch.setenv("HYBRID_TRITON_IMPL", "v1")
-    assert dispatch._triton_seq_fn() is triton_carve.carve_triton
-    monkeypatch.setenv("HYBRID_TRITON_IMPL", "v3")
-    with pytest.raises(CarveInputError, match="v1 or v2"):
-        dispatch._triton_seq_fn()

@@ -75,7 +75,6 @@ class CarveSettings:
         need(self.precision in ("ieee", "tf32"), "precision must be ieee or tf32")
         need(self.inverse_precision in ("ieee", "tf32"), "inverse_precision must be ieee or tf32")
         need(self.saved_state in DTYPES and self.saved_gate in DTYPES, "saved_state and saved_gate must be bf16 or fp32")
-        need(not self.fp16_decayed or self.low_precision, "fp16_decayed needs low_precision")
         need(self.tile_rows in SUPPORTED_CHUNKS, f"tile_rows must be one of {SUPPORTED_CHUNKS}")
         need(self.post_columns in (16, 32, 64, 128), "post_columns must be 16, 32, 64 or 128")
         for name in ("value_split", "sweep_warps", "prep_warps", "bprep_warps", "post_warps", "du_slots",
