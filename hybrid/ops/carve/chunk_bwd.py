@@ -152,7 +152,7 @@ def carve_chunk_bwd_kernel(
             tl.store(dw + tcol * V + cv[:, None], (v_t * dR).to(dw.dtype.element_ty), mask=vmask)
         else:
             # dR itself (fp32, into dv): the caller forms dv = w dR and dw = sum_v v dR, since the row
-            # sum over V would cross the warps of this layout (about 0.9 ms of the sweep at T = 4096)
+            # sum over V would cross the warps of this layout
             tl.store(dv + tcol * V + cv[:, None], dR, mask=vmask)
         dRd = to_operand(dR, q, LOWP)
         Ud = to_operand(tl.load(ubuf + tok[:, None].to(tl.int64) * (H * V) + hh * V + cv[None, :],
