@@ -100,6 +100,9 @@ def carve_chunk_bwd_kernel(
     LOWP: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
     NV: tl.constexpr,
 ):
+    """The backward sweep of one (sequence, head), or of its value slice vb with the V split: walks the
+    tiles in reverse with dS^T and dm in registers (see the module docstring for the products per tile);
+    writes dv/dw (or dR), dM, de, da, dc, U_up^T dc, corr, dS per tile and the initial-state gradients."""
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = sweep_program(seq_start, seq_len, chunk_off, pos0, H,
                                                                       HAS_INIT, K, V, C, BK, BV, NV)
     # the V split (NV > 1): this program's parts of de, dM and dc go to its own slice of those buffers

@@ -45,6 +45,8 @@ def carve_chunk_prep_kernel(
     K: tl.constexpr, C: tl.constexpr, NB: tl.constexpr, LOG2C: tl.constexpr, BK: tl.constexpr,
     HAS_INIT: tl.constexpr, PREC: tl.constexpr, DEC: tl.constexpr,
 ):
+    """Per (tile, head): G = in-tile cumsum of g (stored token-indexed for every later launch), P =
+    decayed q k^T with its diagonal, and with DEC the tile's max |q| and |k| (the fp16 operand scales)."""
     j, bos, L, off, p, t, rmask, tok = par_tile(cseq, cj, seq_start, seq_len, chunk_off, pos0, HAS_INIT, C)
     hh = tl.program_id(1)
     rk = tl.arange(0, BK)
@@ -82,6 +84,9 @@ def carve_chunk_fwd_kernel(
     LOWP: tl.constexpr, PREC: tl.constexpr, PREC_INV: tl.constexpr, DEC: tl.constexpr, SUB: tl.constexpr,
     NV: tl.constexpr,
 ):
+    """The forward sweep of one (sequence, head), or of its value slice vb with the V split: walks the
+    tiles in order with the state in registers and writes o, the final state, m and o_sum, and for the
+    backward the tile-start states, m, A, U and the erase gate b (see the module docstring)."""
     hh, nh, bos, L, off, p, NS, i, rk, km, cv, vm, vb = sweep_program(seq_start, seq_len, chunk_off, pos0, H,
                                                                       HAS_INIT, K, V, C, BK, BV, NV)
     smask = km[:, None] & vm[None, :]
