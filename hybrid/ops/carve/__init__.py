@@ -13,17 +13,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale
 from .reference import carve_reference, carve_step
-
-try:
-    from .chunk import carve_triton
-    from .decode import carve_decode_triton
-except ImportError:  # no Triton on this machine: the PyTorch paths still work
-    carve_triton = carve_decode_triton = None
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 
@@ -39,16 +35,28 @@ __all__ = [
 ]
 
 
+@functools.cache
+def _triton():
+    """(carve_triton, carve_decode_triton), or None without Triton. Imported on first use: importing
+    Triton and compiling the kernel decorators takes seconds that a CLI start on the CPU need not pay."""
+    try:
+        from .chunk import carve_triton
+        from .decode import carve_decode_triton
+    except ImportError:
+        return None
+    return carve_triton, carve_decode_triton
+
+
 def triton_available() -> bool:
-    return carve_triton is not None and torch.cuda.is_available()
+    return torch.cuda.is_available() and _triton() is not None
 
 
 def _pick(backend: str, device: torch.device) -> str:
     if backend not in BACKENDS:
         raise CarveInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and carve_triton is not None else "torch"
-    if backend == "triton" and carve_triton is None:
+        return "triton" if device.type == "cuda" and _triton() is not None else "torch"
+    if backend == "triton" and _triton() is None:
         raise CarveInputError("backend='triton' requested but the Triton kernels could not be imported")
     return backend
 
@@ -61,7 +69,7 @@ def carve(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chunk_size=64
               output_final_state=output_final_state, cu_seqlens=cu_seqlens)
     which = _pick(backend, q.device)
     if which == "triton":
-        return carve_triton(q, k, v, g, a, w, u_down, u_up, **kw)
+        return _triton()[0](q, k, v, g, a, w, u_down, u_up, **kw)
     if which == "reference":
         o, st = carve_reference(q, k, v, g, a, w, u_down, u_up, **kw)
         return o.to(q.dtype), st
@@ -75,8 +83,7 @@ def carve_decode(q_t, k_t, v_t, g_t, a_t, w_t, u_down, u_up, state: CarveState, 
     Returns (o_t [N, H, V] in the input dtype, new state). The state is fp32."""
     sc = default_scale(q_t.shape[-1], scale)
     if _pick(backend, q_t.device) == "triton":
-        return carve_decode_triton(q_t, k_t, v_t, g_t, a_t, w_t, u_down, u_up, state, scale=sc,
-                                   chunk_size=chunk_size)
+        return _triton()[1](q_t, k_t, v_t, g_t, a_t, w_t, u_down, u_up, state, scale=sc, chunk_size=chunk_size)
     o, st = carve_step(q_t, k_t, v_t, g_t, a_t, w_t, u_down, u_up, state, scale=sc, chunk_size=chunk_size,
                        content_grad=content_grad)
     return o.to(q_t.dtype), st
