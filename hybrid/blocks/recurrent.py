@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.ops.carve import CarveState, carve, carve_decode
 from hybrid.ops.backend import use_triton
+from hybrid.ops.carve import CarveState, carve, carve_decode
 from hybrid.ops.gates import gates
 from hybrid.ops.short_conv import conv_qkv, conv_qkv_step
 
