@@ -5,8 +5,11 @@ triton.testing.do_bench (ms); fwd is the forward alone, fwd+bwd a forward and a 
 peak allocated memory of one fwd+bwd above what the inputs already hold (MiB). Prints a table of
 ratios to fla ``chunk_gdn2`` and writes JSON.
 
-    PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json          # v2 kernels (dispatched)
-    PYTHONPATH=. python3 benchmarks/kernels.py --impl v1 --T 4096 --json out/kernels-v1.json   # v1 kernels
+    PYTHONPATH=. python3 benchmarks/kernels.py --json out/kernels.json
+    PYTHONPATH=. python3 benchmarks/kernels.py --T 4096 --only all --profile --json out/kernels-4096.json
+
+Each CARVE row records the ``CarveSettings`` its calls ran with (``settings``), so a result says which
+code produced it.
 
 fla (``fla-core`` / ``flash-linear-attention`` 0.6.0) is optional; without it only CARVE and SDPA run.
 fla refuses its gated backward on Hopper with Triton < 3.7.1; the script bypasses that guard for
@@ -19,7 +22,6 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -60,68 +62,43 @@ def make(B, T, H, K, V, *, dev="cuda", dt=torch.bfloat16, seed=0):
     return dict(q=q, k=k, v=v, g=g, a=a, w_s=w_s, w_v=w_v, ud=ud, uu=uu)
 
 
-def variants(x, fla, B, T, H, K, impl="v1", extra=()):
-    if impl == "v2":
-        from hybrid.kernels.triton_v2 import carve_triton_v2 as carve_triton
-    else:
-        from hybrid.kernels.triton_carve import carve_triton
+CARVE_VARIANTS = {  # name: (write gate, content on, chunk size)
+    "carve_content": ("w_s", True, 64),
+    "carve_nocontent": ("w_s", False, 64),
+    "carve_gdn2_mode": ("w_v", False, 64),
+    # 32-token chunks: with content off the operator does not depend on the chunk size, so these time the
+    # same function on its smaller grid; carve_content_c32 is the operator with a 32-token content lag
+    "carve_content_c32": ("w_s", True, 32),
+    "carve_nocontent_c32": ("w_s", False, 32),
+    "carve_gdn2_mode_c32": ("w_v", False, 32),
+}
+
+
+def carve_args(x, name):
+    """(positional inputs, chunk size) of a CARVE variant."""
+    w_key, content, C = CARVE_VARIANTS[name]
+    ud, uu = (x["ud"], x["uu"]) if content else (None, None)
+    return (x["q"], x["k"], x["v"], x["g"], x["a"], x[w_key], ud, uu), C
+
+
+def carve_settings(x, name) -> dict:
+    """The CarveSettings the Triton operator chooses for this variant's inputs, as a dict."""
+    from hybrid.ops.carve.inputs import validate
+    from hybrid.ops.carve.settings import choose_settings
+
+    args, C = carve_args(x, name)
+    shapes = validate(*args, chunk_size=C, content_grad="full", initial_state=None, cu_seqlens=None)
+    return choose_settings(shapes, args[0].dtype, args[0].device, C).as_dict()
+
+
+def variants(x, fla):
+    from hybrid.ops.carve.chunk import carve_triton
 
     out = {}
-    out["carve_content"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], x["ud"], x["uu"],
-                                                 scale=None, chunk_size=64)[0],
-                            ["q", "k", "v", "g", "a", "w_s", "ud", "uu"])
-    out["carve_nocontent"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], None, None,
-                                                   scale=None, chunk_size=64)[0],
-                              ["q", "k", "v", "g", "a", "w_s"])
-    out["carve_gdn2_mode"] = (lambda: carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_v"], None, None,
-                                                   scale=None, chunk_size=64)[0],
-                              ["q", "k", "v", "g", "a", "w_v"])
-    # 32-row chunks: with content off the operator does not depend on the chunk size, so these time the
-    # same function with half-size tiles (compiled for sm_90 the forward spills 896 B instead of
-    # 2840 B); carve_content_sub32/sub16 below keep C = 64 content chunks on such tiles
-    # (HYBRID_CARVE_V2_SUBCHUNK). carve_content_c32 is the operator with a 32-token content lag.
-    for name in ("carve_content", "carve_nocontent", "carve_gdn2_mode"):
-        w_key = "w_v" if name == "carve_gdn2_mode" else "w_s"
-        content = name == "carve_content"
-        out[name + "_c32"] = ((lambda w_key=w_key, content=content: carve_triton(
-            x["q"], x["k"], x["v"], x["g"], x["a"], x[w_key], x["ud"] if content else None,
-            x["uu"] if content else None, scale=None, chunk_size=32)[0]),
-            ["q", "k", "v", "g", "a", w_key] + (["ud", "uu"] if content else []))
-    # the other warp count of the sequential kernels: v1 defaults to 4 (variant: 8), v2 to 8 (variant: 4)
-    warps_env, warps, tag = (("HYBRID_CARVE_V2_NUM_WARPS", "4", "_w4") if impl == "v2"
-                             else ("HYBRID_CARVE_NUM_WARPS", "8", "_w8"))
-
-    def other_warps(f):
-        def g():
-            os.environ[warps_env] = warps
-            try:
-                return f()
-            finally:
-                os.environ.pop(warps_env, None)
-        return g
-
-    out["carve_content" + tag] = (other_warps(out["carve_content"][0]), out["carve_content"][1])
-    out["carve_nocontent" + tag] = (other_warps(out["carve_nocontent"][0]), out["carve_nocontent"][1])
-    if impl == "v2":  # v2's opt-in precision/memory knobs (docs/kernels.md, v2)
-        def with_env(f, **env):
-            def g():
-                os.environ.update(env)
-                try:
-                    return f()
-                finally:
-                    for key in env:
-                        os.environ.pop(key, None)
-            return g
-
-        base = out["carve_content"]
-        out["carve_content_decbf16"] = (with_env(base[0], HYBRID_CARVE_V2_DEC="bf16"), base[1])
-        out["carve_content_state32"] = (with_env(base[0], HYBRID_CARVE_V2_SAVE_STATE="fp32"), base[1])
-        # the same operator (64-token content chunks) on 32- and 16-row tiles
-        out["carve_content_sub32"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="32"), base[1])
-        out["carve_content_sub16"] = (with_env(base[0], HYBRID_CARVE_V2_SUBCHUNK="16"), base[1])
-        for spec in extra:  # --variant NAME:BASE:KEY=VAL,...
-            name, base_name, env = parse_variant(spec)
-            out[name] = (with_env(out[base_name][0], **env), out[base_name][1])
+    for name in CARVE_VARIANTS:
+        args, C = carve_args(x, name)
+        leaves = ["q", "k", "v", "g", "a", CARVE_VARIANTS[name][0]] + (["ud", "uu"] if args[6] is not None else [])
+        out[name] = ((lambda args=args, C=C: carve_triton(*args, scale=None, chunk_size=C)[0]), leaves)
     if fla is not None:
         out["fla_chunk_gdn2"] = (lambda: fla["chunk_gdn2"](x["q"], x["k"], x["v"], x["g"], torch.sigmoid(x["a"]),
                                                            x["w_v"])[0],
@@ -172,8 +149,8 @@ def target_lines(res: dict) -> list[str]:
 
 
 def table_lines(res: dict) -> list[str]:
-    """The printed table of one T: each variant with its ratios to fla chunk_gdn2 and, if profiled, its
-    kernels of 0.05 ms or more; then the targets (target_lines)."""
+    """The printed table of one T: each variant with its ratios to fla chunk_gdn2, its CARVE settings and,
+    if profiled, its kernels of 0.05 ms or more; then the targets (target_lines)."""
     ref = res.get("fla_chunk_gdn2", {})
     out = []
     for name, r in res.items():
@@ -184,22 +161,12 @@ def table_lines(res: dict) -> list[str]:
         rb = r["fwdbwd_ms"] / ref["fwdbwd_ms"] if "fwdbwd_ms" in ref else float("nan")
         out.append(f"  {name:18s} fwd {r['fwd_ms']:8.3f} ({rf:5.2f})  fwd+bwd {r['fwdbwd_ms']:8.3f} ({rb:5.2f})"
                    f"  peak {r['peak_mib']:8.0f}")
+        if "settings" in r:
+            out.append("      settings " + " ".join(f"{k}={v}" for k, v in r["settings"].items()))
         for kname, ms in r.get("kernels_ms", {}).items():
             if ms >= 0.05:
                 out.append(f"      {ms:8.3f} ms  {kname[:90]}")
     return out + [f"  -> {line}" for line in target_lines(res)]
-
-
-def parse_variant(spec):
-    """'NAME:BASE:KEY=VAL,KEY=VAL' -> (NAME, BASE, {KEY: VAL}); BASE is a CARVE variant such as carve_content."""
-    try:
-        name, base, pairs = spec.split(":", 2)
-        env = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
-    except ValueError:
-        raise SystemExit(f"--variant wants NAME:BASE:KEY=VAL[,KEY=VAL...], got {spec!r}") from None
-    if not base.startswith("carve_"):
-        raise SystemExit(f"--variant {spec!r}: BASE must be a CARVE variant (carve_content, ...)")
-    return name, base, env
 
 
 @contextlib.contextmanager
@@ -277,16 +244,11 @@ def main():
     ap.add_argument("--tokens", type=int, default=32768)
     ap.add_argument("--only", nargs="*", default=TABLE,
                     help="variant names to run (default: the issue's table, " + " ".join(TABLE)
-                         + "; 'all' runs every built-in variant, e.g. the warp and precision knobs)")
+                         + "; 'all' runs every variant, with the 32-token-chunk CARVE ones)")
     ap.add_argument("--time-limit", type=float, default=None, metavar="SECONDS",
                     help="start no new measurement after SECONDS (the table then shows what was measured); "
                          "fla autotunes its kernels at first use, for minutes unless Triton's autotuning "
                          "cache is carried in (scripts/gpu-check)")
-    ap.add_argument("--impl", choices=["v1", "v2"], default="v2",
-                    help="CARVE Triton kernels: v2 (triton_v2, the default, as dispatched) or v1 (triton_carve)")
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME:BASE:KEY=VAL,...",
-                    help="extra v2 variant: BASE (e.g. carve_content) run with these environment settings, "
-                         "e.g. sub16w4:carve_content:HYBRID_CARVE_V2_SUBCHUNK=16,HYBRID_CARVE_V2_NUM_WARPS=4")
     ap.add_argument("--profile", action="store_true",
                     help="also record the CUDA time of each kernel of one fwd+bwd (CARVE variants), from the torch profiler")
     args = ap.parse_args()
@@ -302,7 +264,7 @@ def main():
     info = dict(date=datetime.datetime.now().isoformat(timespec="seconds"), device=torch.cuda.get_device_name(),
                 driver=driver, torch=torch.__version__, triton=triton.__version__,
                 fla=fla["version"] if fla else None, python=platform.python_version(),
-                shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), impl=args.impl, results={})
+                shape=dict(tokens=args.tokens, H=H, K=K, V=V, dtype="bf16"), results={})
     import time
 
     t_start = time.perf_counter()
@@ -313,9 +275,8 @@ def main():
         B = args.tokens // T
         x = make(B, T, H, K, V)
         res = {}
-        extra_names = [parse_variant(spec)[0] for spec in args.variant]
-        for name, (fn, names) in variants(x, fla, B, T, H, K, args.impl, args.variant).items():
-            if args.only and "all" not in args.only and name not in args.only and name not in extra_names:
+        for name, (fn, names) in variants(x, fla).items():
+            if args.only and "all" not in args.only and name not in args.only:
                 continue
             if args.time_limit is not None and time.perf_counter() - t_start > args.time_limit:
                 res[name] = dict(error="not measured: --time-limit reached")
@@ -325,6 +286,8 @@ def main():
                 res[name] = bench_one(fn, names, x)
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 res[name] = dict(error=repr(exc)[:300])
+            if name in CARVE_VARIANTS:
+                res[name]["settings"] = carve_settings(x, name)
             if args.profile and name.startswith("carve") and "error" not in res[name]:
                 res[name]["kernels_ms"] = kernel_times(fn, names, x)
             print(T, name, res[name], flush=True)
@@ -333,7 +296,7 @@ def main():
         torch.cuda.empty_cache()
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
-    print(f"\nCARVE kernels {args.impl} | {info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
+    print(f"\nCARVE kernels | {info['device']} | torch {info['torch']} | triton {info['triton']} | fla {info['fla']} | {driver}")
     print("median ms (ratio to fla chunk_gdn2), peak MiB above inputs")
     for T, res in info["results"].items():
         print(f"T={T} (B={args.tokens // int(T)})")

@@ -1,10 +1,10 @@
-"""Run CARVE (v2 Triton kernels) forward+backward at the benchmark shape, for a profiler to watch.
+"""Run CARVE (Triton chunk kernels) forward+backward at the benchmark shape, for a profiler to watch.
 
     python3 benchmarks/profile_carve.py [--T 4096] [--iters 2] [--no-content] [--sass DIR]
 
 B*T = 32768 tokens, H = 16, K = V = 128, bf16, content on (as benchmarks/kernels.py). Each iteration is
-one forward and one backward; the first one compiles. After the runs it prints, per compiled v2 kernel,
-its registers, spill bytes, shared memory and warps; with --sass DIR it also writes each kernel's SASS
+one forward and one backward; the first one compiles. After the runs it prints the CarveSettings of the
+call and, per compiled chunk kernel, its registers, spill bytes, shared memory and warps; with --sass DIR it also writes each kernel's SASS
 there and prints an instruction count (tensor-core, local-memory, global-memory, barrier).
 scripts/ncu-carve wraps it in Nsight Compute.
 """
@@ -21,23 +21,30 @@ import tempfile
 import torch
 
 from benchmarks.kernels import make
-from hybrid.kernels import triton_v2_bwdt, triton_v2_grads
-from hybrid.kernels import triton_v2_kernels as kk
-from hybrid.kernels.triton_v2 import carve_triton_v2
+from hybrid.ops.carve import chunk_bwd, chunk_fwd, chunk_grads
+from hybrid.ops.carve.chunk import carve_triton
+from hybrid.ops.carve.inputs import validate
+from hybrid.ops.carve.settings import choose_settings
 
-KERNELS = ("carve_v2_prep_kernel", "carve_v2_fwd_kernel", "carve_v2_bprep_kernel", "carve_v2_bwd_kernel",
-           "carve_v2_bwdt_kernel", "carve_v2_post_kernel", "carve_v2_dvw_kernel", "carve_v2_du_kernel")
+KERNELS = {chunk_fwd: ("carve_chunk_prep_kernel", "carve_chunk_fwd_kernel"),
+           chunk_bwd: ("carve_chunk_bprep_kernel", "carve_chunk_bwd_kernel"),
+           chunk_grads: ("carve_chunk_post_kernel", "carve_chunk_dvw_kernel", "carve_chunk_du_kernel",
+                         "carve_chunk_du_sum_kernel")}
 SASS_OPS = ("HGMMA", "HMMA", "LDL", "STL", "LDG", "STG", "LDS", "STS", "LDSM", "STSM", "BAR", "MUFU", "CCTL")
 
 
 def compiled():
-    """(name, CompiledKernel) for every v2 kernel compiled in this process."""
-    for name in KERNELS:
-        fn = getattr(kk, name, None) or getattr(triton_v2_bwdt, name, None) or getattr(triton_v2_grads, name)
-        for per_device in fn.device_caches.values():
-            cache = per_device[0] if isinstance(per_device, tuple) else per_device
-            for ck in cache.values():
-                yield name, ck
+    """(name, CompiledKernel) for every chunk kernel compiled in this process."""
+    for module, names in KERNELS.items():
+        for name in names:
+            yield from _compiled(name, getattr(module, name))
+
+
+def _compiled(name, fn):
+    for per_device in fn.device_caches.values():
+        cache = per_device[0] if isinstance(per_device, tuple) else per_device
+        for ck in cache.values():
+            yield name, ck
 
 
 def sass_counts(ck, name, out_dir):
@@ -76,11 +83,14 @@ def main():
     for _ in range(args.iters):
         for t in leaves:
             t.grad = None
-        o = carve_triton_v2(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], ud, uu, chunk_size=64)[0]
+        o = carve_triton(x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], ud, uu, chunk_size=64)[0]
         if do is None:
             do = torch.randn_like(o)
         o.backward(do)
     torch.cuda.synchronize()
+    args64 = (x["q"], x["k"], x["v"], x["g"], x["a"], x["w_s"], ud, uu)
+    shapes = validate(*args64, chunk_size=64, content_grad="full", initial_state=None, cu_seqlens=None)
+    print("settings", choose_settings(shapes, x["q"].dtype, x["q"].device, 64).as_dict(), flush=True)
     if args.sass:
         os.makedirs(args.sass, exist_ok=True)
     for name, ck in compiled():

@@ -4,7 +4,7 @@ Builds the model of one variant of a sweep file (or a plain recipe), draws packe
 recipe's training data, and times forward and backward + optimizer step per step under bf16 autocast
 (CUDA-synchronised wall clock; the first step, which compiles kernels, is reported apart). With
 ``--profile`` it prints torch.profiler's table of the heaviest CUDA kernels over three steps, which
-shows which CARVE kernel version ran (v2: ``carve_v2_*``; v1: ``carve_fwd_kernel``/``carve_bwd_kernel``).
+shows which CARVE kernels ran (``carve_chunk_*``, or ``carve_wide_*`` for heads above 128 and fp32 operands).
 
     PYTHONPATH=. python3 benchmarks/train_step.py recipes/sweep-ruler-h200.yaml --pattern CCCCCCCC
     PYTHONPATH=. python3 benchmarks/train_step.py recipes/sweep-ruler-h200.yaml --pattern AAAAAAAA --batch 128

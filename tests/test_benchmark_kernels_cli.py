@@ -17,19 +17,17 @@ def _kernels_bench():
     return mod
 
 
-def test_variant_spec_parses_name_base_and_settings():
-    bench = _kernels_bench()
-    name, base, env = bench.parse_variant(
-        "carve_bw16:carve_content:HYBRID_CARVE_V2_BWD_WARPS=16,HYBRID_CARVE_V2_POST_BK=128")
-    assert (name, base) == ("carve_bw16", "carve_content")
-    assert env == {"HYBRID_CARVE_V2_BWD_WARPS": "16", "HYBRID_CARVE_V2_POST_BK": "128"}
+def test_carve_rows_record_the_settings_they_ran_with():
+    """Each CARVE variant's settings, as the operator chooses them for its inputs (small CPU tensors here)."""
+    pytest.importorskip("triton")
+    import torch
 
-
-@pytest.mark.parametrize("spec", ["carve_x", "carve_x:carve_content:NOEQUALS", "x:fla_chunk_gdn2:A=1"])
-def test_bad_variant_spec_is_refused(spec):
     bench = _kernels_bench()
-    with pytest.raises(SystemExit, match="variant"):
-        bench.parse_variant(spec)
+    x = {n: t.cpu() for n, t in bench.make(1, 64, 2, 16, 16, dev="cpu", dt=torch.float32).items()}
+    for name in bench.CARVE_VARIANTS:
+        st = bench.carve_settings(x, name)
+        assert st["kernel"] == "chunk" and st["tile_rows"] == 32, (name, st)  # C = 64 as two 32-row tiles
+        assert {"precision", "value_split", "sweep_warps", "saved_state"} <= set(st)
 
 
 def test_target_lines_report_only_what_was_measured():
@@ -48,11 +46,12 @@ def test_target_lines_report_only_what_was_measured():
 
 def test_table_lists_each_variant_with_its_own_kernels_then_the_targets():
     bench = _kernels_bench()
-    res = {"carve_content": dict(fwd_ms=3.2, fwdbwd_ms=10.33, peak_mib=3256,
-                                 kernels_ms={"carve_v2_fwd_kernel": 2.44, "tiny": 0.01}),
-           "carve_nocontent": dict(fwd_ms=2.9, fwdbwd_ms=9.57, peak_mib=3245, kernels_ms={"carve_v2_bwdt_kernel": 3.5}),
+    res = {"carve_content": dict(fwd_ms=3.2, fwdbwd_ms=10.33, peak_mib=3256, settings={"kernel": "chunk", "tile_rows": 32},
+                                 kernels_ms={"carve_chunk_fwd_kernel": 2.44, "tiny": 0.01}),
+           "carve_nocontent": dict(fwd_ms=2.9, fwdbwd_ms=9.57, peak_mib=3245, kernels_ms={"carve_chunk_bwd_kernel": 3.5}),
            "fla_chunk_gdn2": dict(fwd_ms=1.9, fwdbwd_ms=11.07, peak_mib=4480)}
     lines = bench.table_lines(res)
-    assert [ln.split()[0] for ln in lines] == ["carve_content", "2.440", "carve_nocontent", "3.500",
+    assert [ln.split()[0] for ln in lines] == ["carve_content", "settings", "2.440", "carve_nocontent", "3.500",
                                                "fla_chunk_gdn2", "->", "->", "->"]
-    assert "carve_v2_fwd_kernel" in lines[1] and "carve_v2_bwdt_kernel" in lines[3]
+    assert lines[1].split() == ["settings", "kernel=chunk", "tile_rows=32"]
+    assert "carve_chunk_fwd_kernel" in lines[2] and "carve_chunk_bwd_kernel" in lines[4]

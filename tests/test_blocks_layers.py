@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from hybrid.blocks import RecurrentMixer, RMSNorm, SwiGLU, normalize_block
 from hybrid.blocks.norms import GatedHeadRMSNorm
-from hybrid.kernels import carve_reference
+from hybrid.ops.carve import carve_reference
 from hybrid.ops.short_conv import short_conv
 
 D = 32

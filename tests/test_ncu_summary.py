@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-HEAD = ['"Kernel Name","carve_v2_bwd_kernel",',
+HEAD = ['"Kernel Name","carve_chunk_bwd_kernel",',
         '"Address","Source","Warp Stall Sampling (All Samples)","Instructions Executed","stall_long_sb",'
         '"stall_barrier","stall_long_sb (Not Issued)"']
 ROWS = [('0x10', '      LDL R1, [R1+0x8]', 30, 100, 25, 5, 1),

@@ -4,8 +4,8 @@ properties the definition promises (causality, special cases, state carry, varle
 import pytest
 import torch
 
-from hybrid.kernels import CarveInputError, CarveState, carve, carve_chunked, carve_reference
-from hybrid.kernels.testing import random_inputs, random_state, rel_err
+from hybrid.ops.carve import CarveInputError, CarveState, carve, carve_chunked, carve_reference
+from hybrid.ops.carve.testing import random_inputs, random_state, rel_err
 
 DECAYS = [0.0, 0.05, 1.0, 5.0, 40.0]  # none .. log-decay down to -5 per step, and far beyond
 
@@ -253,16 +253,3 @@ def test_nan_guard_is_opt_in(monkeypatch):
     inp2.g[0, 0, 0, 0] = 0.5
     with pytest.raises(CarveInputError, match="must be <= 0"):
         carve_chunked(*inp2.args(), chunk_size=4)
-
-
-def test_triton_sequence_kernel_choice(monkeypatch):
-    pytest.importorskip("triton")
-    from hybrid.kernels import dispatch, triton_carve, triton_v2
-
-    monkeypatch.delenv("HYBRID_TRITON_IMPL", raising=False)
-    assert dispatch._triton_seq_fn() is triton_v2.carve_triton_v2
-    monkeypatch.setenv("HYBRID_TRITON_IMPL", "v1")
-    assert dispatch._triton_seq_fn() is triton_carve.carve_triton
-    monkeypatch.setenv("HYBRID_TRITON_IMPL", "v3")
-    with pytest.raises(CarveInputError, match="v1 or v2"):
-        dispatch._triton_seq_fn()

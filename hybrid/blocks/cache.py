@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from transformers.cache_utils import Cache
 
-from hybrid.kernels import CarveState
+from hybrid.ops.carve import CarveState
 
 
 class _LayerBase:

@@ -4,7 +4,7 @@ x -> q, k, v projections -> causal short conv + SiLU -> L2-norm(q), L2-norm(k)  
 g = -exp(A_log) * softplus(f_proj(x) + dt_bias)    (fp32, per key channel; f_proj low rank; hybrid.ops.gates)
 a = b_proj(x)                                      (erase logits, d -> H*K)
 w = sigmoid(w_proj(x))                             (CARVE: d -> H, one scalar per head; GDN-2: d -> H*V)
-o = carve(q, k, v, g, a, w, U_down, U_up)          (hybrid.kernels; U only for CARVE with content on)
+o = carve(q, k, v, g, a, w, U_down, U_up)          (hybrid.ops.carve; U only for CARVE with content on)
 y = o_proj(RMSNorm_head(o) * SiLU(out_gate(x)))    (out_gate low rank d -> R -> H*V; hybrid.ops.gated_norm)
 
 On CUDA the ops around the operator are fused Triton kernels that keep only their low-precision inputs
@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hybrid.kernels import CarveState, carve, carve_decode
 from hybrid.ops.backend import use_triton
+from hybrid.ops.carve import CarveState, carve, carve_decode
 from hybrid.ops.gates import gates
 from hybrid.ops.short_conv import conv_qkv, conv_qkv_step
 

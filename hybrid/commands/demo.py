@@ -40,8 +40,8 @@ def operator_check(args, console) -> bool:
     import torch
     from rich.table import Table
 
-    from hybrid.kernels import carve, carve_reference, triton_available
-    from hybrid.kernels.testing import random_inputs, rel_err
+    from hybrid.ops.carve import carve, carve_reference, triton_available
+    from hybrid.ops.carve.testing import random_inputs, rel_err
 
     backends = ["torch"] + (["triton"] if triton_available() else [])
     table = Table(title=f"CARVE vs float64 reference (T={args.length}, H={args.heads}, K=V={args.head_dim}, "

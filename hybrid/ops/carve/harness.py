@@ -1,23 +1,39 @@
 """Correctness harness for the Triton CARVE kernels against the float64 oracles.
 
-Used by tests/test_triton_interpret.py (CPU, TRITON_INTERPRET=1), tests/test_gpu_triton.py and
-scripts/gpu-check (on the GPU). ``run_case`` draws fresh random inputs (never zeros), poisons every
+Used by tests/test_carve_triton_cpu.py (TRITON_INTERPRET=1) and tests/test_carve_triton_gpu.py (run
+by scripts/gpu-check). ``run_case`` draws fresh random inputs (never zeros), poisons every
 kernel output with NaN first, runs forward and backward (including gradients through the final
 state when asked) and returns relative RMS errors ||x - ref|| / ||ref|| per tensor.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 
+from . import layout
+from .chunk import carve_triton
 from .chunked import carve_chunked
-from .inputs import CarveState
+from .decode import carve_decode_triton
+from .inputs import CarveState, validate
 from .reference import carve_reference
+from .settings import choose_settings
 from .testing import rel_err as rel  # relative RMS error; non-finite results count as inf
+
+
+@contextlib.contextmanager
+def poisoned():
+    """Kernel outputs start as NaN inside this block, so an element a kernel forgot to write fails."""
+    layout.POISON = True
+    try:
+        yield
+    finally:
+        layout.POISON = False
 
 
 def make_inputs(B, T, H, K, V, r, *, content=True, vec_w=False, decay=1.0, dtype=torch.float32, device="cpu",
@@ -54,34 +70,13 @@ def random_state(N, H, K, V, C, *, device="cpu", gen=None):
 
 def run_case(*, B=2, T=37, H=2, K=20, V=24, r=4, C=64, content=True, vec_w=False, decay=1.0,
              dtype=torch.float32, device="cpu", init_state=False, lengths=None, final_grad=False,
-             content_grad="full", oracle="reference", seed=0, backward=True, v_split=None, num_warps=None,
-             impl="v1", v_scale=1.0) -> dict:
-    """Runs one case. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths)).
+             content_grad="full", oracle="reference", seed=0, backward=True, v_scale=1.0,
+             settings: dict | None = None) -> dict:
+    """Runs one case of ``carve_triton``. ``lengths`` packs varlen sequences (B becomes 1, T = sum(lengths)).
 
-    ``impl`` picks the kernels: "v1" (``carve_triton``) or "v2" (``carve_triton_v2``)."""
-    from . import triton_carve
-
-    if v_split is not None:
-        os.environ["HYBRID_CARVE_V_SPLIT"] = str(v_split)
-    if num_warps is not None:
-        os.environ["HYBRID_CARVE_NUM_WARPS" if impl == "v1" else "HYBRID_CARVE_V2_NUM_WARPS"] = str(num_warps)
-    try:
-        return _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths,
-                         final_grad, content_grad, oracle, seed, backward, triton_carve, impl, v_scale)
-    finally:
-        os.environ.pop("HYBRID_CARVE_V_SPLIT", None)
-        os.environ.pop("HYBRID_CARVE_NUM_WARPS", None)
-        os.environ.pop("HYBRID_CARVE_V2_NUM_WARPS", None)
-
-
-def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_state, lengths, final_grad,
-              content_grad, oracle, seed, backward, triton_carve, impl="v1", v_scale=1.0):
-    if impl == "v1":
-        kernel_fn = triton_carve.carve_triton
-    elif impl == "v2":
-        from .triton_v2 import carve_triton_v2 as kernel_fn
-    else:
-        raise ValueError(f"impl must be 'v1' or 'v2', got {impl!r}")
+    ``settings``: fields of CarveSettings to change from what ``choose_settings`` picks for the case
+    (e.g. ``{"kernel": "wide"}``, or in the interpreter the GPU's bf16 choices); also reported, as
+    ``settings`` in the result."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     cu = None
@@ -98,12 +93,11 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
     if st is not None:
         st_t = CarveState(st.S.clone().requires_grad_(backward), st.m_prev.clone().requires_grad_(backward),
                           st.o_sum.clone().requires_grad_(backward), st.pos.clone())
-    triton_carve.POISON = True
-    try:
-        o, fin = kernel_fn(*leaves, scale=None, chunk_size=C, content_grad=content_grad,
-                                           initial_state=st_t, output_final_state=need_state, cu_seqlens=cu)
-    finally:
-        triton_carve.POISON = False
+    shapes = validate(*xs, chunk_size=C, content_grad=content_grad, initial_state=st, cu_seqlens=cu)
+    chosen = replace(choose_settings(shapes, dtype, torch.device(device), C), **(settings or {}))
+    with poisoned():
+        o, fin = carve_triton(*leaves, scale=None, chunk_size=C, content_grad=content_grad, initial_state=st_t,
+                              output_final_state=need_state, cu_seqlens=cu, settings=chosen)
     leaves64 = [x.detach().double().requires_grad_(backward) if x is not None else None for x in xs]
     st64 = None
     if st is not None:
@@ -112,7 +106,7 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
     fn = carve_reference if oracle == "reference" else carve_chunked
     o64, fin64 = fn(*leaves64, scale=None, chunk_size=C, content_grad=content_grad, initial_state=st64,
                     output_final_state=need_state, cu_seqlens=cu)
-    out = {"o": rel(o, o64), "o_dtype_ok": float(o.dtype == xs[0].dtype)}
+    out = {"o": rel(o, o64), "o_dtype_ok": float(o.dtype == xs[0].dtype), "settings": chosen.as_dict()}
     if need_state:
         out["S_final"] = rel(fin.S, fin64.S)
         out["m_final"] = rel(fin.m_prev, fin64.m_prev)
@@ -131,11 +125,8 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
         loss = loss + (fin.S * dS).sum() + (fin.m_prev * dm).sum() + (fin.o_sum * dos).sum()
         loss64 = loss64 + (fin64.S * dS.double()).sum() + (fin64.m_prev * dm.double()).sum() + (
             fin64.o_sum * dos.double()).sum()
-    triton_carve.POISON = True
-    try:
+    with poisoned():
         loss.backward()
-    finally:
-        triton_carve.POISON = False
     loss64.backward()
     names = ["q", "k", "v", "g", "a", "w", "u_down", "u_up"]
     for name, x, y in zip(names, leaves, leaves64):
@@ -150,21 +141,20 @@ def _run_case(B, T, H, K, V, r, C, content, vec_w, decay, dtype, device, init_st
 
 def decode_case(*, N=3, H=2, K=20, V=24, r=4, C=16, steps=40, content=True, vec_w=False, decay=1.0,
                 dtype=torch.float32, device="cpu", seed=0) -> dict:
-    """Prefill with carve_triton then decode token by token; compare with one long float64 call."""
-    from . import triton_carve
-
+    """Prefill with carve_triton then decode token by token (carve_decode_triton); compare with one long
+    float64 call."""
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
     T0 = 29
     xs = make_inputs(N, T0 + steps, H, K, V, r, content=content, vec_w=vec_w, decay=decay, dtype=dtype,
                      device=device, gen=gen)
     q, k, v, g, a, w, ud, uu = xs
-    o_pre, st = triton_carve.carve_triton(q[:, :T0], k[:, :T0], v[:, :T0], g[:, :T0], a[:, :T0], w[:, :T0], ud, uu,
-                                          scale=None, chunk_size=C, output_final_state=True)
+    o_pre, st = carve_triton(q[:, :T0], k[:, :T0], v[:, :T0], g[:, :T0], a[:, :T0], w[:, :T0], ud, uu,
+                             scale=None, chunk_size=C, output_final_state=True)
     outs = [o_pre]
     for t in range(T0, T0 + steps):
-        o_t, st = triton_carve.carve_decode_triton(q[:, t], k[:, t], v[:, t], g[:, t], a[:, t], w[:, t], ud, uu,
-                                                   st, scale=None, chunk_size=C)
+        o_t, st = carve_decode_triton(q[:, t], k[:, t], v[:, t], g[:, t], a[:, t], w[:, t], ud, uu, st,
+                                      scale=None, chunk_size=C)
         outs.append(o_t.unsqueeze(1))
     o = torch.cat(outs, 1)
     x64 = [x.double() if x is not None else None for x in xs]
@@ -186,6 +176,8 @@ def record_errors(name: str, errs: dict, filename: str) -> None:
 def assert_within(errs: dict, o_tol: float, g_tol: float) -> None:
     """Flags (``*_ok``) must be 1, gradients (``d*``) within g_tol, outputs and states within o_tol."""
     for key, val in errs.items():
+        if key == "settings":
+            continue
         if key.endswith("_ok"):
             assert val == 1.0, (key, errs)
         elif key.startswith("d"):

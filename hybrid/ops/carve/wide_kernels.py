@@ -1,6 +1,7 @@
-"""Triton kernels of the CARVE operator: forward sweep, backward sweep, one-token decode.
+"""Triton kernels of the wide CARVE path (wide.py): forward sweep and backward sweep for any head dim
+up to 256.
 
-Design (see docs/kernels.md): the content gate of chunk n reads the mean output of chunk n-1, so the
+Design: the content gate of chunk n reads the mean output of chunk n-1, so the
 operator is sequential over chunks. One program owns one (sequence, head) -- or, when content is off,
 one (sequence, head, value tile) -- and loops over the chunks of its sequence. The K x V fp32 state is
 streamed through a per-chunk buffer in global memory (it stays in L2), which doubles as the chunk-start
@@ -24,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_v2_kernels import _seq  # one copy of the sequence-layout reads for both kernel versions
+from .tiles import seq_info
 
 
 @triton.jit
@@ -159,7 +160,7 @@ def _unit_lower_inverse(Moff, Md, C: tl.constexpr, NB: tl.constexpr):
 
 
 @triton.jit
-def carve_fwd_kernel(
+def carve_wide_fwd_kernel(
     q, k, v, g, a, w, ud, uu, o,
     h0, m0, os0, pos0,
     hbuf, mbuf, abuf, osf,
@@ -173,7 +174,7 @@ def carve_fwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     pv = tl.program_id(2)
-    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
+    bos, L, off, p = seq_info(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     v_lo = pv * VPP
     v_hi = tl.minimum(v_lo + VPP, V)
@@ -274,7 +275,7 @@ def carve_fwd_kernel(
 
 
 @triton.jit
-def carve_bwd_kernel(
+def carve_wide_bwd_kernel(
     q, k, v, g, a, w, ud, uu, do,
     dq, dk, dv, dg, da, dw,
     pos0, hbuf, mbuf, abuf,
@@ -290,7 +291,7 @@ def carve_bwd_kernel(
     n = tl.program_id(0)
     hh = tl.program_id(1)
     pv = tl.program_id(2)
-    bos, L, off, p = _seq(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
+    bos, L, off, p = seq_info(n, seq_start, seq_len, chunk_off, pos0, HAS_INIT)
     NS = (p + L + C - 1) // C
     v_lo = pv * VPP
     v_hi = tl.minimum(v_lo + VPP, V)
@@ -522,54 +523,3 @@ def carve_bwd_kernel(
             if complete:
                 tl.store(dos0 + nh * V + vf, dmp_full / C, mask=vfm & (vf >= v_lo) & (vf < v_hi))
         tl.debug_barrier()
-
-
-@triton.jit
-def carve_decode_kernel(
-    q, k, v, g, a, w, ud, uu, o,
-    S, m_prev, o_sum, pos,
-    S_new, m_new, o_new,
-    scale,
-    H,
-    K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, C: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, BVF: tl.constexpr, BR: tl.constexpr,
-    HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
-):
-    n = tl.program_id(0)
-    hh = tl.program_id(1)
-    pv = tl.program_id(2)
-    nh = (n * H + hh).to(tl.int64)
-    rk = tl.arange(0, BK)
-    km = rk < K
-    cv = pv * BV + tl.arange(0, BV)
-    vm = cv < V
-    qv = tl.load(q + nh * K + rk, mask=km, other=0.0).to(tl.float32)
-    kv = tl.load(k + nh * K + rk, mask=km, other=0.0).to(tl.float32)
-    gv = tl.load(g + nh * K + rk, mask=km, other=0.0).to(tl.float32)
-    av = tl.load(a + nh * K + rk, mask=km, other=0.0).to(tl.float32)
-    if HAS_CONTENT:
-        low, udt = _content_low(ud, m_prev + nh * V, hh, V, R, BVF, BR)
-        rr = tl.arange(0, BR)
-        up = tl.load(uu + hh * K * R + rk[:, None] * R + rr[None, :],
-                     mask=km[:, None] & (rr[None, :] < R), other=0.0).to(tl.float32)
-        av += tl.sum(up * low[None, :], axis=1)
-    b = tl.sigmoid(av)
-    smask = km[:, None] & vm[None, :]
-    s = tl.load(S + nh * K * V + rk[:, None] * V + cv[None, :], mask=smask, other=0.0)
-    s = tl.exp(gv)[:, None] * s
-    rd = tl.sum(s * (b * kv)[:, None], axis=0)
-    vv = tl.load(v + nh * V + cv, mask=vm, other=0.0).to(tl.float32)
-    if VEC_W:
-        ww = tl.load(w + nh * V + cv, mask=vm, other=0.0).to(tl.float32)
-    else:
-        ww = tl.load(w + nh).to(tl.float32)
-    s = s + kv[:, None] * (ww * vv - rd)[None, :]
-    out = tl.sum(s * (scale * qv)[:, None], axis=0)
-    tl.store(o + nh * V + cv, out.to(o.dtype.element_ty), mask=vm)
-    tl.store(S_new + nh * K * V + rk[:, None] * V + cv[None, :], s, mask=smask)
-    osum = tl.load(o_sum + nh * V + cv, mask=vm, other=0.0) + out
-    pp = tl.load(pos + n) + 1
-    mp = tl.load(m_prev + nh * V + cv, mask=vm, other=0.0)
-    full = pp == C
-    tl.store(m_new + nh * V + cv, tl.where(full, osum / C, mp), mask=vm)
-    tl.store(o_new + nh * V + cv, tl.where(full, 0.0, osum), mask=vm)
