@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RulerError
+from hybrid.tasks.errors import RulerError
 
 
 def check_model_dir(path: str | Path) -> Path:
