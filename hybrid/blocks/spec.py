@@ -160,6 +160,8 @@ def default_mlp_hidden(d_model: int) -> int:
 
 
 def normalize_mlp(d: dict | None, d_model: int, path: str = "model.mlp") -> dict:
+    if isinstance(d, dict) and d.get("kind") == "none":
+        d = {k: v for k, v in d.items() if k != "hidden"}  # no MLP: hidden is 0 whatever is written
     out = check_fields(MLP_FIELDS, d, path, "the mlp")
     if out["kind"] == "none":
         return {"kind": "none", "hidden": 0}
