@@ -5,7 +5,8 @@ Each kind is registered once in ``BLOCK_KINDS`` with its settings (``Field``s), 
 its parameter-count formula and its analytic cost functions; the model, the parameter counts, the
 analytic model, the recipe layout and the cache ask ``block_kind(...)`` instead of branching on kind
 names. ``normalize_block(d)`` fills defaults and checks every key and value, raising ``SpecError``
-with the key path and a near-miss suggestion.
+with the key path and a near-miss suggestion. The model-wide settings (the recipe's ``model:``
+section, ``MODEL_FIELDS`` and ``MLP_FIELDS``) are checked here too, by ``normalize_model``.
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ BLOCK_KINDS: dict[str, BlockKind] = {
     ),
 }
 
+MODEL_FIELDS = (
+    Field("d_model", int, required=True, minimum=1, doc="model width d"),
+    Field("n_layers", int, required=True, minimum=1, doc="number of layers L"),
+    Field("vocab_size", int, required=True, minimum=2, doc="vocabulary size (the default tokenizer has 4096)"),
+    Field("mlp", dict, None, nullable=True, doc="the MLP of every layer: kind (swiglu | none), hidden"),
+    Field("norm_eps", float, 1e-6, above=0, doc="RMSNorm epsilon"),
+    Field("tie_embeddings", bool, True, doc="share the input embedding and the output head"),
+    Field("max_position_embeddings", int, 8192, minimum=1, doc="longest sequence the model is meant for"),
+)
+
 MLP_KINDS = ("swiglu", "none")
 MLP_FIELDS = (
     Field("kind", str, "swiglu", choices=MLP_KINDS, doc="swiglu, or none for a model without MLPs"),
@@ -167,4 +178,11 @@ def normalize_mlp(d: dict | None, d_model: int, path: str = "model.mlp") -> dict
         return {"kind": "none", "hidden": 0}
     if out["hidden"] is None:
         out["hidden"] = default_mlp_hidden(d_model)
+    return out
+
+
+def normalize_model(d: dict, path: str = "model") -> dict:
+    """The model settings (``MODEL_FIELDS``) with defaults filled in and the mlp normalised."""
+    out = check_fields(MODEL_FIELDS, d, path)
+    out["mlp"] = normalize_mlp(out["mlp"], out["d_model"], f"{path}.mlp")
     return out

@@ -10,27 +10,17 @@ import copy
 import os
 from dataclasses import dataclass, field
 
-from hybrid.blocks.spec import normalize_block, normalize_mlp
+from hybrid.blocks.spec import MODEL_FIELDS, normalize_block, normalize_model
 from hybrid.recipes.errors import Loc, RecipeError, Where, key_str, parse_key
 from hybrid.recipes.eval_section import parse_eval
 from hybrid.recipes.layout import expand_layout, near
 from hybrid.recipes.merge import apply_overrides_with_locs, merge_into
 from hybrid.recipes.train_section import parse_train
 from hybrid.recipes.yamlio import Locs, display_path, read_yaml
-from hybrid.schema import Field, SpecError, check_fields
+from hybrid.schema import SpecError
 
 TOP_KEYS = ("name", "description", "extends", "model", "blocks", "layout", "train", "eval")
 
-MODEL_FIELDS = (
-    Field("d_model", int, required=True, minimum=1, doc="model width d"),
-    Field("n_layers", int, required=True, minimum=1, doc="number of layers L"),
-    Field("vocab_size", int, required=True, minimum=2, doc="vocabulary size (the default tokenizer has 4096)"),
-    Field("mlp", dict, None, nullable=True, doc="the MLP of every layer: kind (swiglu | none), hidden"),
-    Field("norm_eps", float, 1e-6, above=0, doc="RMSNorm epsilon"),
-    Field("tie_embeddings", bool, True, doc="share the input embedding and the output head"),
-    Field("max_position_embeddings", int, 8192, minimum=1, doc="longest sequence the model is meant for"),
-)
-MODEL_KEYS = tuple(f.name for f in MODEL_FIELDS)
 BLOCK_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -176,11 +166,9 @@ def _check_model(model, where: Where) -> dict:
         raise where.error(("model",), f"missing; expected {', '.join(required)} (and optionally "
                                       + ", ".join(f.name for f in MODEL_FIELDS if not f.required) + ")")
     try:
-        out = check_fields(MODEL_FIELDS, model, "model")
-        out["mlp"] = normalize_mlp(out["mlp"], out["d_model"], "model.mlp")
+        return normalize_model(model, "model")
     except SpecError as e:
         raise _spec_error(where, e) from None
-    return out
 
 
 def _check_blocks(blocks, where: Where) -> dict:
