@@ -23,7 +23,7 @@ import torch
 
 
 def _variant(path: str, pattern: str | None):
-    from hybrid.eval.sweep.runner import plan
+    from hybrid.sweep.runner import plan
 
     runs = plan(path, Path(tempfile.mkdtemp()), 1, False)
     if pattern is None:

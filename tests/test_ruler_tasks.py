@@ -11,10 +11,10 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from hybrid.blocks.spec import SpecError
 from hybrid.eval.config import EvalConfig
-from hybrid.eval.ruler import TASKS, RulerError, make_sample, resolve_tasks
-from hybrid.eval.ruler.haystack import NOISE
 from hybrid.eval.ruler.scoring import match_all, match_part, score
-from hybrid.eval.ruler.seeds import EVAL_SEED_BASE, eval_seed, is_eval_seed, train_seed
+from hybrid.tasks import TASKS, RulerError, make_sample, resolve_tasks
+from hybrid.tasks.haystack import NOISE
+from hybrid.tasks.seeds import EVAL_SEED_BASE, eval_seed, is_eval_seed, train_seed
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "hybrid" / "data" / "tokenizer" / "tokenizer.json"
 NUMBER = re.compile(r"^\d{7}$")

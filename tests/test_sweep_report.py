@@ -2,7 +2,7 @@
 
 import json
 
-from hybrid.eval.sweep.report import aggregate, largest_gap, write_report
+from hybrid.sweep.report import aggregate, largest_gap, write_report
 
 
 def result(name, share, seed, s512, s1024, tps=1000.0, dms=2.0):
@@ -57,7 +57,7 @@ def test_training_rate_is_the_steady_one(tmp_path):
     """The report's tokens/s leaves out the start-up (first two logged windows: kernel compilation,
     data-worker start); results without the steady rate fall back to the whole-run average, and
     results written before it existed get it from their own metrics log."""
-    from hybrid.eval.sweep.runner import _with_steady_rate, read_metrics, steady_tokens_per_s
+    from hybrid.sweep.runner import _with_steady_rate, read_metrics, steady_tokens_per_s
 
     log = tmp_path / "run" / "model" / "metrics.jsonl"
     log.parent.mkdir(parents=True)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from hybrid.cli import main as cli
-from hybrid.eval.sweep.runner import SweepError, run_sweep
+from hybrid.sweep.runner import SweepError, run_sweep
 
 BASE = """name: micro
 model: {d_model: 32, n_layers: 2, vocab_size: 4096, mlp: {kind: swiglu, hidden: 64}, max_position_embeddings: 1024}

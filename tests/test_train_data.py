@@ -224,7 +224,7 @@ def test_too_little_text(tmp_path, tok):
 
 
 def test_ruler_mix_answer_loss(tok):
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     from hybrid.train.ruler_source import RulerSource
 
     src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=2)
@@ -247,7 +247,7 @@ def test_ruler_mix_answer_loss(tok):
 
 def test_ruler_mix_marks_answer_tokens_whatever_the_loss(tok):
     """answer_labels are the answer tokens (without the closing <eos>) under loss_on all and answer."""
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     from hybrid.train.ruler_source import RulerSource
 
     kw = dict(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=3, followups=2)
@@ -282,7 +282,7 @@ def test_prefetch_workers_give_the_same_stream():
 def test_ruler_mix_documents_fill_the_rows(tok):
     """The generation budget of a RULER length is not held by a training document, so it must not
     become padding: at 512 tokens the NIAH mixture packs well over one document per row."""
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     from hybrid.train.ruler_source import RulerSource
 
     src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=512, batch_size=16)
@@ -298,7 +298,7 @@ def test_ruler_mix_documents_fill_the_rows(tok):
 def test_ruler_mix_length_warmup_caps_documents(tok):
     """doc_len_warmup: early steps hold only short documents (more per row), the cap grows to the
     full row by the end of the warm-up, and held-out batches are never capped."""
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     from hybrid.train.config import DataConfig
     from hybrid.train.ruler_source import RulerSource
 
@@ -327,7 +327,7 @@ def test_ruler_mix_length_warmup_caps_documents(tok):
 def test_ruler_mix_followups_ask_about_other_facts(tok):
     """followups: a document starts as an exact RULER prompt and its answer, then asks RULER's question
     about other facts of the same context; every follow-up answer is that fact's value as stated."""
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     import re
 
     from hybrid.train.ruler_source import RulerSource

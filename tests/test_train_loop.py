@@ -233,7 +233,7 @@ def test_torchrun_two_cpu_processes_match_one_process(tmp_path):
 
 
 def test_ruler_mix_trains_with_prefetch_workers(tmp_path):
-    pytest.importorskip("hybrid.eval.ruler")
+    pytest.importorskip("hybrid.tasks")
     r = small_recipe(steps=2, seq_len=320, batch_size=1, eval_every=0, data_workers=1,
                      data={"kind": "ruler_mix", "tasks": ["niah_single_1"]})
     res = run_training(r, tmp_path / "run", progress=False)

@@ -1,6 +1,7 @@
 """Analytic costs of a hybrid model, from its block dicts alone (no module is built).
 
-Every formula is derived in docs/analytic.md. Conventions: one multiply-add = 2 FLOPs; "per token"
+Each block kind's per-layer formulas live with the kind (``hybrid.blocks.mixer_costs``, registered in
+``hybrid.blocks.spec``); this module sums them over a model. Every formula is derived in docs/analytic.md. Conventions: one multiply-add = 2 FLOPs; "per token"
 means averaged over the tokens of a causal sequence of length N (training) or at context T (decode);
 ``b`` is bytes per activation element (2 for bf16 autocast, 4 for fp32), ``b_s`` = 4 (fp32 states).
 
@@ -11,84 +12,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hybrid.blocks.params import attention_mixer_params, count_params, recurrent_mixer_params
-from hybrid.blocks.spec import is_recurrent, normalize_mlp
+from hybrid.blocks.mixer_costs import ATTN_BWD_FACTOR, REC_BWD_FACTOR, STATE_BYTES, mean_context
+from hybrid.blocks.params import count_params, mixer_params
+from hybrid.blocks.spec import block_kind, is_recurrent, normalize_mlp
 
-STATE_BYTES = 4  # recurrent state and chunk accumulators are fp32
-ATTN_BWD_FACTOR = 2.5  # FlashAttention backward: 5 matmuls (with recompute) vs 2 in the forward
-REC_BWD_FACTOR = 2.0  # chunked delta rule backward: recompute + gradient passes ~ 2x the forward
+__all__ = ["ATTN_BWD_FACTOR", "REC_BWD_FACTOR", "STATE_BYTES", "ModelCosts", "cache_bytes", "core_decode_flops",
+           "core_fwd_flops", "core_train_flops", "matmul_params", "mean_context", "pure_transformer_config",
+           "saved_bytes_per_token"]
 
 
 # --------------------------------------------------------------------------------------------------
-# per-layer quantities
-
-
-def mean_context(n: int, window: int | None) -> float:
-    """Mean number of keys a query sees in a causal sequence of length n (window W or full)."""
-    if window is None or window >= n:
-        return (n + 1) / 2
-    w = window
-    return (w * (w + 1) / 2 + (n - w) * w) / n
+# per-layer quantities: each block kind's own cost functions (registered in hybrid.blocks.spec)
 
 
 def matmul_params(block: dict, d: int) -> float:
     """Weights applied once per token (2 FLOPs each forward); per-chunk content weights amortised."""
-    if is_recurrent(block):
-        p = recurrent_mixer_params(block, d)
-        per_token = (p["qkv_proj"] + p["short_conv"] + p["decay"] - block["heads"] * (1 + block["head_dim"])
-                     + p["erase_proj"] + p["write_proj"] + p["out_gate"] + p["o_proj"])
-        return per_token + p.get("content", 0) / block["chunk_size"]
-    return float(sum(attention_mixer_params(block, d).values()))
+    return block_kind(block).costs.matmul_params(block, d, mixer_params(block, d))
 
 
 def core_fwd_flops(block: dict, n: int) -> float:
     """Sequence-mixing FLOPs per token, forward, at training length n (no projections)."""
-    if is_recurrent(block):
-        H, K, V = block["heads"], block["head_dim"], block["value_dim"]
-        C = min(block["chunk_size"], n)
-        return H * (6 * K * V + C * (6 * K + 4 * V) + C * C / 3)
-    return 4 * block["heads"] * block["head_dim"] * mean_context(n, block["window"])
+    return block_kind(block).costs.core_fwd_flops(block, n)
 
 
 def core_train_flops(block: dict, n: int) -> float:
-    f = core_fwd_flops(block, n)
-    return f * (1 + (REC_BWD_FACTOR if is_recurrent(block) else ATTN_BWD_FACTOR))
+    costs = block_kind(block).costs
+    return costs.core_fwd_flops(block, n) * (1 + costs.bwd_factor)
 
 
 def core_decode_flops(block: dict, t: int) -> float:
     """Sequence-mixing FLOPs for one new token at context t."""
-    if is_recurrent(block):
-        H, K, V = block["heads"], block["head_dim"], block["value_dim"]
-        return 7 * H * K * V
-    ctx = t if block["window"] is None else min(t, block["window"])
-    return 4 * block["heads"] * block["head_dim"] * ctx
+    return block_kind(block).costs.core_decode_flops(block, t)
 
 
 def cache_bytes(block: dict, t: int, b: int) -> dict:
     """Decode-time memory of one layer for one sequence after t tokens: the core term and bookkeeping."""
-    if is_recurrent(block):
-        H, K, V, c = block["heads"], block["head_dim"], block["value_dim"], block["conv_size"]
-        core = H * K * V * STATE_BYTES
-        extra = (c - 1) * (2 * H * K + H * V) * b + 2 * H * V * STATE_BYTES + 8  # conv, m_prev/o_sum, pos
-        return {"core": core, "extra": extra}
-    ctx = t if block["window"] is None else min(t, block["window"])
-    core = 2 * ctx * block["kv_heads"] * block["head_dim"] * b
-    return {"core": core, "extra": ctx * (8 + 1)}  # int64 RoPE position + bool validity per cached slot
+    return block_kind(block).costs.cache_bytes(block, t, b)
 
 
 def saved_bytes_per_token(block: dict, d: int, b: int) -> float:
     """Activations a training step keeps for the backward pass, per token, for one mixer + its norm."""
-    if is_recurrent(block):
-        H, K, V, R = block["heads"], block["head_dim"], block["value_dim"], block["gate_rank"]
-        C = block["chunk_size"]
-        width = 2 * H * K + H * V
-        wgate = H if block["kind"] == "carve" else H * V
-        act = 2 * d + 3 * width + 2 * H * K + 2 * R + H * K + wgate + 4 * H * V
-        fp32 = 4 * H * K + 2 * H * K  # fp32 copies for the L2 norm, the decay pre-activation and g
-        return act * b + fp32 * 4 + H * K * V * STATE_BYTES / C
-    Hq, G, D = block["heads"], block["kv_heads"], block["head_dim"]
-    act = 2 * d + (Hq + 2 * G) * D + (Hq + G) * D + Hq * D
-    return act * b + (Hq + G) * D * 4 + Hq * 4  # fp32 RoPE temporaries, logsumexp
+    return block_kind(block).costs.saved_bytes_per_token(block, d, b, mixer_params(block, d))
 
 
 def mlp_saved_bytes_per_token(mlp: dict, d: int, b: int) -> float:

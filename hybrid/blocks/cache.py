@@ -21,6 +21,8 @@ from transformers.cache_utils import Cache
 
 from hybrid.ops.carve import CarveState
 
+from .spec import is_recurrent
+
 
 class _LayerBase:
     is_compileable = False
@@ -116,10 +118,10 @@ class HybridCache(Cache):
     def __init__(self, config):
         layers = []
         for block in config.layers:
-            if block["kind"] == "attention":
-                layers.append(AttentionCacheLayer(block["window"]))
-            else:
+            if is_recurrent(block):
                 layers.append(RecurrentCacheLayer())
+            else:
+                layers.append(AttentionCacheLayer(block["window"]))
         try:
             super().__init__(layers=layers)
         except TypeError:  # a transformers version whose Cache takes other arguments

@@ -32,7 +32,7 @@ from .config import HybridConfig
 from .mlp import SwiGLU
 from .norms import RMSNorm
 from .recurrent import RecurrentMixer
-from .spec import SpecError
+from .spec import SpecError, block_kind
 
 try:
     from transformers.modeling_layers import GradientCheckpointingLayer as _LayerBase
@@ -80,12 +80,11 @@ class HybridBlock(_LayerBase):
         self.kind = block["kind"]
         d = config.d_model
         self.mixer_norm = RMSNorm(d, config.norm_eps)
-        if self.kind == "attention":
-            self.mixer = AttentionMixer(block, d)
-        elif self.kind in ("carve", "gdn2"):
-            self.mixer = RecurrentMixer(block, d, norm_eps=config.norm_eps)
-        else:
-            raise SpecError(f"model.layers[{layer_idx}].kind", f"no module for block kind {self.kind!r}")
+        try:
+            kind = block_kind(block)
+        except SpecError as e:
+            raise SpecError(f"model.layers[{layer_idx}].kind", e.message) from None
+        self.mixer = kind.build_mixer(block, d, norm_eps=config.norm_eps)
         if config.mlp["kind"] == "none":
             self.mlp_norm = self.mlp = None
         else:

@@ -8,68 +8,28 @@ these functions, so their signatures are stable:
 - ``mlp_params(mlp, d_model)``: the MLP of one layer *plus its pre-norm* (0 when the kind is none).
 - ``count_params(config)``: the whole model, see its docstring.
 
-Shapes of the recurrent (CARVE / GDN-2) layer with ``H`` heads, key dim ``K``, value dim ``V``,
-gate rank ``R``, conv width ``c`` and content rank ``r`` (no linear layer has a bias)::
-
-    q_proj, k_proj   d -> H*K            2 d H K
-    v_proj           d -> H*V            d H V
-    short convs      depthwise, width c  c (2 H K + H V)
-    f_proj           d -> R -> H*K       d R + R H K
-    A_log, dt_bias   [H], [H*K]          H + H K
-    b_proj           d -> H*K            d H K        (erase logits)
-    w_proj           d -> H   (CARVE)    d H          (one write scalar per head)
-                     d -> H*V (GDN-2)    d H V        (vector write gate)
-    U_down, U_up     [H,r,V], [H,K,r]    H r (V + K)  (CARVE with content "self" only)
-    out gate         d -> R -> H*V       d R + R H V
-    o_norm           [V]                 V            (RMSNorm per head, weight shared by heads)
-    o_proj           H*V -> d            H V d
-
-Attention layer with ``H`` query heads, ``G`` key/value heads, head dim ``D``:
-``d H D`` (q) + ``2 d G D`` (k, v) + ``H D d`` (o). SwiGLU MLP with hidden ``F``: ``3 d F``.
+The per-kind mixer formulas (and the tensor shapes they count) are in ``hybrid.blocks.mixer_params``;
+each kind's formula is registered with the kind in ``hybrid.blocks.spec``. SwiGLU MLP with hidden
+``F``: ``3 d F``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
-from .spec import SpecError, normalize_block, normalize_mlp
+from .spec import SpecError, block_kind, normalize_block, normalize_mlp
 
 
-def recurrent_mixer_params(b: dict, d: int) -> dict[str, int]:
-    """Per-tensor-group counts of a normalised CARVE / GDN-2 block (without its pre-norm)."""
-    H, K, V, R, c = b["heads"], b["head_dim"], b["value_dim"], b["gate_rank"], b["conv_size"]
-    carve = b["kind"] == "carve"
-    parts = {
-        "qkv_proj": d * (2 * H * K + H * V),
-        "short_conv": c * (2 * H * K + H * V),
-        "decay": d * R + R * H * K + H + H * K,
-        "erase_proj": d * H * K,
-        "write_proj": d * H if carve else d * H * V,
-        "content": H * b["content_rank"] * (V + K) if carve and b["content"] == "self" else 0,
-        "out_gate": d * R + R * H * V,
-        "out_norm": V,
-        "o_proj": H * V * d,
-    }
-    return parts
-
-
-def attention_mixer_params(b: dict, d: int) -> dict[str, int]:
-    """Per-tensor-group counts of a normalised attention block (without its pre-norm)."""
-    H, G, D = b["heads"], b["kv_heads"], b["head_dim"]
-    return {"q_proj": d * H * D, "kv_proj": 2 * d * G * D, "o_proj": H * D * d}
+def mixer_params(block: dict, d_model: int) -> dict[str, int]:
+    """Per-tensor-group counts of one layer's mixer (without its pre-norm), by its kind's formula."""
+    b = normalize_block(block)
+    _check_d(d_model)
+    return block_kind(b).params(b, d_model)
 
 
 def block_params(block: dict, d_model: int) -> int:
     """Parameters of one layer's mixer and its pre-norm RMSNorm (``d_model`` weights)."""
-    b = normalize_block(block)
-    _check_d(d_model)
-    if b["kind"] in ("carve", "gdn2"):
-        parts = recurrent_mixer_params(b, d_model)
-    elif b["kind"] == "attention":
-        parts = attention_mixer_params(b, d_model)
-    else:  # a kind registered in spec.py without a formula here
-        raise SpecError("kind", f"no parameter formula for block kind {b['kind']!r}")
-    return sum(parts.values()) + d_model
+    return sum(mixer_params(block, d_model).values()) + d_model
 
 
 def mlp_params(mlp: dict, d_model: int) -> int:

@@ -89,12 +89,21 @@ def _recipe(name: str) -> str:
     return str(Path(__file__).resolve().parents[2] / "recipes" / name)
 
 
+def run_command(module, argv: list[str]) -> int:
+    """Run one ``hybrid`` subcommand module (``hybrid.commands.<name>``) with command-line arguments."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=f"hybrid {module.NAME}")
+    module.add_arguments(parser)
+    return int(module.main(parser.parse_args(argv)) or 0)
+
+
 def main(args) -> int:
     from pathlib import Path
 
     from rich.console import Console
 
-    from hybrid.cli import main as cli
+    from hybrid.commands import build, sweep, train
 
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -108,16 +117,16 @@ def main(args) -> int:
         rc |= 0 if operator_check(args, console) else 1
     if "build" in stages:
         console.rule("[bold]stage 2: build the tiny 3:1 hybrid (predicted vs measured)")
-        rc |= cli(["build", _recipe("tiny-cpu.yaml"), "--out", str(out / "build"), "--batch", "4", "--length", "256"])
+        rc |= run_command(build, [_recipe("tiny-cpu.yaml"), "--out", str(out / "build"), "--batch", "4", "--length", "256"])
     if "train" in stages:
         console.rule("[bold]stage 3: train it on the shipped text corpus")
-        cmd = ["train", _recipe("tiny-cpu.yaml"), "--out", str(out / "tiny-cpu")]
+        cmd = [_recipe("tiny-cpu.yaml"), "--out", str(out / "tiny-cpu")]
         if args.train_steps is not None:
             cmd += ["--steps", str(args.train_steps)]
-        rc |= cli(cmd)
+        rc |= run_command(train, cmd)
     if "ruler" in stages:
         console.rule("[bold]stage 4: hybrid ratios on RULER, in miniature")
-        rc |= cli(["sweep", _recipe("sweep-ruler-tiny.yaml"), "--out", str(out / "sweep"), "--resume"])
+        rc |= run_command(sweep, [_recipe("sweep-ruler-tiny.yaml"), "--out", str(out / "sweep"), "--resume"])
     if rc == 0:
         console.print(f"[green]demo finished[/]; outputs under {out}/")
     return rc

@@ -60,7 +60,7 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from hybrid.blocks.spec import SpecError
     from hybrid.eval.console import console as make_console
-    from hybrid.eval.ruler.errors import RulerError
+    from hybrid.tasks.errors import RulerError
 
     err = make_console(stderr=True)
     for flag in ("samples", "batch_size"):
@@ -83,18 +83,12 @@ def _run(args) -> int:
 
     from hybrid.eval.config import parse_length, resolve_length
     from hybrid.eval.console import console as make_console
-    from hybrid.eval.ruler import resolve_tasks
-    from hybrid.eval.ruler.checkpoint import (
-        check_model_dir,
-        load_checkpoint,
-        recipe_eval,
-        run_dir,
-        training_length,
-    )
-    from hybrid.eval.ruler.errors import RulerError
-    from hybrid.eval.ruler.haystack import essay_words
+    from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, recipe_eval, run_dir, training_length
     from hybrid.eval.ruler.report import save, table
     from hybrid.eval.ruler.runner import evaluate
+    from hybrid.tasks import resolve_tasks
+    from hybrid.tasks.errors import RulerError
+    from hybrid.tasks.haystack import essay_words
 
     console = make_console()
     ckpt = check_model_dir(args.checkpoint)

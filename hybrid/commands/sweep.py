@@ -49,10 +49,10 @@ def main(args) -> int:
 
     from hybrid.blocks.spec import SpecError
     from hybrid.eval.console import console as make_console
-    from hybrid.eval.ruler.errors import RulerError
-    from hybrid.eval.sweep.report import write_report
-    from hybrid.eval.sweep.runner import SweepError, run_sweep
     from hybrid.recipes import RecipeError
+    from hybrid.sweep.report import write_report
+    from hybrid.sweep.runner import SweepError, run_sweep
+    from hybrid.tasks.errors import RulerError
 
     console, err = make_console(), make_console(stderr=True)
     if args.seeds < 1:

@@ -1,2 +1,2 @@
-"""Evaluation: RULER-format long-context tasks (``hybrid.eval.ruler``), the ``eval:`` recipe section
-(``hybrid.eval.config``), hybrid-ratio sweeps (``hybrid.eval.sweep``) and lm-evaluation-harness glue."""
+"""Evaluation: running RULER on a trained model (``hybrid.eval.ruler``; the tasks themselves are in
+``hybrid.tasks``), the parsed ``eval:`` recipe section (``hybrid.eval.config``) and lm-evaluation-harness glue."""

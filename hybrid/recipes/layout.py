@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import re
 
-from hybrid.blocks.spec import is_recurrent, suggest
+from hybrid.blocks.spec import is_recurrent
 from hybrid.recipes.errors import Where
+from hybrid.schema import suggest
 
 PLACEMENTS = ("spread", "start", "end", "middle")
 RATIO_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")

@@ -10,24 +10,17 @@ import copy
 import os
 from dataclasses import dataclass, field
 
-from hybrid.blocks.spec import SpecError, normalize_block, normalize_mlp
+from hybrid.blocks.spec import MODEL_FIELDS, normalize_block, normalize_model
 from hybrid.recipes.errors import Loc, RecipeError, Where, key_str, parse_key
+from hybrid.recipes.eval_section import parse_eval
 from hybrid.recipes.layout import expand_layout, near
 from hybrid.recipes.merge import apply_overrides_with_locs, merge_into
+from hybrid.recipes.train_section import parse_train
 from hybrid.recipes.yamlio import Locs, display_path, read_yaml
+from hybrid.schema import SpecError
 
 TOP_KEYS = ("name", "description", "extends", "model", "blocks", "layout", "train", "eval")
 
-# model settings: name -> (type, default, minimum, doc). ``mlp`` is checked by spec.normalize_mlp.
-MODEL_FIELDS = {
-    "d_model": (int, None, 1, "model width d"),
-    "n_layers": (int, None, 1, "number of layers L"),
-    "vocab_size": (int, None, 2, "vocabulary size (the default tokenizer has 4096)"),
-    "norm_eps": (float, 1e-6, None, "RMSNorm epsilon"),
-    "tie_embeddings": (bool, True, None, "share the input embedding and the output head"),
-    "max_position_embeddings": (int, 8192, 1, "longest sequence the model is meant for"),
-}
-MODEL_KEYS = tuple(MODEL_FIELDS) + ("mlp",)
 BLOCK_NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
@@ -169,44 +162,13 @@ def _spec_error(where: Where, e: SpecError) -> RecipeError:
 
 def _check_model(model, where: Where) -> dict:
     if model is None:
-        raise where.error(("model",), "missing; expected d_model, n_layers, vocab_size (and optionally "
-                                      + ", ".join(k for k in MODEL_KEYS if k not in ("d_model", "n_layers", "vocab_size"))
-                                      + ")")
-    if not isinstance(model, dict):
-        raise where.error(("model",), f"expected a mapping, got {type(model).__name__}")
-    for k in model:
-        if k not in MODEL_KEYS:
-            raise where.error(("model", k), f"unknown key; allowed: {', '.join(MODEL_KEYS)}{near(k, MODEL_KEYS)}")
-    out = {}
-    for k, (typ, default, minimum, doc) in MODEL_FIELDS.items():
-        p = ("model", k)
-        if k not in model:
-            if default is None:
-                raise where.error(p, f"required ({doc})")
-            out[k] = default
-            continue
-        v = model[k]
-        if typ is float and isinstance(v, str):
-            try:
-                v = float(v)  # YAML 1.1 reads 1e-6 (no dot) as a string
-            except ValueError:
-                pass
-        if typ is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        if (typ is not bool and isinstance(v, bool)) or not isinstance(v, typ):
-            tname = {int: "an integer", float: "a number", bool: "true or false"}[typ]
-            raise where.error(p, f"expected {tname} ({doc}), got {type(v).__name__} {v!r}")
-        if minimum is not None and v < minimum:
-            raise where.error(p, f"must be >= {minimum}, got {v}")
-        if typ is float and not v > 0:
-            raise where.error(p, f"must be > 0, got {v}")
-        out[k] = v
+        required = [f.name for f in MODEL_FIELDS if f.required]
+        raise where.error(("model",), f"missing; expected {', '.join(required)} (and optionally "
+                                      + ", ".join(f.name for f in MODEL_FIELDS if not f.required) + ")")
     try:
-        out["mlp"] = normalize_mlp(model.get("mlp"), out["d_model"], "model.mlp")
+        return normalize_model(model, "model")
     except SpecError as e:
         raise _spec_error(where, e) from None
-    return {k: out[k] for k in ("d_model", "n_layers", "vocab_size", "mlp", "norm_eps", "tie_embeddings",
-                                "max_position_embeddings")}
 
 
 KERNEL_CHUNK_SIZES = (16, 32, 64)
@@ -234,35 +196,20 @@ def _check_blocks(blocks, where: Where) -> dict:
     return out
 
 
+SECTION_PARSERS = {"train": parse_train, "eval": parse_eval}
+
+
 def _check_section(section: str, value, where: Where) -> dict:
-    """train/eval: validated by their owners' ``from_dict`` when those modules exist."""
+    """train/eval: checked against their schemas; the recipe keeps the section as written."""
     if value is None:
         return {}
     if not isinstance(value, dict):
         raise where.error((section,), f"expected a mapping, got {type(value).__name__}")
-    validator = _section_validator(section)
-    if validator is not None:
-        try:
-            validator(value, section)
-        except SpecError as e:
-            raise _spec_error(where, e) from None
-    return copy.deepcopy(value)
-
-
-def _section_validator(section: str):
     try:
-        if section == "train":
-            from hybrid.train.config import TrainConfig
-
-            return TrainConfig.from_dict
-        from hybrid.eval.config import EvalConfig
-
-        return EvalConfig.from_dict
-    except ModuleNotFoundError as e:  # the owning module is not written yet; anything else propagates
-        missing = e.name or ""
-        if missing in ("hybrid.train.config", "hybrid.eval.config", "hybrid.train", "hybrid.eval"):
-            return None
-        raise
+        SECTION_PARSERS[section](value, section)
+    except SpecError as e:
+        raise _spec_error(where, e) from None
+    return copy.deepcopy(value)
 
 
 def validate(data: dict, locs: Locs, path: str) -> Recipe:

@@ -14,7 +14,7 @@ Seed scheme: every micro-batch is drawn from its own generator,
 ``seed`` is ``train.seed``. The data position of a run is therefore just the step number (exact
 resume for free), ranks draw disjoint streams, and training draws can never coincide with
 evaluation draws (different ``stream``), nor with RULER evaluation samples, which
-``hybrid.eval.ruler`` derives from plain integer seeds without this tag.
+``hybrid.tasks`` derives from plain integer seeds without this tag.
 """
 
 from __future__ import annotations

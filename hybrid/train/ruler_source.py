@@ -1,4 +1,4 @@
-"""RULER-format training mixture: samples from ``hybrid.eval.ruler`` rendered as text and packed.
+"""RULER-format training mixture: samples from ``hybrid.tasks`` rendered as text and packed.
 
 A training document is ``<bos> prompt completion <eos>``, where ``prompt`` ends with the task's answer
 prefix and ``completion`` is the canonical answer text (e.g. `` 1478007.``). With ``loss_on: answer``
@@ -27,7 +27,7 @@ answers (retrieval targets) per token, which is what a model trained from scratc
 from. A task with a single fact (niah_single_*) gets none.
 
 Seeds: sample ``k`` of micro-batch ``micro`` of rank ``rank`` at step ``step`` uses
-``hybrid.eval.ruler.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
+``hybrid.tasks.seeds.train_seed(seed, step, index)`` (range ``[0, 2**48)``), which is disjoint
 from every RULER evaluation seed (``[2**48, 2**49)``). Held-out evaluation draws use negative step
 numbers, so they never coincide with training draws.
 """
@@ -36,13 +36,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from hybrid.tasks import OFFLINE, RulerError, make_sample, resolve_tasks
+from hybrid.tasks.seeds import train_seed
 from hybrid.train.batches import Batch, pack_rows, rng_for
 
 
 def _min_length(task: str, tok, limit: int) -> int | None:
     """Smallest max_tokens (<= limit) at which ``task`` can build a sample, or None."""
-    from hybrid.eval.ruler import RulerError, make_sample
-
     def ok(n: int) -> bool:
         try:
             make_sample(task, n, tok, 12345)
@@ -65,8 +65,6 @@ def _min_length(task: str, tok, limit: int) -> int | None:
 def _slack(task: str, tok, n: int) -> int:
     """How many tokens of a ``task`` sample's length budget a training document does not use: the
     generation budget minus the completion's tokens, less a margin of 8 for longer completions."""
-    from hybrid.eval.ruler import make_sample
-
     s = make_sample(task, n, tok, 12345)
     used = len(tok.encode(s.completion, add_special_tokens=False))
     return max(0, s.gen_tokens - used - 8)
@@ -78,10 +76,6 @@ class RulerSource:
     def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
                  loss_on: str = "answer", doc_len_warmup: int = 0, followups: int = 0, seed: int = 0,
                  rank: int = 0, world_size: int = 1):
-        try:
-            from hybrid.eval.ruler import OFFLINE, resolve_tasks
-        except ImportError as e:
-            raise RuntimeError(f"data kind ruler_mix needs hybrid.eval.ruler ({e})") from e
         self.tok = tokenizer
         self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
         self.doc_len_warmup = int(doc_len_warmup)
@@ -109,8 +103,6 @@ class RulerSource:
         # room a document leaves for its follow-ups: a follow-up costs about this many tokens
         self.followup_tokens = 0
         if self.followups:
-            from hybrid.eval.ruler import make_sample
-
             for name in self.tasks:  # the first task that has follow-ups (the NIAH ones) sets the size
                 s = make_sample(name, self.min_len[name], tokenizer, 12345)
                 if "followup" in s.meta:
@@ -135,9 +127,6 @@ class RulerSource:
         return lo + int((full - lo) * step / self.doc_len_warmup)
 
     def _row(self, rng: np.random.Generator, step: int, row_index: int):
-        from hybrid.eval.ruler import RulerError, make_sample
-        from hybrid.eval.ruler.seeds import train_seed
-
         bos, eos, pad = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
         ids: list[int] = []
         labels: list[int] = []

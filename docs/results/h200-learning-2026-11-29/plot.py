@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from hybrid.eval.sweep.report import draw_learning  # noqa: E402
+from hybrid.sweep.report import draw_learning  # noqa: E402
 
 here = Path(__file__).parent
 data = json.loads((here / "curves.json").read_text())

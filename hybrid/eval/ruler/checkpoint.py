@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import RulerError
+from hybrid.tasks.errors import RulerError
 
 
 def _is_training_checkpoint(p: Path) -> bool:

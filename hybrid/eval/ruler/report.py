@@ -27,7 +27,7 @@ def cell(run: RulerRun, task: str, n: int) -> str:
 
 
 def plain_table(run: RulerRun, title: str = "RULER") -> str:
-    from .haystack import essay_label
+    from hybrid.tasks.haystack import essay_label
 
     rows = [["task", *map(str, run.lengths)]]
     rows += [[t + (" *" if t in run.ruler_like else ""), *(cell(run, t, n) for n in run.lengths)]
@@ -49,7 +49,7 @@ def table(run: RulerRun, title: str = "RULER"):
     except ImportError:
         return plain_table(run, title)
 
-    from .haystack import essay_label
+    from hybrid.tasks.haystack import essay_label
 
     notes = ([TF_NOTE] if run.answer_token_acc else []) + (
         [RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack))] if run.ruler_like else [])

@@ -6,11 +6,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from .base import Sample
+from hybrid.tasks.base import Sample
+from hybrid.tasks.registry import get_task, is_ruler_like, make_sample
+from hybrid.tasks.seeds import eval_rng
+from hybrid.tasks.tokens import model_ids
+
 from .scoring import postprocess, score_one
-from .seeds import eval_rng
-from .tasks import get_task, is_ruler_like, make_sample
-from .tokens import model_ids
 
 
 @dataclass
@@ -38,7 +39,7 @@ class RulerRun:
         return [t for t in self.tasks if is_ruler_like(t)]
 
     def to_dict(self) -> dict:
-        from .haystack import essay_label
+        from hybrid.tasks.haystack import essay_label
 
         return {
             "tasks": self.tasks, "lengths": self.lengths, "samples": self.samples, "seed": self.seed,

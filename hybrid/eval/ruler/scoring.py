@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from .base import STRING_MATCH_ALL, STRING_MATCH_PART
+from hybrid.tasks.base import STRING_MATCH_ALL, STRING_MATCH_PART
 
 _CONTROL = re.compile(r"[\x00-\x1f]")
 

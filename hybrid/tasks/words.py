@@ -9,7 +9,7 @@ import uuid
 from functools import cache
 from pathlib import Path
 
-WORDS_DIR = Path(__file__).resolve().parents[2] / "data" / "words"
+WORDS_DIR = Path(__file__).resolve().parents[1] / "data" / "words"
 
 
 @cache

@@ -13,7 +13,7 @@ from pathlib import Path
 from .errors import RulerError
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-DEFAULT_ESSAY = Path(__file__).resolve().parents[2] / "data" / "haystack" / "areopagitica.txt"
+DEFAULT_ESSAY = Path(__file__).resolve().parents[1] / "data" / "haystack" / "areopagitica.txt"
 # RULER's insertion depths for essay haystacks: 40 evenly spaced percentages 0..100.
 DEPTHS = tuple(round(i * 100 / 39) for i in range(40))
 

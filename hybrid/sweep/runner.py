@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from hybrid.blocks.spec import is_recurrent
+
 
 class SweepError(RuntimeError):
     """A sweep cannot start or continue (message meant for the user)."""
@@ -43,7 +45,7 @@ def _write_json(path: Path, data) -> None:
 
 
 def attention_share(layers: list[dict]) -> float:
-    return sum(b["kind"] == "attention" for b in layers) / max(len(layers), 1)
+    return sum(not is_recurrent(b) for b in layers) / max(len(layers), 1)
 
 
 def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -> list[VariantRun]:
@@ -150,7 +152,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
-        "attention_layers": [i for i, b in enumerate(rec.layers) if b["kind"] == "attention"],
+        "attention_layers": [i for i, b in enumerate(rec.layers) if not is_recurrent(b)],
         "attention_share": attention_share(rec.layers),
         "params": sum(p.numel() for p in model.parameters()),
         "train": {k: train.get(k) for k in ("steps", "final_loss", "eval_loss", "tokens_per_s", "wall_time_s",

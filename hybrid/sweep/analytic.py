@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
+from hybrid.analytic.costs import ModelCosts
+from hybrid.train.config import TrainConfig
+
 
 def predictions(recipe, lengths: list[int], bytes_per_el: int = 2) -> dict:
     """Parameters, training FLOPs/token at the training length, and per evaluation length the decode
     FLOPs/token and the cache bytes (recurrent state + KV cache, batch 1)."""
-    try:
-        from hybrid.analytic.costs import ModelCosts
-    except ImportError as e:
-        return {"unavailable": f"hybrid.analytic could not be imported: {e}"}
-    from hybrid.train import TrainConfig
-
     mc = ModelCosts(recipe.model_config_kwargs())
     n = TrainConfig.from_dict(recipe.train).seq_len
     out = {

@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterable
 
-from hybrid.blocks.spec import suggest
+from hybrid.schema import suggest
 
 from .aggregate import CommonWords, FrequentWords
 from .base import Context, Sample, Task

@@ -47,7 +47,7 @@ def is_eval_seed(s: int) -> bool:
 def check_train_seed(s: int) -> int:
     if is_eval_seed(s):
         raise ValueError(f"seed {s} lies in the RULER evaluation range [2**48, 2**49); training must use "
-                         "hybrid.eval.ruler.seeds.train_seed(...)")
+                         "hybrid.tasks.seeds.train_seed(...)")
     return s
 
 
