@@ -83,7 +83,13 @@ def _run(args) -> int:
 
     from hybrid.eval.config import parse_length, resolve_length
     from hybrid.eval.console import console as make_console
-    from hybrid.eval.ruler.checkpoint import check_model_dir, load_checkpoint, recipe_eval, run_dir, training_length
+    from hybrid.eval.ruler.checkpoint import (
+        check_model_dir,
+        load_checkpoint,
+        recipe_eval,
+        run_dir,
+        training_length,
+    )
     from hybrid.eval.ruler.report import save, table
     from hybrid.eval.ruler.runner import evaluate
     from hybrid.tasks import resolve_tasks
