@@ -18,6 +18,7 @@ from torch import nn
 from . import init
 from .attention_backends import causal_attention, masked_attention, resolve_backend
 from .cache import AttentionCacheLayer
+from .static_cache import StaticAttentionLayer
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
@@ -66,6 +67,8 @@ class AttentionMixer(nn.Module):
         v = self.v_proj(x).view(B, T, self.G, self.D)
         cos, sin = rope_angles(positions, self.D, self.theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if isinstance(cache_layer, StaticAttentionLayer):  # one token per row over the preallocated buffer
+            return self.o_proj(cache_layer.attend(q, k, v, positions[:, 0]).reshape(B, T, self.H * self.D))
         has_past = cache_layer is not None and cache_layer.keys is not None
         if not has_past:
             if valid is None:
