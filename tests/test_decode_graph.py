@@ -1,0 +1,120 @@
+"""Bucketed static caches and the CUDA-graph decode step (graph tests marked ``gpu``).
+
+On the device: ``python -m pytest -m gpu tests/test_decode_graph.py``."""
+
+import pytest
+import torch
+from test_model_layouts import LAYOUTS, VOCAB, attn, carve, gdn2, make_model
+
+from hybrid.blocks import HybridCache
+from hybrid.blocks.decode_graph import bucket, decode_cache, generate_cache, release_decode_caches
+from hybrid.blocks.static_cache import StaticHybridCache
+
+RING = [carve(), attn(window=4), gdn2(), attn()]
+
+
+def _left_padded(prompts, device="cpu"):
+    T = max(p.numel() for p in prompts)
+    ids = torch.zeros(len(prompts), T, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for b, p in enumerate(prompts):
+        ids[b, T - p.numel():], mask[b, T - p.numel():] = p, 1
+    return ids, mask
+
+
+def _greedy_full(model, prompt, steps):
+    seq = prompt[None]
+    with torch.no_grad():
+        for _ in range(steps):
+            seq = torch.cat([seq, model(seq).logits[:, -1].argmax(-1, keepdim=True)], 1)
+    return seq[0, prompt.numel():].tolist()
+
+
+def test_buckets_are_powers_of_two():
+    assert [bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
+    assert bucket(10, 256) == 256 and bucket(257, 256) == 512
+
+
+def test_decode_cache_pool_reuses_buckets_on_cpu():
+    model = make_model(LAYOUTS["3to1"])
+    a = decode_cache(model, 3, 40)
+    assert isinstance(a, StaticHybridCache) and (a.capacity, a.max_len) == (4, 256) and a.step_fn is None
+    with torch.no_grad():
+        model(torch.randint(1, VOCAB, (3, 5)), cache=a)
+    b = decode_cache(model, 4, 200)
+    assert b is a and b.seen_tokens == 0 and b.rows == 0 and not b.lengths.any()  # reused and reset
+    c = decode_cache(model, 5, 40)
+    d = decode_cache(model, 1, 300)
+    assert c.capacity == 8 and (d.capacity, d.max_len) == (1, 512)
+    assert decode_cache(model, 2, 10) is not a  # only the last two buckets are kept
+    release_decode_caches(model)
+    assert "_decode_caches" not in model.__dict__
+
+
+def test_generate_keeps_the_dynamic_cache_on_cpu():
+    model = make_model(LAYOUTS["3to1"])
+    assert generate_cache(model, torch.ones(2, 5, dtype=torch.long), {"max_new_tokens": 4}) is None
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+def _cuda_model(layers, dtype=torch.float32):
+    return make_model(layers).to(device="cuda", dtype=dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["3to1", "carve", "attention", "ring"])
+def test_graph_greedy_equals_full_forward(layout):
+    model = _cuda_model(RING if layout == "ring" else LAYOUTS[layout])
+    prompts = [torch.randint(1, VOCAB, (n,), device="cuda") for n in (21, 6, 13)]
+    ids, mask = _left_padded(prompts, "cuda")
+    g = model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    (cache,) = model._decode_caches.values()
+    assert cache.step_fn is not None and cache.capacity == 4 and cache.seen_tokens == 21 + 19
+    for b, p in enumerate(prompts):
+        assert g[b, ids.shape[1]:].tolist() == _greedy_full(model, p, 20), b
+
+
+@pytest.mark.gpu
+def test_graph_generate_equals_dynamic_generate_and_reuses_its_capture():
+    model = _cuda_model(RING)
+    ids, mask = _left_padded([torch.randint(1, VOCAB, (n,), device="cuda") for n in (30, 9, 17)], "cuda")
+    dyn = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0,
+                         cache=HybridCache(model.config))
+    fast = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
+    assert fast.tolist() == dyn.tolist()
+    (cache,) = model._decode_caches.values()
+    step = cache.step_fn
+    # a batch of 4 falls in the same bucket: same buffers, same graph
+    ids4 = torch.cat([ids, ids[:1]])
+    fast4 = model.generate(ids4, attention_mask=torch.cat([mask, mask[:1]]), max_new_tokens=16, do_sample=False,
+                           pad_token_id=0)
+    assert list(model._decode_caches.values()) == [cache] and cache.step_fn is step
+    assert fast4[:3].tolist() == fast.tolist() and fast4[3].tolist() == fast[0].tolist()
+
+
+@pytest.mark.gpu
+def test_graph_replay_equals_eager_static_step_bf16():
+    model = _cuda_model(RING, torch.bfloat16)
+    x = torch.randint(1, VOCAB, (3, 40), device="cuda")
+    graphed = decode_cache(model, 3, 64)
+    eager = StaticHybridCache(model.config, 4, 256, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        model(x[:, :24], cache=graphed)
+        model(x[:, :24], cache=eager)
+        for t in range(24, 40):
+            a = model(x[:, t:t + 1], cache=graphed).logits
+            b = model(x[:, t:t + 1], cache=eager).logits
+            torch.testing.assert_close(a.float(), b.float(), atol=1e-2, rtol=1e-2)
+    for la, lb in zip(graphed.layers, eager.layers):
+        for ta, tb in zip(la.buffers(), lb.buffers()):
+            torch.testing.assert_close(ta.float(), tb.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.gpu
+def test_graph_generate_under_inference_mode_then_no_grad():
+    model = _cuda_model(LAYOUTS["3to1"])
+    ids = torch.randint(1, VOCAB, (2, 12), device="cuda")
+    with torch.inference_mode():
+        a = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    b = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert a.tolist() == b.tolist()
