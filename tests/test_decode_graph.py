@@ -118,3 +118,32 @@ def test_graph_generate_under_inference_mode_then_no_grad():
         a = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
     b = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
     assert a.tolist() == b.tolist()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("layout", ["carve", "3to1"])
+def test_fused_recurrent_step_equals_torch_step_on_cuda(layout):
+    """The fused Triton step against the layer's own step (v1 decode kernel), fp32, 70 tokens from a prefill
+    of 37 (several chunk ends)."""
+    from hybrid.blocks.recurrent_step import fused_step, torch_step
+    from hybrid.blocks.static_cache import StaticRecurrentLayer
+
+    model = _cuda_model(LAYOUTS[layout])
+    x = torch.randint(1, VOCAB, (3, 37), device="cuda")
+    a = StaticHybridCache(model.config, 3, 128, device="cuda")
+    b = StaticHybridCache(model.config, 3, 128, device="cuda")
+    with torch.no_grad():
+        model(x, cache=a)
+        model(x, cache=b)
+        for mixer_layer, la, lb in zip(model.model.layers, a.layers, b.layers):
+            if isinstance(la, StaticRecurrentLayer):
+                for _ in range(70):
+                    h = torch.randn(3, 1, model.config.d_model, device="cuda")
+                    torch.testing.assert_close(fused_step(mixer_layer.mixer, h, la),
+                                               torch_step(mixer_layer.mixer, h, lb), atol=1e-4, rtol=1e-4)
+                    la.lengths.add_(1)  # shared by the layers of one cache: advance it as a step does
+                    lb.lengths.add_(1)
+                for ta, tb in zip(la.buffers(), lb.buffers()):
+                    torch.testing.assert_close(ta, tb, atol=1e-4, rtol=1e-4)
+                a.lengths.sub_(70)
+                b.lengths.sub_(70)

@@ -112,8 +112,10 @@ class StaticAttentionLayer(_StaticLayer):
 
 
 class StaticRecurrentLayer(_StaticLayer):
-    def __init__(self, capacity: int, channels: int, conv_size: int, H: int, K: int, V: int, *, device):
+    def __init__(self, capacity: int, channels: int, conv_size: int, H: int, K: int, V: int,
+                 lengths: torch.Tensor, *, device):
         f32 = torch.float32
+        self.lengths = lengths  # the cache's real-token counts (read by the fused step; not owned here)
         self.conv_state = torch.zeros(capacity, channels, conv_size - 1, device=device, dtype=f32)
         self.S = torch.zeros(capacity, H, K, V, device=device, dtype=f32)
         self.m_prev = torch.zeros(capacity, H, V, device=device, dtype=f32)
@@ -154,6 +156,7 @@ class StaticHybridCache(Cache):
             raise ValueError(f"StaticHybridCache: capacity must be a positive number of rows, got {capacity!r}")
         if not isinstance(max_len, int) or max_len < 1:
             raise ValueError(f"StaticHybridCache: max_len must be a positive number of tokens, got {max_len!r}")
+        self.lengths = torch.zeros(capacity, device=device, dtype=torch.long)
         layers = []
         for block in config.layers:
             if block["kind"] == "attention":
@@ -164,7 +167,7 @@ class StaticHybridCache(Cache):
             else:
                 H, K, V = block["heads"], block["head_dim"], block["value_dim"]
                 layers.append(StaticRecurrentLayer(capacity, 2 * H * K + H * V, block["conv_size"], H, K, V,
-                                                   device=device))
+                                                   self.lengths, device=device))
         try:
             super().__init__(layers=layers)
         except TypeError:  # a transformers version whose Cache takes other arguments
@@ -172,7 +175,6 @@ class StaticHybridCache(Cache):
             self.offloading = False
         self.capacity, self.max_len, self.dtype = capacity, max_len, dtype
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.lengths = torch.zeros(capacity, device=device, dtype=torch.long)
         self.rows = 0
         self.seen_tokens = 0
         self.step_fn = None  # a captured decode step over these buffers (decode_graph), or None: eager
