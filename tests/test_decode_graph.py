@@ -7,7 +7,13 @@ import torch
 from test_model_layouts import LAYOUTS, VOCAB, attn, carve, gdn2, make_model
 
 from hybrid.blocks import HybridCache
-from hybrid.blocks.decode_graph import bucket, decode_cache, generate_cache, release_decode_caches
+from hybrid.blocks.decode_graph import (
+    bucket,
+    decode_cache,
+    generate_cache,
+    length_bucket,
+    release_decode_caches,
+)
 from hybrid.blocks.static_cache import StaticHybridCache
 
 RING = [carve(), attn(window=4), gdn2(), attn()]
@@ -33,6 +39,7 @@ def _greedy_full(model, prompt, steps):
 def test_buckets_are_powers_of_two():
     assert [bucket(n) for n in (1, 2, 3, 5, 8, 9)] == [1, 2, 4, 8, 8, 16]
     assert bucket(10, 256) == 256 and bucket(257, 256) == 512
+    assert [length_bucket(n) for n in (1, 256, 257, 4096, 4160, 8256)] == [256, 256, 512, 4096, 5120, 10240]
 
 
 def test_decode_cache_pool_reuses_buckets_on_cpu():

@@ -123,3 +123,24 @@ def test_static_cache_refuses_misuse():
             model(x[:, :1], cache=static)
         with pytest.raises(ValueError, match="inputs_embeds"):
             model(inputs_embeds=torch.zeros(2, 1, 32), cache=static)
+
+
+def test_rows_prefilled_apart_equal_rows_prefilled_together():
+    model = make_model(STATIC_LAYOUTS["ring"])
+    x = torch.randint(1, VOCAB, (3, 12))
+    together = StaticHybridCache(model.config, 3, 20)
+    apart = StaticHybridCache(model.config, 3, 20)
+    with torch.no_grad():
+        model(x, cache=together)
+        apart.load(_cache(model(x[:2], use_cache=True)))
+        apart.load(_cache(model(x[2:], use_cache=True)), start=2)
+        with pytest.raises(ValueError, match="do not fit"):
+            apart.load(_cache(model(x[2:], use_cache=True)), start=3)
+        with pytest.raises(ValueError, match="one width"):
+            apart.load(_cache(model(x[2:, :5], use_cache=True)), start=2)
+        assert (apart.rows, apart.seen_tokens) == (3, 12)
+        for a, b in zip(apart.layers, together.layers):
+            for ta, tb in zip(a.buffers(), b.buffers()):
+                torch.testing.assert_close(ta, tb, atol=1e-6, rtol=1e-5)
+        nxt = x[:, :1]
+        torch.testing.assert_close(model(nxt, cache=apart).logits, model(nxt, cache=together).logits)

@@ -2,8 +2,9 @@
 once as a CUDA graph and replayed for every token.
 
 Shapes are bucketed so that a batch that shrinks or grows, or a prompt a little longer than the last,
-reuses a capture: ``capacity`` = the next power of two >= the batch, ``max_len`` = the next power of two
->= prompt + new tokens (at least ``MIN_LEN``). Rows past the real batch are padding. A model keeps its
+reuses a capture: ``capacity`` = the next power of two >= the batch; ``max_len`` = prompt + new tokens
+rounded up to an eighth of the next power of two (at least ``MIN_LEN``; eight buckets per doubling, so at
+most 1/8 of the attention buffer is slack). Rows past the real batch are padding. A model keeps its
 last ``KEEP`` captured caches; a key also holds the parameters' addresses, so a model whose weights
 were moved or recast never replays a graph over the old ones.
 
@@ -30,6 +31,12 @@ def bucket(n: int, floor: int = 1) -> int:
     """The next power of two >= max(n, floor)."""
     n = max(int(n), floor, 1)
     return 1 << (n - 1).bit_length()
+
+
+def length_bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of max(MIN_LEN, next power of two / 8)."""
+    step = max(MIN_LEN, bucket(n) // 8)
+    return max(1, -(-int(n) // step)) * step
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -70,7 +77,7 @@ def decode_cache(model, batch: int, length: int) -> StaticHybridCache:
     dtype = compute_dtype(model)
     autocast = dev.type == "cuda" and torch.is_autocast_enabled("cuda")
     weights = tuple(p.data_ptr() for p in model.parameters())
-    key = (bucket(batch), bucket(length, MIN_LEN), dtype, autocast, str(dev), weights)
+    key = (bucket(batch), length_bucket(length), dtype, autocast, str(dev), weights)
     pool = model.__dict__.setdefault("_decode_caches", OrderedDict())
     cache = pool.pop(key, None)
     if cache is None:

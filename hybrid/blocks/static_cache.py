@@ -79,15 +79,17 @@ class StaticAttentionLayer(_StaticLayer):
     def reset(self):
         self.slot_pos.fill_(-1)  # empty slots are masked; their stale keys and values are never weighted
 
-    def load(self, dyn: AttentionCacheLayer):
-        """Copy the real tokens of a dynamic layer (rows 0 .. B - 1) into their slots."""
+    def load(self, dyn: AttentionCacheLayer, start: int = 0):
+        """Copy the real tokens of a dynamic layer (its rows become rows ``start ..``) into their slots."""
         if dyn.keys is None:
             return
-        b, j = torch.nonzero(dyn.valid, as_tuple=True)
-        p = dyn.pos[b, j].to(torch.long)
+        i, j = torch.nonzero(dyn.valid, as_tuple=True)
+        p = dyn.pos[i, j].to(torch.long)
         slot = p % self.slots
-        self.keys[b, :, slot] = dyn.keys[b, :, j].to(self.keys.dtype)
-        self.values[b, :, slot] = dyn.values[b, :, j].to(self.values.dtype)
+        b = i + start
+        self.slot_pos[start:start + dyn.keys.shape[0]].fill_(-1)
+        self.keys[b, :, slot] = dyn.keys[i, :, j].to(self.keys.dtype)
+        self.values[b, :, slot] = dyn.values[i, :, j].to(self.values.dtype)
         self.slot_pos[b, slot] = p
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -133,14 +135,14 @@ class StaticRecurrentLayer(_StaticLayer):
         for t in self.buffers():
             t.zero_()
 
-    def load(self, dyn: RecurrentCacheLayer):
+    def load(self, dyn: RecurrentCacheLayer, start: int = 0):
         if dyn.state is None:
             return
-        n = dyn.state.S.shape[0]
-        self.conv_state[:n].copy_(dyn.conv_state)
+        rows = slice(start, start + dyn.state.S.shape[0])
+        self.conv_state[rows].copy_(dyn.conv_state)
         st = dyn.state
         for mine, theirs in ((self.S, st.S), (self.m_prev, st.m_prev), (self.o_sum, st.o_sum), (self.pos, st.pos)):
-            mine[:n].copy_(theirs)
+            mine[rows].copy_(theirs)
 
 
 class StaticHybridCache(Cache):
@@ -217,20 +219,26 @@ class StaticHybridCache(Cache):
         self.rows = 0
         self.seen_tokens = 0
 
-    def load(self, dyn: HybridCache):
-        """Take the state of a dynamic cache after a prefill (its rows become rows 0 .. B - 1)."""
+    def load(self, dyn: HybridCache, start: int = 0):
+        """Take the state of a dynamic cache after a prefill: its rows become rows ``start ..`` of this
+        cache. ``start=0`` empties the cache first; a later ``start`` adds rows prefilled apart (long
+        prompts, one group of rows at a time)."""
         if not isinstance(dyn, HybridCache) or dyn.real_len is None:
             raise ValueError("StaticHybridCache.load needs a HybridCache that has seen a prefill")
         n = int(dyn.real_len.shape[0])
-        if n > self.capacity:
-            raise ValueError(f"the prefill has {n} rows, this StaticHybridCache holds {self.capacity}")
+        if start < 0 or start + n > self.capacity:
+            raise ValueError(f"rows {start} .. {start + n - 1} of a prefill do not fit a StaticHybridCache of "
+                             f"{self.capacity} rows")
         if dyn.seen_tokens > self.max_len:
             raise ValueError(f"the prefill has {dyn.seen_tokens} tokens, this StaticHybridCache holds {self.max_len}")
-        self.reset()
+        if start == 0:
+            self.reset()
+        elif dyn.seen_tokens != self.seen_tokens:
+            raise ValueError(f"rows prefilled apart must have one width: {dyn.seen_tokens} != {self.seen_tokens}")
         for mine, theirs in zip(self.layers, dyn.layers):
-            mine.load(theirs)
-        self.lengths[:n].copy_(dyn.real_len)
-        self.rows, self.seen_tokens = n, dyn.seen_tokens
+            mine.load(theirs, start)
+        self.lengths[start:start + n].copy_(dyn.real_len)
+        self.rows, self.seen_tokens = max(self.rows, start + n), dyn.seen_tokens
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         self.batch_select_indices(beam_idx)
