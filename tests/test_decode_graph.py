@@ -58,6 +58,20 @@ def test_decode_cache_pool_reuses_buckets_on_cpu():
     assert "_decode_caches" not in model.__dict__
 
 
+def test_pooled_cache_serves_inference_mode_then_no_grad():
+    """The pool's buffers are normal tensors: a cache first used under inference mode still decodes
+    under plain no_grad (what a RULER run followed by a test or a demo does)."""
+    model = make_model(LAYOUTS["3to1"])
+    ids = torch.randint(1, VOCAB, (2, 12))
+    with torch.inference_mode():
+        a = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, cache=decode_cache(model, 2, 18))
+    cache = decode_cache(model, 2, 18)
+    assert not cache.lengths.is_inference()
+    b = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, cache=cache)
+    c = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert a.tolist() == b.tolist() == c.tolist() and cache.seen_tokens == 12 + 5
+
+
 def test_generate_keeps_the_dynamic_cache_on_cpu():
     model = make_model(LAYOUTS["3to1"])
     assert generate_cache(model, torch.ones(2, 5, dtype=torch.long), {"max_new_tokens": 4}) is None
@@ -154,3 +168,19 @@ def test_fused_recurrent_step_equals_torch_step_on_cuda(layout):
                     torch.testing.assert_close(ta, tb, atol=1e-4, rtol=1e-4)
                 a.lengths.sub_(70)
                 b.lengths.sub_(70)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_add_rmsnorm_equals_eager_on_cuda(dtype):
+    from hybrid.blocks.norms import RMSNorm
+    from hybrid.ops.add_rmsnorm import add_rmsnorm
+
+    norm = RMSNorm(1024, eps=1e-6).cuda()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        h = (3 * torch.randn(7, 1, 1024, device="cuda")).to(dtype)
+        d = torch.randn(7, 1, 1024, device="cuda").to(dtype)
+        h1, y1 = add_rmsnorm(h, d, norm.weight, norm.eps)
+        assert torch.equal(h1, h + d)
+        torch.testing.assert_close(y1, norm(h + d), atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5)

@@ -7,6 +7,9 @@ updated in place, no value read back to the host, no Python branch on a device v
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 
 from .cache import HybridCache
@@ -18,15 +21,40 @@ def _cache_of(out):
     return c if c is not None else getattr(out, "past_key_values", None)
 
 
+@functools.lru_cache(maxsize=1)
+def _fused_add_norm():
+    try:
+        return importlib.import_module("hybrid.ops.add_rmsnorm").add_rmsnorm
+    except ImportError:  # no Triton
+        return None
+
+
+def add_norm(h: torch.Tensor, delta: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
+    """``h + delta`` and its RMSNorm (one Triton kernel on CUDA; the modules' own ops elsewhere)."""
+    op = _fused_add_norm() if h.is_cuda else None
+    if op is not None and (delta is None or delta.dtype == h.dtype):
+        return op(h, delta, norm.weight, norm.eps)
+    if delta is not None:
+        h = h + delta
+    return h, norm(h)
+
+
 def static_step(model, ids: torch.Tensor, cache: StaticHybridCache) -> torch.Tensor:
-    """Logits ``[capacity, 1, vocab]`` of the tokens ``ids [capacity, 1]``; advances every row by one."""
+    """Logits ``[capacity, 1, vocab]`` of the tokens ``ids [capacity, 1]``; advances every row by one.
+
+    The blocks of ``HybridBlock.forward`` (h += mixer(norm(h)); h += mlp(norm(h))), with each residual
+    add fused into the norm that follows it."""
     base = model.model
-    h = base.embed_tokens(ids)
+    h, delta = base.embed_tokens(ids), None
     positions = cache.lengths[:, None]
     for layer, cache_layer in zip(base.layers, cache.layers):
-        h = layer(h, positions=positions, cache_layer=cache_layer)
+        h, x = add_norm(h, delta, layer.mixer_norm)
+        delta = layer.mixer(x, positions=positions, cu_seqlens=None, valid=None, cache_layer=cache_layer)
+        if layer.mlp is not None:
+            h, x = add_norm(h, delta, layer.mlp_norm)
+            delta = layer.mlp(x)
     cache.lengths.add_(1)
-    return model.lm_head(base.norm(h))
+    return model.lm_head(add_norm(h, delta, base.norm)[1])
 
 
 def static_forward(model, input_ids, attention_mask, cache: StaticHybridCache, *, logits_to_keep=0):
