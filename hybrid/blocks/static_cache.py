@@ -105,11 +105,13 @@ class StaticAttentionLayer(_StaticLayer):
         allowed = (sp >= 0) & (sp <= pos[:, None])
         if self.window is not None:
             allowed &= (pos[:, None] - sp) < self.window
-        qg = q.reshape(B, G, H // G, D).to(self.keys.dtype)
-        s = torch.matmul(qg, self.keys.transpose(-1, -2)).float() * D ** -0.5  # [B, G, H/G, slots]
-        s = s.masked_fill(~allowed[:, None, None, :], float("-inf"))
+        # scores in the cache dtype (as eager attention computes them), softmax in fp32 inside; three
+        # passes over [B, H, slots]: product, mask, softmax
+        qg = (q.reshape(B, G, H // G, D) * D ** -0.5).to(self.keys.dtype)
+        s = torch.matmul(qg, self.keys.transpose(-1, -2))  # [B, G, H/G, slots]
+        s.masked_fill_(~allowed[:, None, None, :], float("-inf"))
         p = torch.softmax(s, dim=-1)  # every row sees at least its own token
-        o = torch.matmul(p.to(self.values.dtype), self.values)  # [B, G, H/G, D]
+        o = torch.matmul(p, self.values)  # [B, G, H/G, D]
         return o.reshape(B, 1, H, D).to(q.dtype)
 
 
