@@ -14,6 +14,7 @@ from hybrid.blocks.decode_graph import (
     length_bucket,
     release_decode_caches,
 )
+from hybrid.blocks.model import _CACHE_FIELD  # the name generate() takes a cache by in this transformers
 from hybrid.blocks.static_cache import StaticHybridCache
 
 RING = [carve(), attn(window=4), gdn2(), attn()]
@@ -64,10 +65,11 @@ def test_pooled_cache_serves_inference_mode_then_no_grad():
     model = make_model(LAYOUTS["3to1"])
     ids = torch.randint(1, VOCAB, (2, 12))
     with torch.inference_mode():
-        a = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, cache=decode_cache(model, 2, 18))
+        a = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                           **{_CACHE_FIELD: decode_cache(model, 2, 18)})
     cache = decode_cache(model, 2, 18)
     assert not cache.lengths.is_inference()
-    b = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, cache=cache)
+    b = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0, **{_CACHE_FIELD: cache})
     c = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=0)
     assert a.tolist() == b.tolist() == c.tolist() and cache.seen_tokens == 12 + 5
 
@@ -100,7 +102,7 @@ def test_graph_generate_equals_dynamic_generate_and_reuses_its_capture():
     model = _cuda_model(RING)
     ids, mask = _left_padded([torch.randint(1, VOCAB, (n,), device="cuda") for n in (30, 9, 17)], "cuda")
     dyn = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0,
-                         cache=HybridCache(model.config))
+                         **{_CACHE_FIELD: HybridCache(model.config)})
     fast = model.generate(ids, attention_mask=mask, max_new_tokens=16, do_sample=False, pad_token_id=0)
     assert fast.tolist() == dyn.tolist()
     (cache,) = model._decode_caches.values()

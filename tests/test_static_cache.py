@@ -4,6 +4,7 @@ import pytest
 import torch
 from test_model_layouts import LAYOUTS, VOCAB, attn, carve, gdn2, make_model
 
+from hybrid.blocks.model import _CACHE_FIELD  # the name generate() takes a cache by in this transformers
 from hybrid.blocks.static_cache import StaticAttentionLayer, StaticHybridCache, StaticRecurrentLayer
 
 STATIC_LAYOUTS = dict(LAYOUTS, ring=[carve(), attn(window=4), gdn2(), attn()])
@@ -96,7 +97,7 @@ def test_generate_with_static_cache_equals_dynamic():
     ref = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0)
     static = StaticHybridCache(model.config, 2, 24)
     got = model.generate(ids, attention_mask=mask, max_new_tokens=10, do_sample=False, pad_token_id=0,
-                         past_key_values=static)
+                         **{_CACHE_FIELD: static})
     assert got.tolist() == ref.tolist()
     assert static.seen_tokens == 9 + 9
 

@@ -10,11 +10,14 @@ were moved or recast never replays a graph over the old ones.
 
 ``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
 greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
-a cache given by the caller, an unknown number of new tokens).
+a cache given by the caller, hidden states asked for, an unknown number of new tokens). Should the
+static cache or its capture fail (no memory for it, a kernel that does not build), ``fast_cache`` warns
+and answers None, and decoding takes the dynamic path.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -99,6 +102,19 @@ def release_decode_caches(model) -> None:
     model.__dict__.pop("_decode_caches", None)
 
 
+def fast_cache(model, batch: int, length: int) -> StaticHybridCache | None:
+    """``decode_cache`` on CUDA, or None (with a warning) when it cannot be built here."""
+    if model.device.type != "cuda":
+        return None
+    try:
+        return decode_cache(model, batch, length)
+    except Exception as e:  # noqa: BLE001 - any failure leaves the dynamic path, which still decodes
+        release_decode_caches(model)
+        warnings.warn(f"the captured static decode cache could not be built ({type(e).__name__}: {e}); "
+                      "decoding through the dynamic cache", stacklevel=2)
+        return None
+
+
 def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> StaticHybridCache | None:
     """The static cache ``generate`` should decode through, or None for the dynamic path."""
     if model.device.type != "cuda" or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
@@ -113,6 +129,8 @@ def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> St
 
     if (get("num_beams") or 1) != 1 or get("use_cache") is False:
         return None
+    if get("output_hidden_states") or get("output_attentions"):
+        return None
     T = input_ids.shape[1]
     new = get("max_new_tokens")
     if new is None:
@@ -121,4 +139,4 @@ def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> St
         new = get("max_length") - T
     if new < 1:
         return None
-    return decode_cache(model, input_ids.shape[0] * (get("num_return_sequences") or 1), T + new)
+    return fast_cache(model, input_ids.shape[0] * (get("num_return_sequences") or 1), T + new)

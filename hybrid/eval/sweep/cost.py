@@ -24,7 +24,7 @@ def decode_ms_per_token(model, context: int, new_tokens: int = 32, batch: int = 
     there (one captured CUDA graph per step). Returns {"context", "batch", "ms_per_token", "prefill_ms", "via"}."""
     import torch
 
-    from hybrid.blocks.decode_graph import decode_cache
+    from hybrid.blocks.decode_graph import fast_cache
 
     device = next(model.parameters()).device
     vocab = vocab or model.config.vocab_size
@@ -32,7 +32,7 @@ def decode_ms_per_token(model, context: int, new_tokens: int = 32, batch: int = 
     ids = torch.randint(3, vocab, (batch, context), generator=g).to(device)
     with torch.inference_mode():
         _sync(device)
-        static = decode_cache(model, batch, context + new_tokens + 4) if device.type == "cuda" else None
+        static = fast_cache(model, batch, context + new_tokens + 4)
         t0 = time.perf_counter()
         out = model(input_ids=ids, use_cache=True, cache=static, logits_to_keep=1)
         _sync(device)
