@@ -296,14 +296,14 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return s / num_items_in_batch
 
     # -------------------------------------------------------------------------------------- generation
-    def generate(self, inputs=None, generation_config=None, **kwargs):
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
         """transformers' ``generate``; on CUDA (one beam, no cache given) through a preallocated
         ``StaticHybridCache`` whose one-token step is a captured CUDA graph (``decode_graph``)."""
         ids = inputs if inputs is not None else kwargs.get("input_ids")
         cache = generate_cache(self, ids, kwargs, generation_config)
         if cache is not None:
             kwargs[_CACHE_FIELD] = cache
-        return super().generate(inputs, generation_config, **kwargs)
+        return super().generate(inputs, generation_config, *args, **kwargs)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, next_sequence_length=None, cache=None, use_cache=True,
