@@ -11,9 +11,9 @@ Per row n and head h (one program each), from the projections of the new token:
     o_sum += o; at a chunk end m_prev = o_sum / C, o_sum = 0
     y    = RMSNorm(o) * norm_weight * SiLU(gate)
 
-S, m_prev, o_sum and the conv state are fp32 and updated in place; the position in the chunk is
-``lengths % C`` (the row's real tokens so far, which the caller advances after the step), and ``pos``
-receives the position after the step. No host sync and fixed shapes: it can be captured in a CUDA graph.
+S, m_prev, o_sum and the conv state are fp32 and updated in place (all reads before the first write);
+the position in the chunk is ``lengths % C`` (the row's real tokens so far, which the caller advances
+after the step), and ``pos`` receives the position after the step. No host sync and fixed shapes: it can be captured in a CUDA graph.
 The operator's definition is ``carve_step`` in ``hybrid.kernels.reference``.
 """
 
@@ -28,18 +28,27 @@ import triton.language as tl
 
 @triton.jit
 def _conv_silu(x_row, cs_row, conv_w, ch, mask, W: tl.constexpr):
-    """SiLU(causal conv) of channels ``ch`` of one row; shifts the row's conv state (oldest input first)
-    in place: each state entry is read before the entry below it is overwritten."""
-    xv = tl.load(x_row + ch, mask=mask, other=0.0).to(tl.float32)
-    acc = tl.load(conv_w + ch * W + (W - 1), mask=mask, other=0.0).to(tl.float32) * xv
+    """SiLU(causal conv) of channels ``ch`` of one row (reads only)."""
+    acc = tl.load(conv_w + ch * W + (W - 1), mask=mask, other=0.0).to(tl.float32) * \
+        tl.load(x_row + ch, mask=mask, other=0.0).to(tl.float32)
     for i in tl.static_range(W - 1):
         si = tl.load(cs_row + ch * (W - 1) + i, mask=mask, other=0.0)
         acc += tl.load(conv_w + ch * W + i, mask=mask, other=0.0).to(tl.float32) * si
-        if i > 0:
-            tl.store(cs_row + ch * (W - 1) + (i - 1), si, mask=mask)
-    if W > 1:
-        tl.store(cs_row + ch * (W - 1) + (W - 2), xv, mask=mask)
     return acc * tl.sigmoid(acc)
+
+
+@triton.jit
+def _conv_shift(x_row, cs_row, ch, mask, W: tl.constexpr):
+    """Shift the conv state of channels ``ch`` by one input, in place (oldest first). A value may be held
+    by several threads of the program, so every entry is read by all of them (barrier) before the entry
+    below it is overwritten."""
+    for i in tl.static_range(1, W - 1):
+        si = tl.load(cs_row + ch * (W - 1) + i, mask=mask, other=0.0)
+        tl.debug_barrier()
+        tl.store(cs_row + ch * (W - 1) + (i - 1), si, mask=mask)
+    if W > 1:
+        tl.store(cs_row + ch * (W - 1) + (W - 2), tl.load(x_row + ch, mask=mask, other=0.0).to(tl.float32),
+                 mask=mask)
 
 
 @triton.jit
@@ -92,21 +101,25 @@ def carve_decode_step_kernel(
     s = tl.exp(g)[:, None] * tl.load(sptr, mask=smask, other=0.0)
     rd = tl.sum(s * (b * k)[:, None], axis=0)
     s = s + k[:, None] * (wv * v - rd)[None, :]
-    tl.store(sptr, s, mask=smask)
     o = tl.sum(s * (scale * q)[:, None], axis=0)  # [BV], zero past V
-
     p = tl.load(lengths + n) % CHUNK + 1
     full = p == CHUNK
     osum = tl.load(o_sum + nh * V + rv, mask=vm, other=0.0) + o
+    inv = 1.0 / tl.sqrt(tl.sum(o * o, axis=0) / V + eps)
+    gt = tl.load(gate + nh * V + rv, mask=vm, other=0.0).to(tl.float32)
+    out = o * inv * tl.load(norm_w + rv, mask=vm, other=0.0).to(tl.float32) * (gt * tl.sigmoid(gt))
+
+    # every read of the state is done (by every thread holding a copy) before the first write
+    tl.debug_barrier()
+    tl.store(sptr, s, mask=smask)
     tl.store(m_prev + nh * V + rv, tl.where(full, osum / CHUNK, mp), mask=vm)
     tl.store(o_sum + nh * V + rv, tl.where(full, 0.0, osum), mask=vm)
     if h == 0:
         tl.store(pos + n, tl.where(full, 0, p))
-
-    inv = 1.0 / tl.sqrt(tl.sum(o * o, axis=0) / V + eps)
-    gt = tl.load(gate + nh * V + rv, mask=vm, other=0.0).to(tl.float32)
-    out = o * inv * tl.load(norm_w + rv, mask=vm, other=0.0).to(tl.float32) * (gt * tl.sigmoid(gt))
     tl.store(y + nh * V + rv, out.to(y.dtype.element_ty), mask=vm)
+    _conv_shift(x_row, cs_row, h * K + rk, km, W)
+    _conv_shift(x_row, cs_row, H * K + h * K + rk, km, W)
+    _conv_shift(x_row, cs_row, 2 * H * K + h * V + rv, vm, W)
 
 
 def carve_decode_step(x_qkv, conv_state, conv_weight, f, dt_bias, A_log, a, w, gate, u_down, u_up, norm_weight,
