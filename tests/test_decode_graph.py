@@ -186,3 +186,21 @@ def test_fused_add_rmsnorm_equals_eager_on_cuda(dtype):
         h1, y1 = add_rmsnorm(h, d, norm.weight, norm.eps)
         assert torch.equal(h1, h + d)
         torch.testing.assert_close(y1, norm(h + d), atol=1e-5 if dtype == torch.float32 else 1e-2, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_rope_write_equals_the_layer_on_cuda(dtype):
+    from hybrid.blocks.static_cache import StaticAttentionLayer
+    from hybrid.ops.rope_kv_write import rope_kv_write
+
+    B, H, G, D = 3, 16, 4, 64
+    a, b = (StaticAttentionLayer(B, G, D, 128, 64, device="cuda", dtype=dtype) for _ in range(2))
+    q, k, v = (torch.randn(B, 1, n, D, device="cuda").to(dtype) for n in (H, G, G))
+    pos = torch.tensor([0, 70, 131071], device="cuda")
+    qa = rope_kv_write(q, k, v, pos, a.inv_freq(10000.0, D), a.keys, a.values, a.slot_pos)
+    qb = b.write(q, k, v, pos, 10000.0)
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(qa, qb, **tol)
+    torch.testing.assert_close(a.keys, b.keys, **tol)
+    assert torch.equal(a.values, b.values) and torch.equal(a.slot_pos, b.slot_pos)

@@ -65,10 +65,11 @@ class AttentionMixer(nn.Module):
         q = self.q_proj(x).view(B, T, self.H, self.D)
         k = self.k_proj(x).view(B, T, self.G, self.D)
         v = self.v_proj(x).view(B, T, self.G, self.D)
+        if isinstance(cache_layer, StaticAttentionLayer):  # one token per row over the preallocated buffer
+            o = cache_layer.step(q, k, v, positions[:, 0], self.theta)
+            return self.o_proj(o.reshape(B, T, self.H * self.D))
         cos, sin = rope_angles(positions, self.D, self.theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if isinstance(cache_layer, StaticAttentionLayer):  # one token per row over the preallocated buffer
-            return self.o_proj(cache_layer.attend(q, k, v, positions[:, 0]).reshape(B, T, self.H * self.D))
         has_past = cache_layer is not None and cache_layer.keys is not None
         if not has_past:
             if valid is None:

@@ -20,12 +20,23 @@ step computes and nobody reads.
 
 from __future__ import annotations
 
+import functools
+import importlib
+
 import torch
 from transformers.cache_utils import Cache
 
 from hybrid.kernels import CarveState
 
 from .cache import AttentionCacheLayer, HybridCache, RecurrentCacheLayer
+
+
+@functools.lru_cache(maxsize=1)
+def _fused_rope_write():
+    try:
+        return importlib.import_module("hybrid.ops.rope_kv_write").rope_kv_write
+    except ImportError:  # no Triton
+        return None
 
 
 class _StaticLayer:
@@ -92,15 +103,41 @@ class StaticAttentionLayer(_StaticLayer):
         self.values[b, :, slot] = dyn.values[i, :, j].to(self.values.dtype)
         self.slot_pos[b, slot] = p
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Write this token's ``k, v [B, 1, G, D]`` at position ``pos [B]``, then attend ``q [B, 1, H, D]``
-        over the buffer. Fixed shapes, no host sync. Returns ``[B, 1, H, D]``."""
-        B, _, H, D = q.shape
-        G = self.keys.shape[1]
+    def step(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, theta: float) -> torch.Tensor:
+        """One token per row: RoPE on ``q [B, 1, H, D]`` and ``k [B, 1, G, D]`` at positions ``pos [B]``,
+        ``k, v`` written into their slots, then ``q`` attends over the buffer. Fixed shapes, no host sync.
+        Returns ``[B, 1, H, D]``."""
+        op = _fused_rope_write() if q.is_cuda else None
+        if op is not None:
+            q = op(q, k, v, pos, self.inv_freq(theta, q.shape[-1]), self.keys, self.values, self.slot_pos)
+        else:
+            q = self.write(q, k, v, pos, theta)
+        return self.attend(q, pos)
+
+    def inv_freq(self, theta: float, head_dim: int) -> torch.Tensor:
+        """RoPE frequencies ``[D/2]`` (fp32), made once per layer (as ``rope_angles`` makes them)."""
+        if getattr(self, "_inv_freq", None) is None:
+            ar = torch.arange(0, head_dim, 2, device=self.keys.device, dtype=torch.float32)
+            self._inv_freq = 1.0 / (theta ** (ar / head_dim))
+        return self._inv_freq
+
+    def write(self, q, k, v, pos, theta: float) -> torch.Tensor:
+        """The unfused form of the fused RoPE + write: the layer's own RoPE, then indexed writes.
+        Returns the rotated ``q``."""
+        from .attention import apply_rope, rope_angles  # (attention imports this module)
+
+        cos, sin = rope_angles(pos[:, None], q.shape[-1], theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         slot = pos % self.slots
         self.keys[self.row_index, :, slot] = k[:, 0].to(self.keys.dtype)
         self.values[self.row_index, :, slot] = v[:, 0].to(self.values.dtype)
         self.slot_pos[self.row_index, slot] = pos
+        return q
+
+    def attend(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Rotated ``q [B, 1, H, D]`` at positions ``pos [B]`` over the buffer (this token already in it)."""
+        B, _, H, D = q.shape
+        G = self.keys.shape[1]
         sp = self.slot_pos
         allowed = (sp >= 0) & (sp <= pos[:, None])
         if self.window is not None:
