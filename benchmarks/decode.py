@@ -9,7 +9,9 @@ captured as a CUDA graph (``hybrid.blocks.decode_graph``), the prefilled row cop
 and greedy steps are timed through the model's forward (each step's argmax is the next token), as
 ``generate`` runs them: the median over ``--repeats`` windows of ``--steps`` tokens. tokens/s is
 batch / step time. A combination whose cache would not fit in free memory is skipped and listed.
-On a CPU the same runs without graphs (eager steps over the static cache).
+With ``--dynamic`` the same steps are also timed through the dynamic ``HybridCache`` (eager, the
+path of CPU and beam search; the prefilled row repeated B times), and the table gains that column and
+the speed-up. On a CPU the same runs without graphs (eager steps over the static cache).
 
     PYTHONPATH=. python3 benchmarks/decode.py --json out/decode.json
     PYTHONPATH=. python3 benchmarks/decode.py --layouts C,A --contexts 131072 --batches 32
@@ -18,6 +20,7 @@ On a CPU the same runs without graphs (eager steps over the static cache).
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -109,7 +112,7 @@ def time_steps(model, cache, first, steps: int, repeats: int, dev) -> list[float
     return out
 
 
-def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log) -> list[dict]:
+def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log, dynamic=False) -> list[dict]:
     from hybrid.blocks.decode_graph import CapturedStep
     from hybrid.blocks.static_cache import StaticHybridCache
 
@@ -170,6 +173,15 @@ def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log) -> 
             ms = 1000 * statistics.median(times)
             row.update(ms_per_token=round(ms, 3), tokens_per_s=round(1000 * b / ms, 1),
                        graph=dev.type == "cuda", windows_ms=[round(1000 * t, 3) for t in times])
+            if dynamic:
+                rep = copy.deepcopy(dyn)
+                rep.batch_repeat_interleave(b)
+                try:
+                    dt = time_steps(model, rep, first_tok.expand(b, 1).contiguous(), steps, repeats, dev)
+                    row["dynamic_ms_per_token"] = round(1000 * statistics.median(dt), 3)
+                except torch.cuda.OutOfMemoryError:
+                    row["dynamic_ms_per_token"] = None
+                del rep
             rows.append(row)
             log(f"{pattern:>10} {ctx:>7} x {b:<3} prefill {prefill_ms:9.1f} ms   {ms:8.3f} ms/token   "
                 f"{row['tokens_per_s']:10.1f} tokens/s")
@@ -182,18 +194,28 @@ def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log) -> 
 
 def markdown(rows: list[dict]) -> str:
     ref = {(r["context"], r["batch"]): r["tokens_per_s"] for r in rows if r["layout"] == "A" and "tokens_per_s" in r}
-    lines = ["| layout | context | batch | prefill, one row (ms) | ms per token | tokens/s | vs transformer |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    dyn = any("dynamic_ms_per_token" in r for r in rows)
+    head = "| layout | context | batch | prefill, one row (ms) | ms per token | tokens/s | vs transformer |"
+    rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    if dyn:
+        head += " dynamic cache, ms per token | speed-up |"
+        rule += " ---: | ---: |"
+    lines = [head, rule]
     for r in rows:
         name = f"{r['name']} ({r['layout']})" if r["name"] != r["layout"] else r["layout"]
         pre = f"{r['prefill_ms']:.1f}" if "prefill_ms" in r else "-"
         if "skipped" in r:
-            lines.append(f"| {name} | {r['context']} | {r['batch']} | {pre} | skipped: {r['skipped']} | | |")
+            lines.append(f"| {name} | {r['context']} | {r['batch']} | {pre} | skipped: {r['skipped']} | | |"
+                         + (" | |" if dyn else ""))
             continue
         a = ref.get((r["context"], r["batch"]))
         ratio = f"{r['tokens_per_s'] / a:.1f}x" if a else "-"
-        lines.append(f"| {name} | {r['context']} | {r['batch']} | {pre} | {r['ms_per_token']:.3f} | "
-                     f"{r['tokens_per_s']:.1f} | {ratio} |")
+        line = (f"| {name} | {r['context']} | {r['batch']} | {pre} | {r['ms_per_token']:.3f} | "
+                f"{r['tokens_per_s']:.1f} | {ratio} |")
+        if dyn:
+            d = r.get("dynamic_ms_per_token")
+            line += f" {d:.3f} | {d / r['ms_per_token']:.1f}x |" if d else " out of memory | |"
+        lines.append(line)
     return "\n".join(lines)
 
 
@@ -205,6 +227,8 @@ def main(argv=None) -> None:
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)), help="rows (default: %(default)s)")
     ap.add_argument("--steps", type=int, default=16, help="tokens per timed window (default: %(default)s)")
     ap.add_argument("--repeats", type=int, default=3, help="timed windows; the median is kept (default: %(default)s)")
+    ap.add_argument("--dynamic", action="store_true",
+                    help="also time the steps through the dynamic cache, eagerly (the path before the static cache)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -227,7 +251,8 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     for pattern in layouts:
         try:
-            rows += run_layout(args.recipe, pattern, contexts, batches, args.steps, args.repeats, dev, log)
+            rows += run_layout(args.recipe, pattern, contexts, batches, args.steps, args.repeats, dev, log,
+                               dynamic=args.dynamic)
         except RecipeError as e:
             sys.exit(f"--layouts {pattern}: {e}")
     table = markdown(rows)

@@ -57,7 +57,20 @@ def test_bad_arguments_are_refused(flag):
 def test_tiny_run_on_cpu(tmp_path):
     out = tmp_path / "decode.json"
     _bench().main(["--recipe", str(ROOT / "recipes" / "tiny-cpu.yaml"), "--layouts", "CCCA", "--contexts", "40",
-                   "--batches", "2", "--steps", "2", "--repeats", "1", "--device", "cpu", "--json", str(out)])
-    (row,) = json.loads(out.read_text())["rows"]
+                   "--batches", "2", "--steps", "2", "--repeats", "1", "--device", "cpu", "--dynamic",
+                   "--json", str(out)])
+    res = json.loads(out.read_text())
+    (row,) = res["rows"]
     assert row["letters"] == "CCCA" and row["batch"] == 2 and row["ms_per_token"] > 0 and not row["graph"]
-    assert row["max_len"] == 40 + 3 + 2 + 1
+    assert row["max_len"] == 40 + 3 + 2 + 1 and row["dynamic_ms_per_token"] > 0
+    assert "speed-up" in res["markdown"]
+
+
+@pytest.mark.gpu
+def test_tiny_run_on_cuda(tmp_path):
+    out = tmp_path / "decode.json"
+    _bench().main(["--recipe", str(ROOT / "recipes" / "tiny-cpu.yaml"), "--layouts", "A,CCCA", "--contexts", "300",
+                   "--batches", "1,3", "--steps", "4", "--repeats", "2", "--dynamic", "--json", str(out)])
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 4 and all(r["graph"] and r["ms_per_token"] > 0 and r["dynamic_ms_per_token"] > 0
+                                  for r in rows)
