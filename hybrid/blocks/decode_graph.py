@@ -54,13 +54,14 @@ class CapturedStep:
     """``static_step(model, ids, cache)`` captured as a CUDA graph; call it with ``ids [B <= capacity, 1]``."""
 
     def __init__(self, model, cache: StaticHybridCache):
-        self.ids = torch.zeros(cache.capacity, 1, dtype=torch.long, device=cache.device)
-        side = torch.cuda.Stream(cache.device)
-        side.wait_stream(torch.cuda.current_stream(cache.device))
+        dev = cache.lengths.device
+        self.ids = torch.zeros(cache.capacity, 1, dtype=torch.long, device=dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
         with torch.cuda.stream(side):  # warm up (Triton compiles, cuBLAS picks kernels) outside the capture
             for _ in range(WARMUP_STEPS):
                 static_step(model, self.ids, cache)
-        torch.cuda.current_stream(cache.device).wait_stream(side)
+        torch.cuda.current_stream(dev).wait_stream(side)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.logits = static_step(model, self.ids, cache)

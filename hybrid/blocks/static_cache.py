@@ -214,8 +214,8 @@ class StaticHybridCache(Cache):
         except TypeError:  # a transformers version whose Cache takes other arguments
             self.layers = layers
             self.offloading = False
-        self.capacity, self.max_len, self.dtype = capacity, max_len, dtype
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        # (no `device` / `dtype` attributes: transformers' Cache may define those names)
+        self.capacity, self.max_len = capacity, max_len
         self.rows = 0
         self.seen_tokens = 0
         self.step_fn = None  # a captured decode step over these buffers (decode_graph), or None: eager
