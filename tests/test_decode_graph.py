@@ -74,6 +74,25 @@ def test_pooled_cache_serves_inference_mode_then_no_grad():
     assert a.tolist() == b.tolist() == c.tolist() and cache.seen_tokens == 12 + 5
 
 
+def test_weight_updates_invalidate_the_stacked_weight_and_the_pool():
+    from hybrid.blocks.recurrent_step import stacked_in_weight
+
+    model = make_model(LAYOUTS["3to1"])
+    mixer = model.model.layers[0].mixer
+    w0 = stacked_in_weight(mixer)
+    assert stacked_in_weight(mixer) is w0 and w0.shape[1] == mixer.q_proj.weight.shape[1]
+    assert torch.equal(w0[: mixer.q_proj.weight.shape[0]], mixer.q_proj.weight)
+    a = decode_cache(model, 2, 20)
+    with torch.no_grad():
+        mixer.b_proj.weight.mul_(2.0)  # an in-place update (an optimizer step)
+    w1 = stacked_in_weight(mixer)
+    assert w1 is not w0 and torch.equal(w1[-mixer.g_proj[0].weight.shape[0]:], mixer.g_proj[0].weight)
+    rows = slice(w1.shape[0] - sum(p.shape[0] for p in (mixer.b_proj.weight, mixer.w_proj.weight,
+                                                         mixer.g_proj[0].weight)), None)
+    assert torch.equal(w1[rows][: mixer.b_proj.weight.shape[0]], mixer.b_proj.weight)
+    assert decode_cache(model, 2, 20) is not a
+
+
 def test_generate_keeps_the_dynamic_cache_on_cpu():
     model = make_model(LAYOUTS["3to1"])
     assert generate_cache(model, torch.ones(2, 5, dtype=torch.long), {"max_new_tokens": 4}) is None

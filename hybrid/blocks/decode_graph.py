@@ -5,8 +5,9 @@ Shapes are bucketed so that a batch that shrinks or grows, or a prompt a little 
 reuses a capture: ``capacity`` = the next power of two >= the batch; ``max_len`` = prompt + new tokens
 rounded up to an eighth of the next power of two (at least ``MIN_LEN``; eight buckets per doubling, so at
 most 1/8 of the attention buffer is slack). Rows past the real batch are padding. A model keeps its
-last ``KEEP`` captured caches; a key also holds the parameters' addresses, so a model whose weights
-were moved or recast never replays a graph over the old ones.
+last ``KEEP`` captured caches; a key also holds the parameters' addresses and version counters, so a
+model whose weights were moved, recast or updated in place never replays a graph over old weights (the
+graph of a recurrent layer reads a stacked copy of its input projections).
 
 ``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
 greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
@@ -22,6 +23,7 @@ from collections import OrderedDict
 
 import torch
 
+from .recurrent_step import weights_key
 from .static_cache import StaticHybridCache
 from .static_decode import static_step
 
@@ -80,8 +82,7 @@ def decode_cache(model, batch: int, length: int) -> StaticHybridCache:
     dev = model.device
     dtype = compute_dtype(model)
     autocast = dev.type == "cuda" and torch.is_autocast_enabled("cuda")
-    weights = tuple(p.data_ptr() for p in model.parameters())
-    key = (bucket(batch), length_bucket(length), dtype, autocast, str(dev), weights)
+    key = (bucket(batch), length_bucket(length), dtype, autocast, str(dev), weights_key(model.parameters()))
     pool = model.__dict__.setdefault("_decode_caches", OrderedDict())
     cache = pool.pop(key, None)
     if cache is None:

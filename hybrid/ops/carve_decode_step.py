@@ -56,7 +56,7 @@ def carve_decode_step_kernel(
     x, conv_state, conv_w, f, dt_bias, A_log, a, w, gate, ud, uu, norm_w,
     S, m_prev, o_sum, pos, lengths, y,
     scale, eps,
-    H, CH,
+    H, CH, sx, sa, sw,
     K: tl.constexpr, V: tl.constexpr, R: tl.constexpr, W: tl.constexpr, CHUNK: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, BR: tl.constexpr, HAS_CONTENT: tl.constexpr, VEC_W: tl.constexpr,
 ):
@@ -67,7 +67,7 @@ def carve_decode_step_kernel(
     km = rk < K
     rv = tl.arange(0, BV)
     vm = rv < V
-    x_row = x + n * CH
+    x_row = x + n * sx
     cs_row = conv_state + n * CH * (W - 1)
     q = _conv_silu(x_row, cs_row, conv_w, h * K + rk, km, W)
     k = _conv_silu(x_row, cs_row, conv_w, H * K + h * K + rk, km, W)
@@ -79,7 +79,7 @@ def carve_decode_step_kernel(
         tl.load(dt_bias + h * K + rk, mask=km, other=0.0).to(tl.float32)
     sp = tl.where(fv > 20.0, fv, tl.log(1.0 + tl.exp(tl.minimum(fv, 20.0))))  # softplus, threshold 20
     g = -tl.exp(tl.load(A_log + h).to(tl.float32)) * sp
-    logit = tl.load(a + nh * K + rk, mask=km, other=0.0).to(tl.float32)
+    logit = tl.load(a + n * sa + h * K + rk, mask=km, other=0.0).to(tl.float32)
     mp = tl.load(m_prev + nh * V + rv, mask=vm, other=0.0)
     if HAS_CONTENT:
         rr = tl.arange(0, BR)
@@ -92,9 +92,9 @@ def carve_decode_step_kernel(
         logit += tl.sum(uut * low[None, :], axis=1)
     b = tl.sigmoid(logit)
     if VEC_W:
-        wv = tl.sigmoid(tl.load(w + nh * V + rv, mask=vm, other=0.0).to(tl.float32))
+        wv = tl.sigmoid(tl.load(w + n * sw + h * V + rv, mask=vm, other=0.0).to(tl.float32))
     else:
-        wv = tl.sigmoid(tl.load(w + nh).to(tl.float32))
+        wv = tl.sigmoid(tl.load(w + n * sw + h).to(tl.float32))
 
     smask = km[:, None] & vm[None, :]
     sptr = S + nh * K * V + rk[:, None] * V + rv[None, :]
@@ -130,7 +130,8 @@ def carve_decode_step(x_qkv, conv_state, conv_weight, f, dt_bias, A_log, a, w, g
     ``f, a [B, H*K]`` (decay and erase-gate logits), ``w [B, H]`` or ``[B, H*V]`` (write-gate logits),
     ``gate [B, H*V]``, ``u_down [H, r, V]`` / ``u_up [H, K, r]`` or None, ``norm_weight [V]``,
     ``S [B, H, K, V]``, ``m_prev, o_sum [B, H, V]`` (fp32, in place), ``pos, lengths [B]`` (int64).
-    Returns ``y [B, H*V]`` in the dtype of ``gate``."""
+    ``x_qkv``, ``a`` and ``w`` may be column slices of one wider projection. Returns ``y [B, H*V]`` in the
+    dtype of ``gate``."""
     B, H, K, V = S.shape
     CH = 2 * H * K + H * V
     if x_qkv.shape != (B, CH) or conv_state.shape[:2] != (B, CH) or conv_weight.shape[0] != CH:
@@ -140,6 +141,8 @@ def carve_decode_step(x_qkv, conv_state, conv_weight, f, dt_bias, A_log, a, w, g
     for name, t in (("S", S), ("m_prev", m_prev), ("o_sum", o_sum), ("conv_state", conv_state)):
         if t.dtype != torch.float32 or not t.is_contiguous():
             raise ValueError(f"carve_decode_step: {name} must be a contiguous fp32 buffer (updated in place)")
+    # x_qkv, a and w may be column slices of one wider projection: rows at any stride, columns packed
+    x_qkv, a, w = (t if t.stride(-1) == 1 else t.contiguous() for t in (x_qkv, a, w))
     vec_w = w.shape[-1] == H * V and H * V != H
     content = u_down is not None
     R = u_down.shape[1] if content else 1
@@ -148,12 +151,12 @@ def carve_decode_step(x_qkv, conv_state, conv_weight, f, dt_bias, A_log, a, w, g
     dummy = S  # never read when content is off
     BK, BV = max(2, triton.next_power_of_2(K)), max(2, triton.next_power_of_2(V))
     carve_decode_step_kernel[(B, H)](
-        x_qkv.contiguous(), conv_state, conv_weight.contiguous(), f.contiguous(), dt_bias.contiguous(),
-        A_log.contiguous(), a.contiguous(), w.contiguous(), gate.contiguous(),
+        x_qkv, conv_state, conv_weight.contiguous(), f.contiguous(), dt_bias.contiguous(),
+        A_log.contiguous(), a, w, gate.contiguous(),
         u_down.contiguous() if content else dummy, u_up.contiguous() if content else dummy,
         norm_weight.contiguous(), S, m_prev, o_sum, pos, lengths, y,
         1.0 / math.sqrt(K) if scale is None else float(scale), float(eps),
-        H, CH,
+        H, CH, x_qkv.stride(0), a.stride(0), w.stride(0),
         K=K, V=V, R=R, W=width, CHUNK=chunk_size, BK=BK, BV=BV, BR=max(2, triton.next_power_of_2(R)),
         HAS_CONTENT=content, VEC_W=vec_w,
         num_warps=8 if BK * BV >= 128 * 128 else 4,
