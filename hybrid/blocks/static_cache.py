@@ -6,8 +6,8 @@ captured as a CUDA graph and replayed (``decode_graph``). Per layer:
 - ``StaticAttentionLayer``: keys/values ``[B, G, slots, D]`` and ``slot_pos [B, slots]``, the RoPE
   position held by each slot (-1: empty). The token at position ``p`` goes to slot ``p % slots``:
   ``slots = max_len`` for full attention, ``slots = window`` for a sliding-window layer (a ring buffer).
-  Key j is visible to the query at position p iff ``0 <= slot_pos_j <= p`` and, with a window,
-  ``p - slot_pos_j < window``.
+  A row's real tokens fill positions 0, 1, ... in order, so every filled slot holds a position at or
+  before the newest token's and, in a ring, within its window: the query sees exactly the filled slots.
 - ``StaticRecurrentLayer``: the short-convolution state ``[B, C, conv_size - 1]`` (fp32) and the CARVE
   state (fp32 ``S [B, H, K, V]``, chunk mean ``m_prev`` and running sum ``o_sum [B, H, V]``, int64 chunk
   position ``pos [B]``).
@@ -112,7 +112,7 @@ class StaticAttentionLayer(_StaticLayer):
             q = op(q, k, v, pos, self.inv_freq(theta, q.shape[-1]), self.keys, self.values, self.slot_pos)
         else:
             q = self.write(q, k, v, pos, theta)
-        return self.attend(q, pos)
+        return self.attend(q)
 
     def inv_freq(self, theta: float, head_dim: int) -> torch.Tensor:
         """RoPE frequencies ``[D/2]`` (fp32), made once per layer (as ``rope_angles`` makes them)."""
@@ -134,19 +134,17 @@ class StaticAttentionLayer(_StaticLayer):
         self.slot_pos[self.row_index, slot] = pos
         return q
 
-    def attend(self, q: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """Rotated ``q [B, 1, H, D]`` at positions ``pos [B]`` over the buffer (this token already in it)."""
+    def attend(self, q: torch.Tensor) -> torch.Tensor:
+        """Rotated ``q [B, 1, H, D]`` over the buffer, this token already in it. Every filled slot is
+        visible: no slot holds a later position than this token's, and a ring of ``window`` slots holds
+        only the last ``window`` positions."""
         B, _, H, D = q.shape
         G = self.keys.shape[1]
-        sp = self.slot_pos
-        allowed = (sp >= 0) & (sp <= pos[:, None])
-        if self.window is not None:
-            allowed &= (pos[:, None] - sp) < self.window
         # scores in the cache dtype (as eager attention computes them), softmax in fp32 inside; three
         # passes over [B, H, slots]: product, mask, softmax
         qg = (q.reshape(B, G, H // G, D) * D ** -0.5).to(self.keys.dtype)
         s = torch.matmul(qg, self.keys.transpose(-1, -2))  # [B, G, H/G, slots]
-        s.masked_fill_(~allowed[:, None, None, :], float("-inf"))
+        s.masked_fill_((self.slot_pos < 0)[:, None, None, :], float("-inf"))
         p = torch.softmax(s, dim=-1)  # every row sees at least its own token
         o = torch.matmul(p, self.values)  # [B, G, H/G, D]
         return o.reshape(B, 1, H, D).to(q.dtype)
