@@ -108,11 +108,12 @@ class StaticAttentionLayer(_StaticLayer):
         ``k, v`` written into their slots, then ``q`` attends over the buffer. Fixed shapes, no host sync.
         Returns ``[B, 1, H, D]``."""
         op = _fused_rope_write() if q.is_cuda else None
-        if op is not None:
-            q = op(q, k, v, pos, self.inv_freq(theta, q.shape[-1]), self.keys, self.values, self.slot_pos)
-        else:
-            q = self.write(q, k, v, pos, theta)
-        return self.attend(q)
+        if op is None:
+            return self.attend(self.write(q, k, v, pos, theta))
+        dt = self.keys.dtype  # one dtype for the kernel's query and key branches
+        qr = op(q.to(dt), k.to(dt), v.to(dt), pos, self.inv_freq(theta, q.shape[-1]), self.keys, self.values,
+                self.slot_pos)
+        return self.attend(qr).to(q.dtype)
 
     def inv_freq(self, theta: float, head_dim: int) -> torch.Tensor:
         """RoPE frequencies ``[D/2]`` (fp32), made once per layer (as ``rope_angles`` makes them)."""
