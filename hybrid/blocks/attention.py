@@ -4,7 +4,8 @@ Without a cache to read, the layer calls ``causal_attention`` (the fast backends
 via ``cu_seqlens``; a padded batch is packed row by row, so pads cost nothing and need no T x T mask).
 With a non-empty cache it builds an explicit mask from the cached per-token RoPE positions and
 validity: key j is visible to query i iff j is a real token, ``pos_j <= pos_i`` and (sliding window)
-``pos_i - pos_j < window``.
+``pos_i - pos_j < window``. With a ``StaticHybridCache`` (one new token per row) the static cache layer
+applies RoPE, writes the token into its preallocated buffer and attends over it (``static_cache``).
 """
 
 from __future__ import annotations
