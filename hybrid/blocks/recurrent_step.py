@@ -73,6 +73,6 @@ def fused_step(mixer, x: torch.Tensor, layer: StaticRecurrentLayer) -> torch.Ten
 
 def recurrent_step(mixer, x: torch.Tensor, layer: StaticRecurrentLayer) -> torch.Tensor:
     """``x [B, 1, d]`` (B = the cache's capacity) -> ``y [B, 1, d]``; updates ``layer`` in place."""
-    if x.is_cuda and _fused_op() is not None:
+    if x.is_cuda and _fused_op() is not None and getattr(mixer, "ops_backend", "auto") != "torch":
         return fused_step(mixer, x, layer)
     return torch_step(mixer, x, layer)
