@@ -5,7 +5,7 @@ runs a recurrent layer for a few tokens from a random carried state (rows at dif
 one of them crossing a chunk end) three ways: the fused kernel, the layer's own fp32 step
 (``torch_step``), and that step in float64 (the operator through ``carve_step`` in float64). Outputs
 and every state buffer are compared. The op alone is also checked on raw inputs against a float64
-composition around ``carve_step`` (the operator's one-step definition, ``hybrid.kernels``)."""
+composition around ``carve_step`` (the operator's one-step definition, ``hybrid.ops.carve``)."""
 
 from __future__ import annotations
 
@@ -87,9 +87,9 @@ def run(kind, K, V, C, conv, lengths, content="self", rank=4, steps=3, d=24, H=2
     return errs
 
 def op_vs_carve_step(B=3, H=2, K=12, V=20, R=3, W=4, C=4, vec_w=False, content=True):
-    # the op on raw inputs against a float64 composition around hybrid.kernels.carve_step
+    # the op on raw inputs against a float64 composition around hybrid.ops.carve.carve_step
     import torch.nn.functional as F
-    from hybrid.kernels import CarveState, carve_step
+    from hybrid.ops.carve import CarveState, carve_step
     from hybrid.ops.carve_decode_step import carve_decode_step
     torch.manual_seed(1)
     CH = 2 * H * K + H * V

@@ -26,7 +26,7 @@ import importlib
 import torch
 from transformers.cache_utils import Cache
 
-from hybrid.kernels import CarveState
+from hybrid.ops.carve import CarveState
 
 from .cache import AttentionCacheLayer, HybridCache, RecurrentCacheLayer
 

@@ -14,7 +14,7 @@ Per row n and head h (one program each), from the projections of the new token:
 S, m_prev, o_sum and the conv state are fp32 and updated in place (all reads before the first write);
 the position in the chunk is ``lengths % C`` (the row's real tokens so far, which the caller advances
 after the step), and ``pos`` receives the position after the step. No host sync and fixed shapes: it can be captured in a CUDA graph.
-The operator's definition is ``carve_step`` in ``hybrid.kernels.reference``.
+The operator's definition is ``carve_step`` in ``hybrid.ops.carve.reference``.
 """
 
 from __future__ import annotations
