@@ -23,6 +23,7 @@ _WHERE = {
     "block_params": "params", "count_params": "params", "mlp_params": "params",
     "RecurrentMixer": "recurrent",
     "SpecError": "spec", "normalize_block": "spec", "normalize_mlp": "spec",
+    "StaticHybridCache": "static_cache",
 }
 
 _registered = False

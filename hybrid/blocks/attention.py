@@ -4,7 +4,8 @@ Without a cache to read, the layer calls ``causal_attention`` (the fast backends
 via ``cu_seqlens``; a padded batch is packed row by row, so pads cost nothing and need no T x T mask).
 With a non-empty cache it builds an explicit mask from the cached per-token RoPE positions and
 validity: key j is visible to query i iff j is a real token, ``pos_j <= pos_i`` and (sliding window)
-``pos_i - pos_j < window``.
+``pos_i - pos_j < window``. With a ``StaticHybridCache`` (one new token per row) the static cache layer
+applies RoPE, writes the token into its preallocated buffer and attends over it (``static_cache``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from . import init
 from .attention_backends import causal_attention, masked_attention, resolve_backend
 from .cache import AttentionCacheLayer
+from .static_cache import StaticAttentionLayer
 
 
 def rope_angles(positions: torch.Tensor, head_dim: int, theta: float):
@@ -64,6 +66,9 @@ class AttentionMixer(nn.Module):
         q = self.q_proj(x).view(B, T, self.H, self.D)
         k = self.k_proj(x).view(B, T, self.G, self.D)
         v = self.v_proj(x).view(B, T, self.G, self.D)
+        if isinstance(cache_layer, StaticAttentionLayer):  # one token per row over the preallocated buffer
+            o = cache_layer.step(q, k, v, positions[:, 0], self.theta)
+            return self.o_proj(o.reshape(B, T, self.H * self.D))
         cos, sin = rope_angles(positions, self.D, self.theta)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         has_past = cache_layer is not None and cache_layer.keys is not None

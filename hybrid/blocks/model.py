@@ -8,7 +8,8 @@ Inputs the layers respect:
   padding never reaches the recurrent states, attention masks it, RoPE positions count real tokens only.
 - ``cu_seqlens`` (B = 1, packed documents): every layer restarts at each document (recurrent state, short
   convolution, block-diagonal attention, RoPE positions), and the loss ignores targets across a boundary.
-- ``cache`` / ``past_key_values``: a ``HybridCache`` (made automatically when ``use_cache``).
+- ``cache`` / ``past_key_values``: a ``HybridCache`` (made automatically when ``use_cache``), or a
+  preallocated ``StaticHybridCache`` (one prefill, then one token per row per call; see static_decode).
 """
 
 from __future__ import annotations
@@ -29,10 +30,13 @@ from . import init
 from .attention import AttentionMixer
 from .cache import HybridCache
 from .config import HybridConfig
+from .decode_graph import generate_cache
 from .mlp import SwiGLU
 from .norms import RMSNorm
 from .recurrent import RecurrentMixer
 from .spec import SpecError, block_kind
+from .static_cache import StaticHybridCache
+from .static_decode import static_forward
 
 try:
     from transformers.modeling_layers import GradientCheckpointingLayer as _LayerBase
@@ -174,6 +178,8 @@ class HybridModel(HybridPreTrainedModel):
             if not bool(m.all()):
                 valid = m
 
+        if isinstance(cache, StaticHybridCache):
+            raise TypeError("a StaticHybridCache is read through HybridForCausalLM, not HybridModel")
         if cache is not None and not isinstance(cache, HybridCache):
             if cache.get_seq_length() > 0:
                 raise TypeError(f"HybridForCausalLM needs a HybridCache, got a non-empty {type(cache).__name__}")
@@ -252,6 +258,12 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         """Returns ``CausalLMOutputWithPast`` (loss when ``labels`` is given: mean cross-entropy in fp32 over
         targets != -100; with ``cu_seqlens`` a target that starts a new document is ignored)."""
         cache = cache if cache is not None else past_key_values
+        if isinstance(cache, StaticHybridCache):
+            if labels is not None or cu_seqlens is not None or inputs_embeds is not None:
+                raise ValueError("a StaticHybridCache decodes token ids: labels, cu_seqlens and inputs_embeds "
+                                 "are not taken with it")
+            logits = static_forward(self, input_ids, attention_mask, cache, logits_to_keep=logits_to_keep)
+            return CausalLMOutputWithPast(logits=logits, **{_CACHE_FIELD: cache})
         if use_cache is None:
             use_cache = cache is not None or (self.config.use_cache and not self.training and labels is None)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
@@ -283,11 +295,20 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return s / num_items_in_batch
 
     # -------------------------------------------------------------------------------------- generation
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
+        """transformers' ``generate``; on CUDA (one beam, no cache given) through a preallocated
+        ``StaticHybridCache`` whose one-token step is a captured CUDA graph (``decode_graph``)."""
+        ids = inputs if inputs is not None else kwargs.get("input_ids")
+        cache = generate_cache(self, ids, kwargs, generation_config)
+        if cache is not None:
+            kwargs[_CACHE_FIELD] = cache
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, next_sequence_length=None, cache=None, use_cache=True,
                                       is_first_iteration=None, **kwargs):
         cache = cache if cache is not None else past_key_values
-        seen = cache.get_seq_length() if isinstance(cache, HybridCache) else 0
+        seen = cache.get_seq_length() if isinstance(cache, (HybridCache, StaticHybridCache)) else 0
         if next_sequence_length is not None:
             input_ids = input_ids[:, input_ids.shape[1] - next_sequence_length:]
         elif seen and input_ids.shape[1] > seen:

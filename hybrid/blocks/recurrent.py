@@ -31,6 +31,8 @@ from hybrid.ops.short_conv import conv_qkv, conv_qkv_step
 from . import init
 from .cache import RecurrentCacheLayer
 from .norms import GatedHeadRMSNorm
+from .recurrent_step import recurrent_step
+from .static_cache import StaticRecurrentLayer
 
 # torch.compile (train.compile) compiles everything around the operator; the operator itself is our
 # own autograd Function over Triton kernels (or the chunked torch loop on CPU) and stays eager
@@ -179,6 +181,8 @@ class RecurrentMixer(nn.Module):
                 valid: torch.Tensor | None = None, cache_layer: RecurrentCacheLayer | None = None,
                 **_unused) -> torch.Tensor:
         """x ``[B, T, d]``; ``valid [B, T]`` bool (None = every token real); ``cache_layer`` to read/update."""
+        if isinstance(cache_layer, StaticRecurrentLayer):
+            return recurrent_step(self, x, cache_layer)
         want = cache_layer is not None
         conv0 = cache_layer.conv_state if want else None
         st0 = cache_layer.state if want else None

@@ -142,7 +142,6 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len}, title=rec.name)
     t_decode = time.perf_counter()
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
-    decode["via"] = "model forward with cache, batch 1"
     t_end = time.perf_counter()
     records = read_metrics(model_dir / "metrics.jsonl")
     curve = _answer_curve(records)

@@ -1,0 +1,144 @@
+"""Decoding at the speed of memory on CUDA: the one-token step over a ``StaticHybridCache`` captured
+once as a CUDA graph and replayed for every token.
+
+Shapes are bucketed so that a batch that shrinks or grows, or a prompt a little longer than the last,
+reuses a capture: ``capacity`` = the next power of two >= the batch; ``max_len`` = prompt + new tokens
+rounded up to an eighth of the next power of two (at least ``MIN_LEN``; eight buckets per doubling, so at
+most 1/8 of the attention buffer is slack). Rows past the real batch are padding. A model keeps its
+last ``KEEP`` captured caches; a key also holds the parameters' addresses and version counters, so a
+model whose weights were moved, recast or updated in place never replays a graph over old weights (the
+graph of a recurrent layer reads a stacked copy of its input projections).
+
+``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
+greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
+a cache given by the caller, hidden states asked for, an unknown number of new tokens). Should the
+static cache or its capture fail (no memory for it, a kernel that does not build), ``fast_cache`` warns
+and answers None, and decoding takes the dynamic path.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import torch
+
+from .recurrent_step import weights_key
+from .static_cache import StaticHybridCache
+from .static_decode import static_step
+
+MIN_LEN = 256
+KEEP = 2
+WARMUP_STEPS = 2
+
+
+def bucket(n: int, floor: int = 1) -> int:
+    """The next power of two >= max(n, floor)."""
+    n = max(int(n), floor, 1)
+    return 1 << (n - 1).bit_length()
+
+
+def length_bucket(n: int) -> int:
+    """``n`` rounded up to a multiple of max(MIN_LEN, next power of two / 8)."""
+    step = max(MIN_LEN, bucket(n) // 8)
+    return max(1, -(-int(n) // step)) * step
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype of the attention keys/values: the autocast dtype under autocast, else the parameters'."""
+    dev = model.device.type
+    if dev == "cuda" and torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return next(model.parameters()).dtype
+
+
+class CapturedStep:
+    """``static_step(model, ids, cache)`` captured as a CUDA graph; call it with ``ids [B <= capacity, 1]``."""
+
+    def __init__(self, model, cache: StaticHybridCache):
+        dev = cache.lengths.device
+        self.ids = torch.zeros(cache.capacity, 1, dtype=torch.long, device=dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side):  # warm up (Triton compiles, cuBLAS picks kernels) outside the capture
+            for _ in range(WARMUP_STEPS):
+                static_step(model, self.ids, cache)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.logits = static_step(model, self.ids, cache)
+        cache.reset()  # the warm-up steps wrote into the buffers
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        n = ids.shape[0]
+        self.ids[:n].copy_(ids)
+        self.graph.replay()
+        return self.logits[:n].clone()
+
+
+def decode_cache(model, batch: int, length: int) -> StaticHybridCache:
+    """A reset static cache for ``batch`` rows and ``length`` tokens (prompt + new), from the model's pool;
+    on CUDA its step is captured (once per bucket)."""
+    dev = model.device
+    dtype = compute_dtype(model)
+    autocast = dev.type == "cuda" and torch.is_autocast_enabled("cuda")
+    key = (bucket(batch), length_bucket(length), dtype, autocast, str(dev), weights_key(model.parameters()))
+    pool = model.__dict__.setdefault("_decode_caches", OrderedDict())
+    cache = pool.pop(key, None)
+    if cache is None:
+        while len(pool) >= KEEP:
+            pool.popitem(last=False)
+        # normal tensors (not inference tensors), so that the buffers can be updated in and out of
+        # inference mode; no autograd graph
+        with torch.inference_mode(False), torch.no_grad():
+            cache = StaticHybridCache(model.config, key[0], key[1], device=dev, dtype=dtype)
+            if dev.type == "cuda":
+                cache.step_fn = CapturedStep(model, cache)
+    pool[key] = cache
+    cache.reset()
+    return cache
+
+
+def release_decode_caches(model) -> None:
+    """Drop the model's captured caches (their buffers and graphs)."""
+    model.__dict__.pop("_decode_caches", None)
+
+
+def fast_cache(model, batch: int, length: int) -> StaticHybridCache | None:
+    """``decode_cache`` on CUDA, or None (with a warning) when it cannot be built here."""
+    if model.device.type != "cuda":
+        return None
+    try:
+        return decode_cache(model, batch, length)
+    except Exception as e:  # noqa: BLE001 - any failure leaves the dynamic path, which still decodes
+        release_decode_caches(model)
+        warnings.warn(f"the captured static decode cache could not be built ({type(e).__name__}: {e}); "
+                      "decoding through the dynamic cache", stacklevel=2)
+        return None
+
+
+def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> StaticHybridCache | None:
+    """The static cache ``generate`` should decode through, or None for the dynamic path."""
+    if model.device.type != "cuda" or not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        return None
+    if any(kwargs.get(k) is not None for k in ("cache", "past_key_values", "inputs_embeds", "assistant_model",
+                                               "prompt_lookup_num_tokens")):
+        return None
+    cfg = generation_config if generation_config is not None else model.generation_config
+
+    def get(name):
+        return kwargs[name] if kwargs.get(name) is not None else getattr(cfg, name, None)
+
+    if (get("num_beams") or 1) != 1 or get("use_cache") is False:
+        return None
+    if get("output_hidden_states") or get("output_attentions"):
+        return None
+    T = input_ids.shape[1]
+    new = get("max_new_tokens")
+    if new is None:
+        if get("max_length") is None:
+            return None
+        new = get("max_length") - T
+    if new < 1:
+        return None
+    return fast_cache(model, input_ids.shape[0] * (get("num_return_sequences") or 1), T + new)
