@@ -100,6 +100,9 @@ def test_generate_keeps_the_dynamic_cache_on_cpu():
 
 # ------------------------------------------------------------------------------------------------ GPU
 def _cuda_model(layers, dtype=torch.float32):
+    """The tiny layouts with 16-token chunks: the prefill runs the Triton chunk kernels, which take
+    chunk sizes 16, 32 and 64 (the CPU layouts use 8)."""
+    layers = [b if b["kind"] == "attention" else {**b, "chunk_size": 16} for b in layers]
     return make_model(layers).to(device="cuda", dtype=dtype)
 
 
