@@ -75,3 +75,44 @@ def test_training_rate_is_the_steady_one(tmp_path):
     assert vs[1]["train_tokens_per_s"] == [777.0]
     md = write_report([old, plain], tmp_path, {"name": "t", "sweep": "t.yaml"})["md"].read_text()
     assert "| 5,000 |" in md and "| 777 |" in md
+
+
+def test_wilson_interval_known_values():
+    import math
+
+    import pytest
+
+    from hybrid.eval.ruler.intervals import wilson
+
+    lo, hi = wilson(50.0, 100)
+    assert abs(lo - 40.38) < 0.01 and abs(hi - 59.62) < 0.01
+    lo, hi = wilson(0.0, 40)  # no successes: the upper bound is z^2 / (n + z^2)
+    assert lo == 0.0 and abs(hi - 100 * 1.96**2 / (40 + 1.96**2)) < 0.05
+    assert all(math.isnan(x) for x in wilson(float("nan"), 10))
+    with pytest.raises(ValueError, match="at least one sample"):
+        wilson(10.0, 0)
+
+
+def test_labels_intervals_and_per_length_table(tmp_path):
+    """The caveat is printed without any essay task, the mean is named for its task count, every score has its
+    Wilson interval (samples x seeds), and the RULER layout has an average row per length."""
+    rs = [result("CC", 0.0, s, 80, 10) for s in (0, 1)] + [result("CA", 0.5, s, 100, 90) for s in (0, 1)]
+    for r in rs:
+        r["ruler"]["samples"] = 50
+    vs = aggregate(rs)
+    assert vs[0]["n_tasks"] == 1 and vs[0]["intervals95"]["scores"]["niah_multikey_2"]["1024"][1] < 20
+    paths = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})
+    md = paths["md"].read_text()
+    assert "Trained on the test format" in md and "mean of 1 tasks @512" in md and "mean @" not in md
+    assert "| CC | 80.0 ± 0.0 [71, 87] | 10.0 ± 0.0 [6, 17] |" in md  # 100 samples behind each cell
+    assert "## RULER table per variant" in md and "| **average of 1 tasks** | 100.0 ± 0.0 [96, 100] |" in md
+    assert "exceeds their 95% intervals" in md
+    data = json.loads(paths["json"].read_text())
+    assert data["largest_gap"]["exceeds_intervals"] is True and "mean" in data["keys"]
+    # a difference the intervals cannot separate is not reported as one
+    close = [result("CC", 0.0, 0, 10, 10), result("CA", 0.5, 0, 15, 12)]
+    for r in close:
+        r["ruler"]["samples"] = 40
+    (tmp_path / "close").mkdir()
+    md = write_report(close, tmp_path / "close", {"name": "t", "sweep": "t.yaml"})["md"].read_text()
+    assert "No difference between variants exceeds the 95% intervals" in md and "Largest difference" not in md

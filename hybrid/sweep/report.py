@@ -8,6 +8,17 @@ import statistics
 from collections import OrderedDict
 from pathlib import Path
 
+from hybrid.eval.ruler.intervals import fmt_interval, wilson
+
+TRAINED_ON_TEST_FORMAT = (
+    "**Trained on the test format**: every model here was trained on samples from the same generators and "
+    "templates it is scored on (with seeds disjoint from the evaluation seeds), so a score measures how well a "
+    "variant learned this format, not transfer to unseen tasks.")
+
+CI_NOTE = ("`[lo, hi]`: 95% Wilson interval of the score, a binomial proportion over the samples behind the cell "
+           "(samples per cell x seeds; for a mean, also x tasks). It covers sampling noise of the evaluation only, "
+           "not seed-to-seed variation (the ± spread).")
+
 
 def _ms(values: list[float]) -> tuple[float, float]:
     vals = [v for v in values if v is not None and not math.isnan(v)]
@@ -16,11 +27,36 @@ def _ms(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def _pm(values: list[float], spread: bool) -> str:
+def _pm(values: list[float], spread: bool, n: int | None = None) -> str:
+    """Mean (± std over seeds when ``spread``), then the Wilson interval over ``n`` samples when known."""
     m, s = _ms(values)
     if math.isnan(m):
         return "-"
-    return f"{m:.1f} ± {s:.1f}" if spread else f"{m:.1f}"
+    text = f"{m:.1f} ± {s:.1f}" if spread else f"{m:.1f}"
+    return text + (f" {fmt_interval(*wilson(m, n))}" if n else "")
+
+
+def cell_samples(v: dict, mean: bool = False) -> int | None:
+    """How many scored samples stand behind one cell of variant ``v`` (all seeds pooled); None when the
+    results do not say how many samples a cell had."""
+    if not v.get("samples"):
+        return None
+    return v["samples"] * len(v["seeds"]) * (len(v["tasks"]) if mean else 1)
+
+
+def interval(v: dict, task: str | None, length: int) -> tuple[float, float] | None:
+    """The 95% Wilson interval of a task's (or, with ``task=None``, the mean's) score at ``length``."""
+    n = cell_samples(v, mean=task is None)
+    vals = v["mean"][str(length)] if task is None else v["scores"][task][str(length)]
+    m = _ms(vals)[0]
+    if n is None or math.isnan(m):
+        return None
+    return wilson(m, n)
+
+
+def _intervals(v: dict) -> dict:
+    return {"scores": {t: {str(n): interval(v, t, n) for n in v["lengths"]} for t in v["tasks"]},
+            "mean": {str(n): interval(v, None, n) for n in v["lengths"]}}
 
 
 def aggregate(results: list[dict]) -> list[dict]:
@@ -53,12 +89,18 @@ def aggregate(results: list[dict]) -> list[dict]:
             "decode_context": first["decode"]["context"], "analytic": first["analytic"],
             "ruler_like_tasks": first["ruler"].get("ruler_like_tasks", []), "haystack": first["ruler"].get("haystack"),
             "device": first.get("device"),
+            # samples per (task, length) cell in one seed's evaluation; "mean" is the unweighted mean of
+            # these n_tasks task scores at one length
+            "samples": first["ruler"].get("samples"), "n_tasks": len(tasks),
         })
+        out[-1]["intervals95"] = _intervals(out[-1])
     return out
 
 
 def largest_gap(variants: list[dict]) -> dict | None:
-    """The (task, length) where the variants' mean scores differ most."""
+    """The (task, length) where the variants' mean scores differ most, with the two scores' 95% Wilson
+    intervals and whether the difference exceeds them (the intervals do not overlap); ``exceeds_intervals``
+    is None when the results do not say how many samples a cell had."""
     best = None
     if len(variants) < 2:
         return None
@@ -72,6 +114,12 @@ def largest_gap(variants: list[dict]) -> dict | None:
             if best is None or hi[0] - lo[0] > best["gap"]:
                 best = {"task": t, "length": n, "gap": hi[0] - lo[0], "best": hi[1], "best_score": hi[0],
                         "worst": lo[1], "worst_score": lo[0]}
+    if best is not None:
+        by_name = {v["name"]: v for v in variants}
+        hi_ci = interval(by_name[best["best"]], best["task"], best["length"])
+        lo_ci = interval(by_name[best["worst"]], best["task"], best["length"])
+        best["best_interval95"], best["worst_interval95"] = hi_ci, lo_ci
+        best["exceeds_intervals"] = None if hi_ci is None or lo_ci is None else hi_ci[0] > lo_ci[1]
     return best
 
 
@@ -81,7 +129,8 @@ def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = variants[0]["tasks"] + ["mean"]
+    mean_label = f"mean of {variants[0]['n_tasks']} tasks"
+    tasks = variants[0]["tasks"] + [mean_label]
     lengths = variants[0]["lengths"]
     train = variants[0]["train_length"]
     cols = min(3, len(tasks))
@@ -93,7 +142,7 @@ def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
         for j, n in enumerate(lengths):
             xs, ys, es = [], [], []
             for v in order:
-                vals = v["mean"][str(n)] if t == "mean" else v["scores"][t][str(n)]
+                vals = v["mean"][str(n)] if t == mean_label else v["scores"][t][str(n)]
                 m, s = _ms(vals)
                 xs.append(v["attention_share"])
                 ys.append(m)
@@ -137,7 +186,7 @@ def plot_frontier(variants: list[dict], path: Path) -> Path:
             ax.annotate(text, (x, y), fontsize=6, xytext=(4, 4 + 9 * (i % 3)), textcoords="offset points")
         ax.set_xlabel(label)
         ax.set_ylim(-3, 103)
-        ax.set_ylabel(f"mean RULER score at {longest} tokens")
+        ax.set_ylabel(f"mean of {variants[0]['n_tasks']} RULER task scores at {longest} tokens")
         ax.grid(alpha=0.3)
     axes[0].set_title("quality vs decoding cost (up-left is better)", fontsize=9)
     axes[1].set_title("quality vs training throughput (up-right is better)", fontsize=9)
@@ -206,14 +255,24 @@ def markdown(variants: list[dict], meta: dict) -> str:
              f"{train} tokens on the RULER-format mixture, evaluated at {', '.join(map(str, lengths))} tokens "
              f"({', '.join(f'{n / train:g}x' for n in lengths)}); device {v0.get('device')}.")
     L.append("")
+    L.append(TRAINED_ON_TEST_FORMAT)
+    L.append("")
     if ruler_like:
         L.append(f"**RULER-like**: tasks marked * ({', '.join(v0['ruler_like_tasks'])}) use the essay haystack "
                  f"{v0['haystack']}, not Paul Graham's essays; their scores are not comparable with published RULER "
-                 "numbers. All scores are in-format scores of small models trained on RULER-format data.")
+                 "numbers.")
         L.append("")
     L.append("## Summary")
     L.append("")
-    head = ["variant", "layout", "attn share"] + [f"mean @{n}" for n in lengths] + [
+    n_tasks = v0["n_tasks"]
+    with_ci = any(v.get("samples") for v in variants)
+    L.append(f"Scores are x100. `mean of {n_tasks} tasks`: the unweighted mean of the {n_tasks} task scores at "
+             f"one length ({', '.join(tasks)}), not RULER's 13-task average.")
+    L.append("")
+    if with_ci:
+        L.append(CI_NOTE)
+        L.append("")
+    head = ["variant", "layout", "attn share"] + [f"mean of {n_tasks} tasks @{n}" for n in lengths] + [
         "train tok/s", f"decode ms/tok @{v0['decode_context']}", "params", f"pred. cache @{lengths[-1]}",
         f"pred. decode FLOP/tok @{lengths[-1]}"]
     L.append("| " + " | ".join(head) + " |")
@@ -225,7 +284,7 @@ def markdown(variants: list[dict], meta: dict) -> str:
         tps = _ms(v["train_tokens_per_s"])[0]
         dms = _ms(v["decode_ms_per_token"])[0]
         row = [v["name"], f"`{v['layout']}`", f"{v['attention_share']:.3f}"]
-        row += [_pm(v["mean"][str(n)], spread) for n in lengths]
+        row += [_pm(v["mean"][str(n)], spread, cell_samples(v, mean=True)) for n in lengths]
         row += [f"{tps:,.0f}", f"{dms:.2f}", f"{v['params'] / 1e6:.2f}M", cache, dfl]
         L.append("| " + " | ".join(row) + " |")
     L.append("")
@@ -234,9 +293,18 @@ def markdown(variants: list[dict], meta: dict) -> str:
         L.append("No difference between variants: every variant has the same score in every (task, length) cell.")
         L.append("")
     elif gap:
-        L.append(f"Largest difference between variants: **{gap['task']} at {gap['length']} tokens** "
-                 f"({gap['length'] / train:g}x the training length): {gap['best']} scores {gap['best_score']:.1f}, "
-                 f"{gap['worst']} scores {gap['worst_score']:.1f}.")
+        where = (f"**{gap['task']} at {gap['length']} tokens** ({gap['length'] / train:g}x the training length): "
+                 f"{gap['best']} scores {gap['best_score']:.1f}, {gap['worst']} scores {gap['worst_score']:.1f}")
+        if gap["exceeds_intervals"] is None:
+            L.append(f"Largest difference between variants: {where} (no sample counts in the results, so no "
+                     "interval says whether it exceeds the evaluation noise).")
+        elif gap["exceeds_intervals"]:
+            L.append(f"Largest difference between variants: {where}; it exceeds their 95% intervals "
+                     f"{fmt_interval(*gap['best_interval95'])} and {fmt_interval(*gap['worst_interval95'])}.")
+        else:
+            L.append("No difference between variants exceeds the 95% intervals: the largest, "
+                     f"{where}, lies within {fmt_interval(*gap['best_interval95'])} and "
+                     f"{fmt_interval(*gap['worst_interval95'])}.")
         L.append("")
     L.append("How to read it: a recurrent layer keeps a fixed-size state whatever the length (the `pred. cache` of "
              "an all-recurrent model does not grow), so it must compress every key-value pair it may be asked "
@@ -259,9 +327,10 @@ def markdown(variants: list[dict], meta: dict) -> str:
     L.append("| " + " | ".join(head) + " |")
     L.append("|" + "---|" * len(head))
     for v in variants:
-        L.append("| " + " | ".join([v["name"]] + [_pm(v["scores"][t][str(n)], spread) for t in tasks
-                                                   for n in lengths]) + " |")
+        L.append("| " + " | ".join([v["name"]] + [_pm(v["scores"][t][str(n)], spread, cell_samples(v))
+                                                   for t in tasks for n in lengths]) + " |")
     L.append("")
+    L += per_length_tables(variants, spread)
     if any(v.get("answer_token_acc", {}).get(t, {}).get(str(n)) for v in variants for t in tasks for n in lengths):
         L.append("## Teacher-forced answer-token accuracy (%)" + (" (mean ± std over seeds)" if spread else ""))
         L.append("")
@@ -298,6 +367,26 @@ def markdown(variants: list[dict], meta: dict) -> str:
     return "\n".join(L)
 
 
+def per_length_tables(variants: list[dict], spread: bool) -> list[str]:
+    """RULER's layout, one table per variant: tasks x lengths, the average of the tasks per length last."""
+    v0 = variants[0]
+    L = [f"## RULER table per variant (tasks x lengths, average of {v0['n_tasks']} tasks per length)", ""]
+    for v in variants:
+        L.append(f"**{v['name']}** (`{v['layout']}`)")
+        L.append("")
+        L.append("| task | " + " | ".join(f"{n} ({n / v['train_length']:g}x)" for n in v["lengths"]) + " |")
+        L.append("|" + "---|" * (len(v["lengths"]) + 1))
+        for t in v["tasks"]:
+            name = t + (" *" if t in v["ruler_like_tasks"] else "")
+            L.append("| " + " | ".join([name] + [_pm(v["scores"][t][str(n)], spread, cell_samples(v))
+                                               for n in v["lengths"]]) + " |")
+        L.append("| " + " | ".join([f"**average of {v['n_tasks']} tasks**"]
+                                   + [_pm(v["mean"][str(n)], spread, cell_samples(v, mean=True))
+                                      for n in v["lengths"]]) + " |")
+        L.append("")
+    return L
+
+
 def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, Path]:
     out = Path(out)
     variants = aggregate(results)
@@ -323,6 +412,11 @@ def write_report(results: list[dict], out: str | Path, meta: dict) -> dict[str, 
         text += ("\nNot run (time budget reached; `--resume` adds them): "
                  + ", ".join(meta["not_run (time budget)"]) + "\n")
     paths["md"].write_text(text)
-    paths["json"].write_text(json.dumps({"meta": meta, "largest_gap": largest_gap(variants), "variants": variants},
-                                        indent=2, default=str))
+    keys = {"mean": "per length, the unweighted mean of the variant's n_tasks task scores (x100), averaged "
+                    "over seeds",
+            "intervals95": "95% Wilson intervals [lo, hi] (x100) over samples x seeds (x n_tasks for the mean)",
+            "samples": "samples per (task, length) cell in one seed's evaluation",
+            "caveat": TRAINED_ON_TEST_FORMAT.replace("**", "")}
+    paths["json"].write_text(json.dumps({"meta": meta, "keys": keys, "largest_gap": largest_gap(variants),
+                                         "variants": variants}, indent=2, default=str))
     return paths
