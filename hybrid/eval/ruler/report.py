@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+from .intervals import fmt_interval, wilson
 from .runner import RulerRun
 
 RULER_LIKE_NOTE = ("* RULER-like: essay haystack is {haystack}, not Paul Graham's essays; not comparable with "
@@ -18,12 +19,24 @@ def fmt(v: float) -> str:
 
 
 TF_NOTE = "(in parentheses: teacher-forced accuracy on the answer's word/number tokens, %)"
+CI_NOTE = "[lo, hi]: 95% Wilson interval over the samples of the cell (x tasks for the mean)"
+
+
+def mean_label(run: RulerRun) -> str:
+    return f"mean of {len(run.tasks)} tasks"
+
+
+def mean_cell(run: RulerRun, n: int) -> str:
+    m = run.mean(n)
+    return fmt(m) + ("" if math.isnan(m) else f" {fmt_interval(*wilson(m, run.samples * len(run.tasks)))}")
 
 
 def cell(run: RulerRun, task: str, n: int) -> str:
     """The score, with the teacher-forced answer-token accuracy in parentheses when measured."""
     acc = run.answer_token_acc.get(task, {}).get(n)
-    return fmt(run.scores.get(task, {}).get(n)) + ("" if acc is None else f" ({acc:.0f})")
+    score = run.scores.get(task, {}).get(n)
+    ci = "" if score is None or math.isnan(score) else f" {fmt_interval(*wilson(score, run.samples))}"
+    return fmt(score) + ci + ("" if acc is None else f" ({acc:.0f})")
 
 
 def plain_table(run: RulerRun, title: str = "RULER") -> str:
@@ -32,9 +45,10 @@ def plain_table(run: RulerRun, title: str = "RULER") -> str:
     rows = [["task", *map(str, run.lengths)]]
     rows += [[t + (" *" if t in run.ruler_like else ""), *(cell(run, t, n) for n in run.lengths)]
              for t in run.tasks]
-    rows.append(["mean", *(fmt(run.mean(n)) for n in run.lengths)])
+    rows.append([mean_label(run), *(mean_cell(run, n) for n in run.lengths)])
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [title] + ["  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
+    lines.append(CI_NOTE)
     if run.answer_token_acc:
         lines.append(TF_NOTE)
     if run.ruler_like:
@@ -51,9 +65,9 @@ def table(run: RulerRun, title: str = "RULER"):
 
     from hybrid.tasks.haystack import essay_label
 
-    notes = ([TF_NOTE] if run.answer_token_acc else []) + (
+    notes = [CI_NOTE] + ([TF_NOTE] if run.answer_token_acc else []) + (
         [RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack))] if run.ruler_like else [])
-    tab = Table(title=title, caption="\n".join(notes) or None)
+    tab = Table(title=title, caption="\n".join(notes))
     tab.add_column("task")
     for n in run.lengths:
         tab.add_column(str(n), justify="right")
@@ -61,7 +75,7 @@ def table(run: RulerRun, title: str = "RULER"):
         name = t + (" *" if t in run.ruler_like else "")
         tab.add_row(name, *(cell(run, t, n) for n in run.lengths))
     tab.add_section()
-    tab.add_row("mean", *(fmt(run.mean(n)) for n in run.lengths), style="bold")
+    tab.add_row(mean_label(run), *(mean_cell(run, n) for n in run.lengths), style="bold")
     return tab
 
 
@@ -72,7 +86,7 @@ def heatmap(run: RulerRun, path: str | Path, title: str = "RULER") -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = run.tasks + ["mean"]
+    rows = run.tasks + [mean_label(run)]
     data = np.array([[run.scores.get(t, {}).get(n, np.nan) for n in run.lengths] for t in run.tasks]
                     + [[run.mean(n) for n in run.lengths]], dtype=float)
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(run.lengths), 0.9 + 0.42 * len(rows)))

@@ -11,6 +11,7 @@ from hybrid.tasks.registry import get_task, is_ruler_like, make_sample
 from hybrid.tasks.seeds import eval_rng
 from hybrid.tasks.tokens import model_ids
 
+from .intervals import wilson
 from .scoring import postprocess, score_one
 
 
@@ -46,7 +47,14 @@ class RulerRun:
             "haystack": essay_label(self.haystack), "ruler_like_tasks": self.ruler_like,
             "metric": {t: get_task(t).metric for t in self.tasks},
             "scores": {t: {str(n): v for n, v in self.scores[t].items()} for t in self.tasks},
+            # the unweighted mean of the len(tasks) task scores at one length (not RULER's 13-task average)
             "mean": {str(n): self.mean(n) for n in self.lengths},
+            "mean_of_tasks": len(self.tasks),
+            # 95% Wilson intervals [lo, hi] (x100) over the samples of a cell (x tasks for the mean)
+            "intervals95": {"scores": {t: {str(n): list(wilson(v, self.samples)) for n, v in self.scores[t].items()}
+                                       for t in self.tasks},
+                            "mean": {str(n): list(wilson(self.mean(n), self.samples * len(self.tasks)))
+                                     for n in self.lengths}},
             "answer_token_acc": {t: {str(n): v for n, v in self.answer_token_acc.get(t, {}).items()}
                                  for t in self.tasks},
             "decode": {"generated_tokens": self.gen_tokens, "seconds": self.gen_seconds,
