@@ -29,3 +29,10 @@ def test_json_has_intervals_and_the_task_count():
     assert lo == 0.0 and hi == pytest.approx(8.76, abs=0.01)  # 0 of 40: z^2 / (n + z^2)
     lo, hi = d["intervals95"]["mean"]["1024"]
     assert lo < 10.0 < hi and hi - lo < 15  # 80 samples behind the mean
+
+
+def test_eval_samples_default_and_500():
+    from hybrid.eval.config import EvalConfig
+
+    assert EvalConfig.from_dict({}).samples == 50
+    assert EvalConfig.from_dict({"samples": 500}).samples == 500

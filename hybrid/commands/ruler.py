@@ -43,7 +43,8 @@ def add_arguments(p) -> None:
                    help="target lengths: tokens (1024, 4k) or multiples of the training length (2x); "
                         "default 1x 2x 4x when the training length is recorded, else required")
     p.add_argument("--samples", type=int, default=None, metavar="N",
-                   help="samples per task and length (default: the recipe's eval: section, else 20)")
+                   help="samples per task and length; 500 narrows a cell's 95%% interval to about ±4 points "
+                        "(default: the recipe's eval: section, else 50)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="prompts decoded together (default: the recipe's eval: section, else 8)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler, or RUN/ruler-step_N)")
@@ -101,7 +102,7 @@ def _run(args) -> int:
     ev = recipe_eval(ckpt)
     tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))
     if args.samples is None:
-        args.samples = ev.samples if ev else 20
+        args.samples = ev.samples if ev else 50
     if args.batch_size is None:
         args.batch_size = ev.batch_size if ev else 8
     args.haystack = args.haystack or (ev.haystack if ev else None)
