@@ -115,4 +115,5 @@ def test_labels_intervals_and_per_length_table(tmp_path):
         r["ruler"]["samples"] = 40
     (tmp_path / "close").mkdir()
     md = write_report(close, tmp_path / "close", {"name": "t", "sweep": "t.yaml"})["md"].read_text()
-    assert "No difference between variants exceeds the 95% intervals" in md and "Largest difference" not in md
+    assert "No difference between variants exceeds the 95% intervals: even the largest" in md
+    assert "has overlapping intervals [" in md and "Largest difference" not in md

@@ -298,13 +298,14 @@ def markdown(variants: list[dict], meta: dict) -> str:
         if gap["exceeds_intervals"] is None:
             L.append(f"Largest difference between variants: {where} (no sample counts in the results, so no "
                      "interval says whether it exceeds the evaluation noise).")
-        elif gap["exceeds_intervals"]:
-            L.append(f"Largest difference between variants: {where}; it exceeds their 95% intervals "
-                     f"{fmt_interval(*gap['best_interval95'])} and {fmt_interval(*gap['worst_interval95'])}.")
         else:
-            L.append("No difference between variants exceeds the 95% intervals: the largest, "
-                     f"{where}, lies within {fmt_interval(*gap['best_interval95'])} and "
-                     f"{fmt_interval(*gap['worst_interval95'])}.")
+            cis = " and ".join("[{:.1f}, {:.1f}]".format(*gap[k]) for k in ("best_interval95", "worst_interval95"))
+            if gap["exceeds_intervals"]:
+                L.append(f"Largest difference between variants: {where}; it exceeds their 95% intervals {cis}, "
+                         "which do not overlap.")
+            else:
+                L.append("No difference between variants exceeds the 95% intervals: even the largest, "
+                         f"{where}, has overlapping intervals {cis}.")
         L.append("")
     L.append("How to read it: a recurrent layer keeps a fixed-size state whatever the length (the `pred. cache` of "
              "an all-recurrent model does not grow), so it must compress every key-value pair it may be asked "
