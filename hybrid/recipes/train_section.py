@@ -16,6 +16,7 @@ from hybrid.schema import Field, SpecError, check_fields, check_value, join, str
 
 DATA_KINDS = ("assoc_recall", "ruler_mix", "text")
 DTYPES = ("auto", "bf16", "fp32")
+PARALLEL = ("ddp", "fsdp")
 LOSS_ON = ("answer", "all")
 
 
@@ -116,6 +117,12 @@ TRAIN_FIELDS: tuple[Field, ...] = (
     Field("decay_embeddings", bool, False, doc="apply weight decay to token embeddings / tied head too"),
     Field("data_workers", int, None, minimum=0, nullable=True,
           doc="processes generating batches ahead; null = auto (RULER mixture on GPU only)"),
+    Field("parallel", str, "ddp", choices=PARALLEL,
+          doc="several processes: ddp (replicated weights) or fsdp (FSDP2, parameters, gradients and "
+              "optimizer state sharded per block; sharded checkpoints)"),
+    Field("checkpoint_blocks", list, (), parse=str_list,
+          doc="block kinds whose activations are recomputed in the backward pass (e.g. [carve, attention]); "
+              "[] = none"),
     Field("data", dict, None, nullable=True, parse=parse_data,
           doc="data source mapping: kind = assoc_recall | ruler_mix | text"),
 )

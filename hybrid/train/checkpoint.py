@@ -11,6 +11,11 @@ Layout of ``OUT/checkpoints/``::
         meta.json           written last: {"step", "complete": true, "sha256": {file: digest}, ...}
     latest                  the name of the newest complete checkpoint (replaced atomically)
 
+A sharded checkpoint (``train.parallel: fsdp``) holds ``sharded/`` (torch.distributed.checkpoint
+files: weights and AdamW state, written by every rank, readable by any number of processes) instead
+of ``model.safetensors`` and ``optimizer.pt``; ``meta.json`` says ``"format": "sharded"`` and lists
+the sha256 of every file, those under ``sharded/`` included.
+
 A save writes everything into ``.tmp-step_N`` (each file fsynced), renames the folder into place,
 fsyncs the parent, then swaps ``latest`` with ``os.replace``; only after that are older checkpoints
 removed (the newest ``keep`` are kept). A crash at any point leaves the previous checkpoint and
@@ -94,10 +99,12 @@ def write_rng(tmp: Path, rank: int) -> None:
 
 
 def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer, trainer_state: dict,
-                    rank: int = 0, keep: int = 2, barrier=None, _write_hook=None) -> Path:
+                    rank: int = 0, keep: int = 2, barrier=None, sharded: bool = False,
+                    _write_hook=None) -> Path:
     """Write checkpoint ``step`` under ``root`` atomically. Call on every rank (each writes its RNG
-    file); rank 0 writes the rest. ``barrier`` synchronises ranks in distributed runs. Returns the
-    final folder."""
+    file); rank 0 writes the rest. ``barrier`` synchronises ranks in distributed runs. ``sharded``:
+    weights and optimizer go through torch.distributed.checkpoint (every rank writes its shards).
+    Returns the final folder."""
     from safetensors.torch import save_model
 
     root = Path(root)
@@ -113,22 +120,28 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer,
     write_rng(tmp, rank)
     if barrier:
         barrier()
+    if sharded:
+        _save_sharded(tmp / "sharded", model, optimizer)
+        if barrier:
+            barrier()
     if rank == 0:
-        save_model(model, str(tmp / "model.safetensors"))
-        _fsync_file(tmp / "model.safetensors")
+        if not sharded:
+            save_model(model, str(tmp / "model.safetensors"))
+            _fsync_file(tmp / "model.safetensors")
         if _write_hook is not None:  # tests: simulate a crash in the middle of a save
             _write_hook(tmp)
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        _fsync_file(tmp / "optimizer.pt")
+        if not sharded:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            _fsync_file(tmp / "optimizer.pt")
         torch.save(trainer_state, tmp / "trainer.pt")
         _fsync_file(tmp / "trainer.pt")
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "to_json_string"):
             (tmp / "config.json").write_text(config.to_json_string())
             _fsync_file(tmp / "config.json")
-        digests = {p.name: sha256_of(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        digests = {p.relative_to(tmp).as_posix(): sha256_of(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         meta = {"step": step, "complete": True, "world_size": trainer_state.get("world_size", 1),
-                "sha256": digests}
+                "format": "sharded" if sharded else "full", "sha256": digests}
         (tmp / "meta.json").write_text(json.dumps(meta))
         _fsync_file(tmp / "meta.json")
         _fsync_dir(tmp)
@@ -151,6 +164,36 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer,
     if barrier:
         barrier()
     return final
+
+
+def _save_sharded(folder: Path, model: torch.nn.Module, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    weights, moments = get_state_dict(model, optimizer)
+    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=str(folder))
+
+
+def _load_sharded(path: Path, model: torch.nn.Module, optimizer) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    weights, moments = get_state_dict(model, optimizer)
+    state = {"model": weights, "optimizer": moments} if optimizer is not None else {"model": weights}
+    try:
+        dcp.load(state, checkpoint_id=str(path / "sharded"))
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign folder raises several types
+        raise CheckpointError(f"{path}: cannot load the sharded state ({type(e).__name__}: {e})") from None
+    set_state_dict(model, optimizer, model_state_dict=state["model"],
+                   optim_state_dict=state.get("optimizer", {}))
+
+
+def checkpoint_format(path: Path) -> str:
+    """``full`` (model.safetensors + optimizer.pt) or ``sharded`` (torch.distributed.checkpoint)."""
+    try:
+        return json.loads((Path(path) / "meta.json").read_text()).get("format", "full")
+    except (OSError, ValueError):
+        return "full"
 
 
 def _prune(root: Path, keep: int, newest: str) -> None:
@@ -205,9 +248,24 @@ def verify_files(path: Path) -> None:
 
 
 def check_finite(model: torch.nn.Module, path: Path) -> None:
+    """Raise when a weight holds NaN or Inf; for sharded weights every rank checks its shards and the
+    verdict is shared, so all ranks raise together."""
+    import torch.distributed as dist
+
+    bad = None
+    sharded = False
     for name, t in model.state_dict().items():
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{path}: weight {name} holds NaN or Inf")
+        if hasattr(t, "to_local"):
+            sharded, t = True, t.to_local()
+        if bad is None and t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = name
+    if sharded and dist.is_initialized():
+        flag = torch.tensor([0.0 if bad is None else 1.0], device=next(model.parameters()).device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() > 0 and bad is None:
+            bad = "(on another rank)"
+    if bad is not None:
+        raise CheckpointError(f"{path}: weight {bad} holds NaN or Inf")
 
 
 def load_model_weights(path: Path, model: torch.nn.Module) -> None:
@@ -238,9 +296,16 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer=None, rank:
     if not (path / "meta.json").exists():
         raise CheckpointError(f"{path} is not a complete checkpoint (no meta.json)")
     verify_files(path)
-    load_model_weights(path, model)
+    sharded_model = any(hasattr(p, "to_local") for p in model.parameters())
+    if checkpoint_format(path) == "sharded":
+        _load_sharded(path, model, optimizer)
+        check_finite(model, path)
+    elif sharded_model:
+        raise CheckpointError(f"{path}: saved with train.parallel: ddp; resume it with parallel: ddp")
+    else:
+        load_model_weights(path, model)
     state = _torch_load(path / "trainer.pt")
-    if optimizer is not None:
+    if optimizer is not None and checkpoint_format(path) != "sharded":
         optimizer.load_state_dict(_torch_load(path / "optimizer.pt"))
     rng_path = path / f"rng_rank{rank}.pt"
     if rng_path.exists():

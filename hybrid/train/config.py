@@ -76,6 +76,8 @@ class TrainConfig:
     heartbeat_every: int
     decay_embeddings: bool
     data_workers: int | None
+    parallel: str
+    checkpoint_blocks: list[str]
     data: DataConfig
 
     @classmethod
@@ -86,17 +88,19 @@ class TrainConfig:
     def from_dict(cls, d: dict | None, path: str = "train") -> TrainConfig:
         parsed = parse_train(d, path)
         parsed["betas"] = tuple(parsed["betas"])
+        parsed["checkpoint_blocks"] = list(parsed["checkpoint_blocks"])
         parsed["data"] = DataConfig.from_dict(parsed["data"], f"{path}.data" if path else "data")
         return cls(**parsed)
 
     # keys a --resume may change without --allow-changes: they decide how long the run goes and what
     # it reports, never the numbers of a step
     CHANGEABLE = ("steps", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every",
-                  "heartbeat_every", "data_workers", "compile")
+                  "heartbeat_every", "data_workers", "compile", "checkpoint_blocks")
 
     def to_dict(self) -> dict:
         d = {k: getattr(self, k) for k in self.keys() if k != "data"}
         d["betas"] = list(self.betas)
+        d["checkpoint_blocks"] = list(self.checkpoint_blocks)
         d["data"] = self.data.to_dict()
         return d
 

@@ -1,6 +1,6 @@
 """The training loop behind ``hybrid train`` and ``hybrid.train.run_training``.
 
-One code path for CPU, one GPU and ``torchrun`` (DDP): AdamW (decay on matrices only, see
+One code path for CPU, one GPU and ``torchrun`` (DDP, or FSDP2 with ``train.parallel: fsdp``): AdamW (decay on matrices only, see
 ``schedule.py``), warmup + cosine, bf16 autocast on GPU, gradient clipping and accumulation, optional
 ``torch.compile``, periodic held-out loss, a tqdm progress bar with loss / tokens/s / MFU, metrics in
 ``metrics.jsonl``, atomic resumable checkpoints, a loss-curve PNG, and a ``from_pretrained``-ready
@@ -37,6 +37,7 @@ from hybrid.train.heartbeat import Heartbeat
 from hybrid.train.metrics import MetricsLog, flops_per_token, peak_flops, plot_loss
 from hybrid.train.runlock import RunLock, RunLockError
 from hybrid.train.schedule import make_scheduler, param_groups
+from hybrid.train.sharding import checkpoint_blocks, full_state_dict, grad_norm, shard_blocks
 
 
 class TrainingDiverged(RuntimeError):
@@ -323,6 +324,12 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     main = dist_.is_main
     model.to(dev)
     raw_model = model
+    autocast, bf16 = _autocast(dev, cfg)
+    if cfg.checkpoint_blocks:
+        checkpoint_blocks(raw_model, cfg.checkpoint_blocks)
+    fsdp = cfg.parallel == "fsdp" and dist_.enabled
+    if fsdp:  # before the optimizer: the parameters become DTensor shards
+        shard_blocks(raw_model, dev, dist_.world_size, bf16=bf16)
     groups, (decay_names, no_decay_names) = param_groups(raw_model, cfg.weight_decay, cfg.decay_embeddings)
     fused = {"fused": True} if dev.type == "cuda" else {}
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8, **fused)
@@ -365,9 +372,8 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
         if start_step >= cfg.steps and main:
             print(f"checkpoint {latest.name} is already at step {start_step} >= train.steps={cfg.steps}")
 
-    autocast, bf16 = _autocast(dev, cfg)
     fwd_model = torch.compile(raw_model) if cfg.compile else raw_model
-    if dist_.enabled:
+    if dist_.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         fwd_model = DDP(fwd_model, device_ids=[dev.index] if dev.type == "cuda" else None)
@@ -384,7 +390,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
         (out / "recipe.json").write_text(json.dumps(_jsonable(rec.source), indent=2) + "\n")
         if progress:
             print(f"recipe {rec.name}: {rec.letters}, {n_params / 1e6:.2f}M parameters, device {dev}"
-                  f"{f' x{dist_.world_size} (DDP)' if dist_.enabled else ''}, "
+                  f"{f' x{dist_.world_size} ({cfg.parallel.upper()})' if dist_.enabled else ''}, "
                   f"{'bf16 autocast' if bf16 else 'fp32'}{', compiled' if cfg.compile else ''}")
             print(f"data: {source.describe()}")
             for k, v in baselines.items():
@@ -404,7 +410,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             return save_checkpoint(ckpt_root, step, model=raw_model, optimizer=optimizer,
                                    trainer_state=trainer_state(step, wall), rank=dist_.rank,
                                    keep=cfg.keep_checkpoints, barrier=dist_.barrier if dist_.enabled else None,
-                                   _write_hook=save_hook)
+                                   sharded=cfg.parallel == "fsdp", _write_hook=save_hook)
         except OSError as e:
             kept = f"{last_ckpt} is intact" if last_ckpt else "no earlier checkpoint exists"
             what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
@@ -441,7 +447,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             for m, b in enumerate(micro):
                 b = b.to(dev)
                 sync = (m == cfg.grad_accum - 1) or not dist_.enabled
-                ctx = contextlib.nullcontext() if sync else fwd_model.no_sync()
+                if fsdp:
+                    raw_model.set_requires_gradient_sync(sync)
+                ctx = contextlib.nullcontext() if sync or fsdp else fwd_model.no_sync()
                 with ctx:
                     with autocast():
                         loss, _ = _forward(fwd_model, b)
@@ -450,7 +458,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                 tok_window += b.num_tokens * dist_.world_size
                 tokens_seen += b.num_tokens * dist_.world_size
             local_loss = loss_sum / max(n_targets, 1)
-            if cfg.grad_clip > 0:
+            if fsdp:
+                gnorm = grad_norm(raw_model, cfg.grad_clip)
+            elif cfg.grad_clip > 0:
                 gnorm = float(torch.nn.utils.clip_grad_norm_(raw_model.parameters(), cfg.grad_clip))
             else:
                 gnorm = float(torch.linalg.vector_norm(torch.stack(
@@ -529,11 +539,12 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     if (step > start_step or latest is None) and not already:
         last_ckpt = save(step, wall)
     plot_path, model_path = None, str(out)
+    whole = full_state_dict(raw_model) if fsdp and not interrupted else None  # every rank gathers
     if main:
         if interrupted:
             print(f"\nstopped at step {step}: checkpoint saved in {last_ckpt}; continue with --resume")
         else:
-            _save_pretrained_quietly(raw_model, out)
+            _save_pretrained_quietly(raw_model, out, whole)
             if tokenizer is not None:
                 tokenizer.save_pretrained(str(out))
         plot_path = plot_loss(metrics.read(), out / "loss_curve.png",
@@ -555,7 +566,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     return result
 
 
-def _save_pretrained_quietly(model, out: Path) -> None:
+def _save_pretrained_quietly(model, out: Path, state_dict: dict | None = None) -> None:
     """``save_pretrained`` without transformers' own progress bar."""
     try:
         from transformers.utils import logging as hf_logging
@@ -565,7 +576,7 @@ def _save_pretrained_quietly(model, out: Path) -> None:
     except ImportError:
         hf_logging, was = None, False
     try:
-        model.save_pretrained(str(out))
+        model.save_pretrained(str(out), **({"state_dict": state_dict} if state_dict is not None else {}))
     finally:
         if hf_logging is not None and was:
             hf_logging.enable_progress_bar()
