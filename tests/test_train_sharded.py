@@ -113,3 +113,41 @@ def test_fsdp_and_ddp_match_one_process_and_resume_on_other_counts(tmp_path):
     run_training(str(tmp_path / "single.yaml"), on_one, progress=False, device="cpu", resume=True,
                  allow_changes=True)
     assert losses(on_one) == pytest.approx({s: ref[s] for s in (3, 4)}, abs=1e-4, rel=0)
+
+
+@pytest.mark.gpu
+def test_fsdp_bf16_on_two_gpus_follows_ddp_and_resumes_on_one(tmp_path):
+    """On two GPUs under bf16 (blocks in bf16, gradients reduced in fp32, carve and attention
+    recomputed), FSDP follows the DDP curve within bf16 noise; its step-2 checkpoint resumes on one GPU."""
+    import torch
+
+    if torch.cuda.device_count() < 2:
+        pytest.skip("needs two CUDA GPUs")
+
+    def recipe(name, batch, parallel):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(RECIPE.replace("BATCH", str(batch)).replace("PARALLEL", parallel)
+                        .replace("dtype: fp32", "dtype: bf16").replace("[carve]", "[carve, attention]")
+                        .replace("steps: 4", "steps: 6"))
+        return path
+
+    def run2(path, out, *extra):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+               "-m", "hybrid", "train", str(path), "--out", str(out), "--no-progress", "--device", "cuda", *extra]
+        p = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+
+    run2(recipe("fsdp", 2, "fsdp"), tmp_path / "fsdp")
+    run2(recipe("ddp", 2, "ddp"), tmp_path / "ddp")
+    fsdp, ddp = losses(tmp_path / "fsdp"), losses(tmp_path / "ddp")
+    assert len(set(ddp.values())) == 6
+    assert fsdp == pytest.approx(ddp, abs=3e-2, rel=0)
+    on_one = tmp_path / "on_one"
+    only_step_2(tmp_path / "fsdp", on_one)
+    run_training(str(recipe("single", 4, "fsdp")), on_one, progress=False, device="cuda", resume=True,
+                 allow_changes=True)
+    assert losses(on_one) == pytest.approx({s: fsdp[s] for s in range(3, 7)}, abs=3e-2, rel=0)
