@@ -120,7 +120,7 @@ TRAIN_FIELDS: tuple[Field, ...] = (
     Field("parallel", str, "ddp", choices=PARALLEL,
           doc="several processes: ddp (replicated weights) or fsdp (FSDP2, parameters, gradients and "
               "optimizer state sharded per block; sharded checkpoints)"),
-    Field("checkpoint_blocks", list, (), parse=str_list,
+    Field("checkpoint_blocks", list, [], parse=str_list,
           doc="block kinds whose activations are recomputed in the backward pass (e.g. [carve, attention]); "
               "[] = none"),
     Field("data", dict, None, nullable=True, parse=parse_data,

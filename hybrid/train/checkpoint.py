@@ -166,12 +166,18 @@ def save_checkpoint(root: Path, step: int, *, model: torch.nn.Module, optimizer,
     return final
 
 
+def _one_process() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized())
+
+
 def _save_sharded(folder: Path, model: torch.nn.Module, optimizer) -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     weights, moments = get_state_dict(model, optimizer)
-    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=str(folder))
+    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=str(folder), no_dist=_one_process())
 
 
 def _load_sharded(path: Path, model: torch.nn.Module, optimizer) -> None:
@@ -181,7 +187,7 @@ def _load_sharded(path: Path, model: torch.nn.Module, optimizer) -> None:
     weights, moments = get_state_dict(model, optimizer)
     state = {"model": weights, "optimizer": moments} if optimizer is not None else {"model": weights}
     try:
-        dcp.load(state, checkpoint_id=str(path / "sharded"))
+        dcp.load(state, checkpoint_id=str(path / "sharded"), no_dist=_one_process())
     except Exception as e:  # noqa: BLE001 - a damaged or foreign folder raises several types
         raise CheckpointError(f"{path}: cannot load the sharded state ({type(e).__name__}: {e})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
