@@ -32,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -177,7 +178,9 @@ def _save_sharded(folder: Path, model: torch.nn.Module, optimizer) -> None:
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     weights, moments = get_state_dict(model, optimizer)
-    dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=str(folder), no_dist=_one_process())
+    with warnings.catch_warnings():  # one process is intended here, not a missing process group
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.save({"model": weights, "optimizer": moments}, checkpoint_id=str(folder), no_dist=_one_process())
 
 
 def _load_sharded(path: Path, model: torch.nn.Module, optimizer) -> None:
@@ -187,7 +190,9 @@ def _load_sharded(path: Path, model: torch.nn.Module, optimizer) -> None:
     weights, moments = get_state_dict(model, optimizer)
     state = {"model": weights, "optimizer": moments} if optimizer is not None else {"model": weights}
     try:
-        dcp.load(state, checkpoint_id=str(path / "sharded"), no_dist=_one_process())
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+            dcp.load(state, checkpoint_id=str(path / "sharded"), no_dist=_one_process())
     except Exception as e:  # noqa: BLE001 - a damaged or foreign folder raises several types
         raise CheckpointError(f"{path}: cannot load the sharded state ({type(e).__name__}: {e})") from None
     set_state_dict(model, optimizer, model_state_dict=state["model"],
