@@ -1,6 +1,5 @@
-"""FSDP2 (``train.parallel: fsdp``) on two CPU processes (gloo, torchrun) against one process at the
-same global batch, sharded checkpoints saved on two processes resumed on one and on two, and
-activation recomputation per block kind (on two GPUs: FSDP in bf16 against DDP)."""
+"""FSDP2 (``train.parallel: fsdp``) and DDP on two CPU processes (gloo, torchrun) against one process
+at the same global batch, and sharded checkpoints saved on two processes resumed on one and on two."""
 
 from __future__ import annotations
 
@@ -75,8 +74,7 @@ def test_checkpoint_blocks_names_unknown_kind():
 
 
 @pytest.mark.slow
-def test_fsdp_matches_one_process_and_resumes_on_other_counts(tmp_path):
-    """DDP against one process is test_train_loop.py::test_torchrun_two_cpu_processes_match_one_process."""
+def test_fsdp_and_ddp_match_one_process_and_resume_on_other_counts(tmp_path):
     single = tmp_path / "single"
     run_training(str(write_recipe(tmp_path, "single", 4, "fsdp")), single, progress=False, device="cpu")
     ref = losses(single)
@@ -92,6 +90,10 @@ def test_fsdp_matches_one_process_and_resumes_on_other_counts(tmp_path):
     assert meta["format"] == "sharded" and meta["world_size"] == 2
     assert {"sharded/__0_0.distcp", "sharded/__1_0.distcp"} <= set(meta["sha256"])  # both ranks wrote
     assert not (ckpt / "model.safetensors").exists()
+
+    ddp = tmp_path / "ddp"
+    torchrun(write_recipe(tmp_path, "ddp", 2, "ddp"), ddp)
+    assert losses(ddp) == pytest.approx(ref, abs=1e-4, rel=0)
 
     from hybrid.blocks import HybridForCausalLM
 
