@@ -20,9 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import statistics
 import sys
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -65,13 +63,9 @@ def parse_layouts(text: str) -> list[tuple[str, Fraction]]:
     return out
 
 
-def _sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
 def time_steps(model, batch: int, length: int, *, warmup: int, steps: int) -> dict:
     """Median seconds of a full training step (optimizer included) and the CUDA peak of the timed steps."""
+    from hybrid.analytic.measure import time_calls
     from hybrid.blocks.model import bf16_autocast
     from hybrid.train.schedule import param_groups
 
@@ -91,20 +85,7 @@ def time_steps(model, batch: int, length: int, *, warmup: int, steps: int) -> di
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    for _ in range(warmup):
-        step()
-    _sync(dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for _ in range(steps):
-        _sync(dev)
-        t0 = time.perf_counter()
-        step()
-        _sync(dev)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(dev) if dev.type == "cuda" else None
-    return {"seconds": statistics.median(times), "all_seconds": times, "peak_bytes": peak}
+    return time_calls(step, dev, warmup=warmup, repeats=steps)
 
 
 def run(recipe, layouts, shapes, device: str, *, warmup: int, steps: int, cache_dir=None, log=print) -> dict:

@@ -52,10 +52,17 @@ def time_train_step(model, batch: int, length: int, *, warmup: int = 1, repeats:
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
 
+    out = time_calls(step, device, warmup=warmup, repeats=repeats)
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def time_calls(step, device: torch.device, *, warmup: int, repeats: int) -> dict:
+    """Median wall seconds of ``step()`` over ``repeats`` calls after ``warmup`` untimed ones, each call
+    synchronised, and the CUDA peak allocated bytes of the timed calls (None off CUDA)."""
     for _ in range(warmup):
         step()
     _sync(device)
-    peak = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = []
@@ -65,9 +72,7 @@ def time_train_step(model, batch: int, length: int, *, warmup: int = 1, repeats:
         step()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated(device)
-    model.zero_grad(set_to_none=True)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
     return {"seconds": statistics.median(times), "all_seconds": times, "peak_bytes": peak}
 
 
