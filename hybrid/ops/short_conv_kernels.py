@@ -141,7 +141,9 @@ def short_conv_dpre_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dp_ptr,
         gbase = dv_ptr + (pc - 2 * H) * V
         gstride = H * V
     taps = tl.arange(0, WP)
-    dw = tl.zeros((BD, WP), dtype=tl.float32)  # this program's weight gradient, tap i in column i
+    # this program's weight gradient, tap i in slot i, summed over rows once at the end (a row sum per
+    # block and tap cost twice the whole pass on the H200)
+    acc = tl.zeros((BT, BD, WP), dtype=tl.float32)
     for blk in range(NBLK):
         rows = (pt * NBLK + blk) * BT + tl.arange(0, BT).to(tl.int64)
         ok = rows < TT
@@ -152,7 +154,8 @@ def short_conv_dpre_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dp_ptr,
                  mask=ok[:, None] & cmask[None, :])
         for i in tl.static_range(W):
             xi = _tap(x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W, HAS_STATE)
-            dw += tl.where(taps[None, :] == i, tl.sum(dp * xi, 0)[:, None], 0.0)
+            acc += tl.where(taps[None, None, :] == i, (dp * xi)[:, :, None], 0.0)
+    dw = tl.sum(acc, 0)
     tl.store(dwp_ptr + pt * (C * W) + cols[:, None] * W + taps[None, :], dw,
              mask=cmask[:, None] & (taps < W)[None, :])
 
