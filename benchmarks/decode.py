@@ -8,7 +8,10 @@ timed (the first absorbs kernel compilation): "prefill ms" is one row's prompt. 
 captured as a CUDA graph (``hybrid.blocks.decode_graph``), the prefilled row copied into every row,
 and greedy steps are timed through the model's forward (each step's argmax is the next token), as
 ``generate`` runs them: the median over ``--repeats`` windows of ``--steps`` tokens. tokens/s is
-batch / step time. A combination whose cache would not fit in free memory is skipped and listed.
+batch / step time. A combination whose cache would not fit in free memory (or ``--memory-budget``)
+is skipped and listed; where the transformer (``A``) is skipped so, it is also timed at the largest
+batch it fits, and the other layouts' "vs transformer" ratio at that batch is taken against it (each
+layout at the batch it can hold; the ratios are printed below the table and kept in the JSON).
 With ``--dynamic`` the same steps are also timed through the dynamic ``HybridCache`` (eager, the
 path of CPU and beam search; the prefilled row repeated B times), and the table gains that column and
 the speed-up. On a CPU the same runs without graphs (eager steps over the static cache).
@@ -112,88 +115,181 @@ def time_steps(model, cache, first, steps: int, repeats: int, dev) -> list[float
     return out
 
 
-def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log, dynamic=False) -> list[dict]:
+def free_bytes(dev, budget: float | None) -> float | None:
+    """Memory a run may plan to use: the device's free memory (CUDA), capped by ``budget`` bytes; None
+    (no limit) on a CPU without a budget."""
+    free = None
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        free = torch.cuda.mem_get_info(dev)[0]
+    if budget is not None:
+        free = budget if free is None else min(free, budget)
+    return None if free is None else FREE_SHARE * free
+
+
+def decode_bytes(cfg, batch: int, max_len: int, elem: int) -> int:
+    """The static cache of ``batch`` rows and an attention step's largest transient."""
+    return batch * cache_bytes_per_row(cfg, max_len, elem) + scores_bytes(cfg, batch, max_len)
+
+
+def time_batch(model, dyn, first_tok, b: int, max_len: int, steps: int, repeats: int, dev, dynamic: bool) -> dict:
+    """Greedy steps of ``b`` rows through a static cache (captured on CUDA) holding the prefilled row
+    ``dyn`` in every row, and with ``dynamic`` through copies of ``dyn``: the row's timing fields."""
     from hybrid.blocks.decode_graph import CapturedStep
     from hybrid.blocks.static_cache import StaticHybridCache
 
-    model, letters = build(recipe, pattern, dev)
-    cfg = model.config
-    elem = 2 if dev.type == "cuda" else 4
-    rows = []
-    vocab = cfg.vocab_size
-    for ctx in contexts:
-        base = dict(layout=pattern, name=NAMES.get(pattern, pattern), letters=letters, context=ctx)
+    cache = None
+    try:
+        with torch.no_grad():
+            cache = StaticHybridCache(model.config, b, max_len, device=dev, dtype=next(model.parameters()).dtype)
+            if dev.type == "cuda":
+                cache.step_fn = CapturedStep(model, cache)
+            for r in range(b):
+                cache.load(dyn, start=r)
+        times = time_steps(model, cache, first_tok.expand(b, 1).contiguous(), steps, repeats, dev)
+    finally:
+        del cache
+    ms = 1000 * statistics.median(times)
+    out = dict(ms_per_token=round(ms, 3), tokens_per_s=round(1000 * b / ms, 1), graph=dev.type == "cuda",
+               windows_ms=[round(1000 * t, 3) for t in times])
+    if dynamic:
+        rep = copy.deepcopy(dyn)
+        rep.batch_repeat_interleave(b)
+        try:
+            dt = time_steps(model, rep, first_tok.expand(b, 1).contiguous(), steps, repeats, dev)
+            out["dynamic_ms_per_token"] = round(1000 * statistics.median(dt), 3)
+        except torch.cuda.OutOfMemoryError:
+            out["dynamic_ms_per_token"] = None
+        del rep
+    return out
+
+
+class Prefilled:
+    """What the batches of one (layout, context) share: the model, its prefilled row (``dyn``, its
+    dynamic cache, and ``first_tok``, the greedy next token) and the timing plan."""
+
+    def __init__(self, model, dyn, first_tok: torch.Tensor, max_len: int, steps: int, repeats: int,
+                 dynamic: bool, budget: float | None):
+        self.model, self.dyn, self.first_tok, self.max_len = model, dyn, first_tok, max_len
+        self.steps, self.repeats, self.dynamic, self.budget = steps, repeats, dynamic, budget
+
+    def attempt(self, b: int, row: dict) -> dict:
+        """``row`` with its timing at batch ``b``, or with ``skipped``: the cache does not fit, or ran out
+        of memory."""
+        dev = self.first_tok.device
+        elem = 2 if dev.type == "cuda" else 4
+        free = free_bytes(dev, self.budget)
+        need = decode_bytes(self.model.config, b, self.max_len, elem)
+        if free is not None and need > free:
+            return dict(row, skipped=f"the cache needs about {need / 2**30:.1f} GiB, "
+                                     f"{free / FREE_SHARE / 2**30:.1f} GiB free")
+        oom = None
+        try:
+            return dict(row, **time_batch(self.model, self.dyn, self.first_tok, b, self.max_len, self.steps,
+                                          self.repeats, dev, self.dynamic))
+        except torch.cuda.OutOfMemoryError as e:
+            oom = str(e).splitlines()[0][:80]
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-            free = torch.cuda.mem_get_info(dev)[0]
-            if prefill_bytes(cfg, ctx) > FREE_SHARE * free:
-                for b in batches:
-                    rows.append(dict(base, batch=b, skipped=f"the prefill of one row needs about "
-                                     f"{prefill_bytes(cfg, ctx) / 2**30:.0f} GiB, {free / 2**30:.0f} GiB free"))
-                continue
-        ids = torch.randint(3, vocab, (1, ctx), generator=torch.Generator().manual_seed(ctx)).to(dev)
-        with torch.no_grad():
-            for _ in range(2):  # the second prefill is timed (the first may compile for this length)
-                out = None
-                _sync(dev)
-                t0 = time.perf_counter()
-                out = model(ids, use_cache=True, logits_to_keep=1)
-                _sync(dev)
-                prefill_ms = 1000 * (time.perf_counter() - t0)
-        dyn = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
-        first_tok = out.logits[:, -1].argmax(-1, keepdim=True)
-        del out
+        return dict(row, skipped=f"out of memory ({oom})")
+
+    def largest_fit(self, b: int, row: dict) -> dict | None:
+        """The timed row at the largest batch below ``b`` that fits, or None."""
+        dev = self.first_tok.device
+        free = free_bytes(dev, self.budget)
+        per_row = decode_bytes(self.model.config, 1, self.max_len, 2 if dev.type == "cuda" else 4)
+        fit = b - 1 if free is None else min(b - 1, int(free // per_row))
+        while fit >= 1:
+            r = self.attempt(fit, dict(row, batch=fit, stands_in_for=b))
+            if "skipped" not in r:
+                return r
+            fit = fit * 3 // 4 if fit > 3 else fit - 1
+        return None
+
+
+def prefill(model, ctx: int, dev) -> tuple[object, torch.Tensor, float]:
+    """One row of ``ctx`` random tokens through the dynamic cache, twice (the second is timed; the first
+    may compile for this length): (its cache, the greedy next token, milliseconds)."""
+    ids = torch.randint(3, model.config.vocab_size, (1, ctx), generator=torch.Generator().manual_seed(ctx)).to(dev)
+    with torch.no_grad():
+        for _ in range(2):
+            out = None
+            _sync(dev)
+            t0 = time.perf_counter()
+            out = model(ids, use_cache=True, logits_to_keep=1)
+            _sync(dev)
+            ms = 1000 * (time.perf_counter() - t0)
+    dyn = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+    return dyn, out.logits[:, -1].argmax(-1, keepdim=True), ms
+
+
+def run_layout(recipe, pattern, contexts, batches, steps, repeats, dev, log, dynamic=False,
+               budget: float | None = None) -> list[dict]:
+    """Rows of one layout. Where the transformer (``A``) does not fit a batch, it is also timed at the
+    largest batch it fits (a row with ``stands_in_for`` = the batch asked), for the ratios."""
+    model, letters = build(recipe, pattern, dev)
+    cfg = model.config
+    rows = []
+
+    def logged(r):
+        if "skipped" in r:
+            log(f"{pattern:>10} {r['context']:>7} x {r['batch']:<3} skipped: {r['skipped']}")
+        else:
+            log(f"{pattern:>10} {r['context']:>7} x {r['batch']:<3} prefill {r['prefill_ms']:9.1f} ms   "
+                f"{r['ms_per_token']:8.3f} ms/token   {r['tokens_per_s']:10.1f} tokens/s")
+        rows.append(r)
+        return r
+
+    for ctx in contexts:
+        base = dict(layout=pattern, name=NAMES.get(pattern, pattern), letters=letters, context=ctx)
+        free = free_bytes(dev, budget)
+        if free is not None and prefill_bytes(cfg, ctx) > free:
+            for b in batches:
+                logged(dict(base, batch=b, skipped=f"the prefill of one row needs about "
+                            f"{prefill_bytes(cfg, ctx) / 2**30:.1f} GiB, {free / FREE_SHARE / 2**30:.1f} GiB free"))
+            continue
+        dyn, first_tok, prefill_ms = prefill(model, ctx, dev)
         max_len = ctx + WARMUP_STEPS + steps * repeats + 1
+        run = Prefilled(model, dyn, first_tok, max_len, steps, repeats, dynamic, budget)
         for b in batches:
             row = dict(base, batch=b, prefill_ms=round(prefill_ms, 2), max_len=max_len)
-            need = b * cache_bytes_per_row(cfg, max_len, elem) + scores_bytes(cfg, b, max_len)
-            if dev.type == "cuda":
-                torch.cuda.empty_cache()
-                free = torch.cuda.mem_get_info(dev)[0]
-                if need > FREE_SHARE * free:
-                    rows.append(dict(row, skipped=f"the cache needs about {need / 2**30:.0f} GiB, "
-                                                  f"{free / 2**30:.0f} GiB free"))
-                    log(f"{pattern:>10} {ctx:>7} x {b:<3} skipped: {rows[-1]['skipped']}")
-                    continue
-            cache = None
-            try:
-                with torch.no_grad():
-                    cache = StaticHybridCache(cfg, b, max_len, device=dev, dtype=next(model.parameters()).dtype)
-                    if dev.type == "cuda":
-                        cache.step_fn = CapturedStep(model, cache)
-                    for r in range(b):
-                        cache.load(dyn, start=r)
-                times = time_steps(model, cache, first_tok.expand(b, 1).contiguous(), steps, repeats, dev)
-            except torch.cuda.OutOfMemoryError as e:
-                rows.append(dict(row, skipped=f"out of memory ({str(e).splitlines()[0][:80]})"))
-                log(f"{pattern:>10} {ctx:>7} x {b:<3} skipped: out of memory")
-                continue
-            finally:
-                del cache
-            ms = 1000 * statistics.median(times)
-            row.update(ms_per_token=round(ms, 3), tokens_per_s=round(1000 * b / ms, 1),
-                       graph=dev.type == "cuda", windows_ms=[round(1000 * t, 3) for t in times])
-            if dynamic:
-                rep = copy.deepcopy(dyn)
-                rep.batch_repeat_interleave(b)
-                try:
-                    dt = time_steps(model, rep, first_tok.expand(b, 1).contiguous(), steps, repeats, dev)
-                    row["dynamic_ms_per_token"] = round(1000 * statistics.median(dt), 3)
-                except torch.cuda.OutOfMemoryError:
-                    row["dynamic_ms_per_token"] = None
-                del rep
-            rows.append(row)
-            log(f"{pattern:>10} {ctx:>7} x {b:<3} prefill {prefill_ms:9.1f} ms   {ms:8.3f} ms/token   "
-                f"{row['tokens_per_s']:10.1f} tokens/s")
-        del dyn
+            if "skipped" in logged(run.attempt(b, row)) and pattern == "A":
+                fit = run.largest_fit(b, row)  # for the ratios of the other layouts at batch b
+                if fit is not None:
+                    logged(fit)
+        del run, dyn
     del model
     if dev.type == "cuda":
         torch.cuda.empty_cache()
     return rows
 
 
+def reference(rows: list[dict]) -> dict:
+    """(context, batch) -> the transformer's row that a layout's tokens/s is compared with: the one at
+    that batch, else the one timed at the largest batch it fits in its place."""
+    ref = {}
+    for r in rows:
+        if r["layout"] == "A" and "tokens_per_s" in r:
+            key = (r["context"], r.get("stands_in_for", r["batch"]))
+            if key not in ref or "stands_in_for" in ref[key]:
+                ref[key] = r
+    return ref
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """tokens/s of every timed row of another layout over the transformer's (``reference``)."""
+    ref = reference(rows)
+    out = []
+    for r in rows:
+        a = ref.get((r["context"], r["batch"]))
+        if r["layout"] != "A" and "tokens_per_s" in r and a is not None:
+            out.append(dict(layout=r["layout"], name=r["name"], context=r["context"], batch=r["batch"],
+                            transformer_batch=a["batch"], ratio=round(r["tokens_per_s"] / a["tokens_per_s"], 2)))
+    return out
+
+
 def markdown(rows: list[dict]) -> str:
-    ref = {(r["context"], r["batch"]): r["tokens_per_s"] for r in rows if r["layout"] == "A" and "tokens_per_s" in r}
+    ref = reference(rows)
     dyn = any("dynamic_ms_per_token" in r for r in rows)
     head = "| layout | context | batch | prefill, one row (ms) | ms per token | tokens/s | vs transformer |"
     rule = "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
@@ -204,13 +300,19 @@ def markdown(rows: list[dict]) -> str:
     for r in rows:
         name = f"{r['name']} ({r['layout']})" if r["name"] != r["layout"] else r["layout"]
         pre = f"{r['prefill_ms']:.1f}" if "prefill_ms" in r else "-"
+        batch = f"{r['batch']} (the most that fits; {r['stands_in_for']} asked)" if "stands_in_for" in r \
+            else str(r["batch"])
         if "skipped" in r:
-            lines.append(f"| {name} | {r['context']} | {r['batch']} | {pre} | skipped: {r['skipped']} | | |"
+            lines.append(f"| {name} | {r['context']} | {batch} | {pre} | skipped: {r['skipped']} | | |"
                          + (" | |" if dyn else ""))
             continue
         a = ref.get((r["context"], r["batch"]))
-        ratio = f"{r['tokens_per_s'] / a:.1f}x" if a else "-"
-        line = (f"| {name} | {r['context']} | {r['batch']} | {pre} | {r['ms_per_token']:.3f} | "
+        ratio = "-"
+        if a is not None and "stands_in_for" not in r:
+            ratio = f"{r['tokens_per_s'] / a['tokens_per_s']:.1f}x"
+            if a["batch"] != r["batch"]:
+                ratio += f" (transformer at batch {a['batch']})"
+        line = (f"| {name} | {r['context']} | {batch} | {pre} | {r['ms_per_token']:.3f} | "
                 f"{r['tokens_per_s']:.1f} | {ratio} |")
         if dyn:
             d = r.get("dynamic_ms_per_token")
@@ -230,6 +332,9 @@ def main(argv=None) -> None:
     ap.add_argument("--dynamic", action="store_true",
                     help="also time the steps through the dynamic cache, eagerly (the path before the static cache)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    ap.add_argument("--memory-budget", type=float, default=None, metavar="GIB",
+                    help="plan as if at most this much memory were free (default: the GPU's free memory; "
+                         "no limit on a CPU)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     layouts = [x.strip() for x in args.layouts.split(",") if x.strip()]
@@ -238,6 +343,9 @@ def main(argv=None) -> None:
     contexts, batches = _ints(args.contexts, "contexts"), _ints(args.batches, "batches")
     if args.steps < 1 or args.repeats < 1:
         sys.exit("--steps and --repeats must be positive")
+    if args.memory_budget is not None and args.memory_budget <= 0:
+        sys.exit("--memory-budget must be positive")
+    budget = None if args.memory_budget is None else args.memory_budget * 2**30
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device here")
@@ -252,11 +360,17 @@ def main(argv=None) -> None:
     for pattern in layouts:
         try:
             rows += run_layout(args.recipe, pattern, contexts, batches, args.steps, args.repeats, dev, log,
-                               dynamic=args.dynamic)
+                               dynamic=args.dynamic, budget=budget)
         except RecipeError as e:
             sys.exit(f"--layouts {pattern}: {e}")
     table = markdown(rows)
     print(table)
+    summary = ratios(rows)
+    for q in summary:
+        at = "" if q["transformer_batch"] == q["batch"] else \
+            f" against the transformer at batch {q['transformer_batch']}, the most it fits"
+        print(f"tokens/s {q['name']} / transformer at context {q['context']}, batch {q['batch']}{at}: "
+              f"{q['ratio']:.2f}x")
     skipped = [r for r in rows if "skipped" in r]
     if skipped:
         print(f"\nskipped: {len(skipped)} of {len(rows)} (see the table)")
@@ -264,9 +378,10 @@ def main(argv=None) -> None:
         meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
                 "torch": torch.__version__, "recipe": args.recipe, "steps": args.steps, "repeats": args.repeats,
-                "dtype": "bf16" if dev.type == "cuda" else "fp32", "wall_s": round(time.perf_counter() - t0, 1)}
+                "dtype": "bf16" if dev.type == "cuda" else "fp32", "memory_budget_gib": args.memory_budget,
+                "wall_s": round(time.perf_counter() - t0, 1)}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "markdown": table}, f, indent=1)
+            json.dump({"meta": meta, "rows": rows, "ratios": summary, "markdown": table}, f, indent=1)
 
 
 if __name__ == "__main__":
