@@ -90,7 +90,7 @@ def time_steps(model, batch: int, length: int, *, warmup: int, steps: int) -> di
 
 def run(recipe, layouts, shapes, device: str, *, warmup: int, steps: int, cache_dir=None, log=print) -> dict:
     from hybrid.analytic.calibration import cache_dir as default_cache_dir
-    from hybrid.analytic.calibration import lookup
+    from hybrid.analytic.calibration import hint, lookup
     from hybrid.analytic.costs import ModelCosts
     from hybrid.analytic.frontier import variant
     from hybrid.analytic.measure import build_model, count_parameters
@@ -99,12 +99,14 @@ def run(recipe, layouts, shapes, device: str, *, warmup: int, steps: int, cache_
     dev = torch.device(device)
     peak = peak_flops(dev, bf16=dev.type == "cuda")
     folder = default_cache_dir(cache_dir)
-    rows = []
+    rows, uncalibrated = [], {}
     for label, f in layouts:
         r = variant(recipe, f)
         cfg = r.model_config_kwargs()
         costs = ModelCosts(cfg)
-        table, _ = lookup(cfg, device, folder)
+        table, why = lookup(cfg, device, folder)
+        if table is None:
+            uncalibrated[label] = why
         model = build_model(r, device)
         n_params = count_parameters(model)
         for batch, length in shapes:
@@ -113,6 +115,8 @@ def run(recipe, layouts, shapes, device: str, *, warmup: int, steps: int, cache_
             try:
                 m = time_steps(model, batch, length, warmup=warmup, steps=steps)
             except torch.OutOfMemoryError:
+                m = None  # freed below, once the exception (and the step's tensors it holds) is gone
+            if m is None:
                 row["error"] = "out of memory"
                 model.zero_grad(set_to_none=True)
                 gc.collect()
@@ -142,8 +146,13 @@ def run(recipe, layouts, shapes, device: str, *, warmup: int, steps: int, cache_
             if q["peak_bytes"] and base["peak_bytes"]:
                 q["peak_vs_first"] = q["peak_bytes"] / base["peak_bytes"]
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    return {"recipe": recipe.name, "path": recipe.path, "device": name, "torch": torch.__version__,
-            "warmup": warmup, "steps": steps, "peak_flops": peak, "rows": rows}
+    res = {"recipe": recipe.name, "path": recipe.path, "device": name, "torch": torch.__version__,
+           "warmup": warmup, "steps": steps, "peak_flops": peak, "rows": rows}
+    if uncalibrated:
+        res["uncalibrated"] = uncalibrated  # layout -> why it has no calibrated prediction
+        res["calibration_hint"] = hint(recipe.path, device, folder)
+        log(res["calibration_hint"])
+    return res
 
 
 def _gib(x):
@@ -157,7 +166,8 @@ def _rate(x):
 def _err(pred, meas):
     if pred is None or not meas:
         return "-"
-    return f"{pred * 1e3:.0f} ms ({(pred - meas) / meas * 100:+.0f}%)" if pred < 10 else f"{pred:.2f} s"
+    value = f"{pred * 1e3:.0f} ms" if pred < 10 else f"{pred:.2f} s"
+    return f"{value} ({(pred - meas) / meas * 100:+.0f}%)"
 
 
 def markdown(res: dict) -> str:
@@ -184,6 +194,8 @@ def markdown(res: dict) -> str:
                 cells += [_err(q.get("predicted_step_s"), q["step_s"]),
                           "-" if not (pp and mp) else f"{_gib(pp)} ({(pp - mp) / mp * 100:+.0f}%)"]
         lines.append("| " + " | ".join(cells) + " |")
+    if res.get("uncalibrated"):
+        lines += ["", f"no calibrated prediction for {', '.join(res['uncalibrated'])}: {res['calibration_hint']}"]
     return "\n".join(lines)
 
 
