@@ -67,6 +67,7 @@ def test_tiny_evaluation_through_both_paths_on_cpu(tmp_path):
     assert static["decode_caches"] == dynamic["decode_caches"] == {"HybridCache": 1}
     assert static["generated_tokens"] == dynamic["generated_tokens"] > 0
     assert static["seconds"] >= static["generation_seconds"] > 0 and dynamic["ms_per_generated_token"] > 0
+    assert 0 < res["samples_seconds"] < static["seconds"]
     assert res["generations"]["rows"] == 2 and res["generations"]["mismatched_rows"] == 0
     assert static["scores"] == dynamic["scores"]
     assert "| generate given a dynamic HybridCache" in res["markdown"] and "0 of 2 rows differ" in res["markdown"]
