@@ -10,8 +10,8 @@ runs (samples, greedy generation in left-padded batches through the model's ``ge
 - dynamic: every ``generate`` call is handed a fresh dynamic ``HybridCache``, which keeps the eager
   step (the path of CPU and beam search, and of CUDA before the static cache).
 
-Before the timed runs, ``--warmup-samples`` samples per task go through both paths (Triton kernels
-compile then, as they are cached on disk between ``hybrid ruler`` runs); the captured caches are then
+Before the timed runs, ``--warmup-samples`` samples per task (default: one batch) go through both
+paths (Triton kernels compile then, as they are cached on disk between ``hybrid ruler`` runs); the captured caches are then
 dropped, so the timed static run pays its graph captures as a ``hybrid ruler`` run does.
 
 Reported per path: seconds of the whole evaluation and of the generation inside it (``generate``
@@ -203,8 +203,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=20, help="samples per task (default: %(default)s)")
     ap.add_argument("--length", type=int, default=4096, help="target length in tokens (default: %(default)s)")
     ap.add_argument("--batch-size", type=int, default=8, help="prompts decoded together (default: %(default)s)")
-    ap.add_argument("--warmup-samples", type=int, default=1,
-                    help="untimed samples per task through both paths first (default: %(default)s)")
+    ap.add_argument("--warmup-samples", type=int, default=None,
+                    help="untimed samples per task through both paths first (default: --batch-size, so that "
+                         "the kernels see the timed batch shape)")
     ap.add_argument("--seed", type=int, default=0, help="evaluation seed (default: %(default)s)")
     ap.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
@@ -214,6 +215,8 @@ def main(argv=None) -> int:
     for flag in ("samples", "length", "batch_size"):
         if getattr(args, flag) < 1:
             sys.exit(f"error: --{flag.replace('_', '-')} must be >= 1")
+    if args.warmup_samples is None:
+        args.warmup_samples = args.batch_size
     if args.warmup_samples < 0:
         sys.exit("error: --warmup-samples must be >= 0")
     from hybrid.blocks.decode_graph import release_decode_caches
