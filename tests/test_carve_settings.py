@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 from hybrid.ops.carve import settings as carve_settings  # noqa: E402
 from hybrid.ops.carve.inputs import CarveInputError, CarveShapes  # noqa: E402
-from hybrid.ops.carve.settings import CarveSettings, choose_settings  # noqa: E402
+from hybrid.ops.carve.settings import CarveSettings, check_value_split, choose_settings  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.device("cuda")
@@ -35,7 +35,7 @@ def test_bf16_gpu_settings(h200):
     st = choose_settings(shapes(), torch.bfloat16, CUDA, 64)
     assert st.as_dict() == dict(
         kernel="chunk", precision="tf32", low_precision=True, inverse_precision="tf32", fp16_decayed=True,
-        saved_state="bf16", saved_gate="bf16", tile_rows=32, value_split=4, sweep_warps=8, prep_warps=4,
+        saved_state="bf16", saved_gate="bf16", tile_rows=32, value_split=8, sweep_warps=8, prep_warps=4,
         bprep_warps=4, post_warps=8, par_maxnreg=128, prep_maxnreg=168, post_columns=64, du_slots=128,
         num_stages=1)
     assert st.state_dtype == torch.bfloat16 and st.gate_dtype == torch.bfloat16
@@ -43,14 +43,35 @@ def test_bf16_gpu_settings(h200):
 
 
 def test_value_split_by_shape(h200):
-    """4 programs per (sequence, head) only when 4 N H fit one per multiprocessor and each keeps >= 32
-    valid value columns."""
+    """The largest split of 8, 4, 2 whose nv N H programs fit one per multiprocessor, each keeping >= 16
+    value columns with a valid one in the last; 1 where none does (and off the GPU)."""
     split = lambda **kw: choose_settings(shapes(**kw), torch.bfloat16, CUDA, 64).value_split
-    assert split(N=2, H=16) == 4  # 128 programs <= 132
-    assert split(N=8, H=8) == 1  # 256 programs
-    assert split(V=64) == 1  # 16 columns per program
-    assert split(V=80) == 1  # the last block (96..127) would have no valid column
+    assert split(N=1, H=8) == 8  # 64 programs of 16 columns
+    assert split(N=1, H=16) == 8  # 128 programs <= 132
+    assert split(N=2, H=16) == 4  # 128 programs
+    assert split(N=4, H=16) == 2  # 128 programs of 64 columns
+    assert split(N=3, H=11) == 4  # 132 programs
+    assert split(N=8, H=8) == 2  # 64 pairs
+    assert split(N=9, H=8) == 1  # 72 pairs: two programs each would not fit
+    assert split(N=8, H=16) == 1  # 128 pairs: one program each (the T = 4096, B = 8 table row)
+    assert split(N=1, H=16, V=64) == 4  # 16 columns per program at most
+    assert split(N=1, H=16, V=80) == 2  # 8 or 4 programs would leave the last (112.. or 96..) without a valid column
+    assert split(N=1, H=16, V=32) == 2
+    assert split(N=1, H=16, V=16) == 1
     assert choose_settings(shapes(), torch.bfloat16, torch.device("cpu"), 64).value_split == 1
+
+
+def test_value_split_is_checked_against_the_shape(h200):
+    """A split that the shape or the device cannot run is refused before any kernel runs."""
+    st = lambda nv: replace(choose_settings(shapes(), torch.bfloat16, CUDA, 64), value_split=nv)
+    check_value_split(st(8), shapes(N=1, H=16), CUDA)  # fits: no error
+    with pytest.raises(CarveInputError, match="columns per program"):
+        check_value_split(st(8), shapes(N=1, H=16, V=64), CUDA)
+    with pytest.raises(CarveInputError, match="multiprocessors"):
+        check_value_split(st(8), shapes(N=2, H=16), CUDA)  # 256 programs would wait for each other forever
+    check_value_split(st(8), shapes(N=2, H=16, r=0), CUDA)  # content off: the programs never wait
+    with pytest.raises(CarveInputError, match="needs a GPU"):
+        check_value_split(st(2), shapes(), torch.device("cpu"))
 
 
 def test_wide_kernels_by_head_and_dtype(h200):
@@ -72,7 +93,7 @@ def test_interpreter_settings(monkeypatch):
 
 def test_settings_are_validated():
     base = choose_settings(shapes(K=16, V=16), torch.float32, torch.device("cpu"), 32)
-    for bad in (dict(kernel="v3"), dict(tile_rows=48), dict(value_split=2), dict(saved_state="fp8"),
+    for bad in (dict(kernel="v3"), dict(tile_rows=48), dict(value_split=3), dict(saved_state="fp8"),
                 dict(precision="tf32x3"), dict(post_columns=8), dict(du_slots=0), dict(tile_rows=64, value_split=4)):
         with pytest.raises(CarveInputError, match="CarveSettings"):
             replace(base, **bad)

@@ -56,6 +56,20 @@ CHUNK_CASES = {
     "fp16_decayed_large_values": dict(C=32, T=70, K=16, V=16, content=False, v_scale=1e5,
                                       settings={"fp16_decayed": True}),
 }
+# the chunk sweeps' V split (the GPU picks it for small N H): nv programs per (sequence, head), each with
+# BV / nv value columns, their parts of de, dM and dc added after the sweep. Content off: with content the
+# programs wait for each other's partial sums, which the interpreter (one program after another) cannot run
+SPLIT_CASES = {
+    "split2_nocontent_state": dict(C=64, T=100, K=16, V=40, content=False, init_state=True, final_grad=True,
+                                   settings={"value_split": 2}),
+    "split4_gdn2_mode": dict(C=32, T=50, K=16, V=64, content=False, vec_w=True, decay=3.0,
+                             settings={"value_split": 4}),
+    "split8_nocontent_varlen_state": dict(C=64, lengths=[70, 0, 9], K=16, V=128, content=False, init_state=True,
+                                          final_grad=True, settings={"value_split": 8}),
+    "split8_fp16_decayed_bf16_saved": dict(C=64, T=80, K=16, V=128, content=False, decay=2.0,
+                                           settings={"value_split": 8, "fp16_decayed": True,
+                                                     "saved_state": "bf16", "saved_gate": "bf16"}),
+}
 WIDE = {"kernel": "wide", "sweep_warps": 4}
 WIDE_CASES = {
     "wide_c16_odd": dict(C=16, T=37),
@@ -104,6 +118,11 @@ def chunk_results():
 
 
 @pytest.fixture(scope="module")
+def split_results():
+    return _run(SPLIT_CASES)
+
+
+@pytest.fixture(scope="module")
 def wide_results():
     return _run({**WIDE_CASES, **DECODE_CASES})
 
@@ -137,6 +156,25 @@ def _check(name: str, cfg: dict, errs: dict, tol: float) -> None:
 def test_chunk_kernels_match_reference(chunk_results, name):
     _check(name, CHUNK_CASES[name], chunk_results[name], TOL)
     assert chunk_results[name]["settings"]["kernel"] == "chunk"
+
+
+@pytest.mark.parametrize("name", list(SPLIT_CASES))
+def test_chunk_v_split_matches_reference(split_results, name):
+    _check(name, SPLIT_CASES[name], split_results[name], TOL)
+    assert split_results[name]["settings"]["kernel"] == "chunk"
+
+
+def test_chunk_v_split_with_content_needs_a_gpu():
+    """With content the split's programs wait for each other: the interpreter (and too many programs for
+    the multiprocessors) is refused with a clear error, before any kernel runs."""
+    env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    code = ("from hybrid.ops.carve.harness import run_case\n"
+            "from hybrid.ops.carve.inputs import CarveInputError\n"
+            "try:\n    run_case(C=32, T=40, K=16, V=32, settings={'value_split': 2})\n"
+            "except CarveInputError as exc:\n    print('REFUSED', exc)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "REFUSED value_split=2 with content needs a GPU" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("name", [*WIDE_CASES, *DECODE_CASES])

@@ -27,7 +27,7 @@ from .chunk_grads import (
 from .chunked import carve_chunked
 from .inputs import CarveInputError, CarveState, default_scale, validate
 from .layout import block, empty, interpreting, tile_grid
-from .settings import CarveSettings, choose_settings
+from .settings import CarveSettings, check_value_split, choose_settings
 from .wide import carve_wide
 
 
@@ -212,6 +212,7 @@ def carve_triton(q, k, v, g, a, w, u_down=None, u_up=None, *, scale=None, chunk_
     if q.dtype == torch.float64:  # the kernels compute in fp32; float64 is the oracles' dtype
         return carve_chunked(q, k, v, g, a, w, u_down, u_up, **kw)
     st = settings if settings is not None else choose_settings(shp, q.dtype, q.device, chunk_size)
+    check_value_split(st, shp, q.device)
     if st.kernel == "wide":
         return carve_wide(q, k, v, g, a, w, u_down, u_up, settings=st, **kw)
     dt = q.dtype

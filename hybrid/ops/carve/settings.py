@@ -21,6 +21,8 @@ SUPPORTED_CHUNKS = (16, 32, 64)
 MAX_REGISTER_DIM = 128  # the chunk kernels hold a [K, V] state per program in registers
 MAX_FP32_OPERAND_TILE = 128 * 64  # padded K*V above this needs more shared memory than an H200 block has
 KERNELS = ("chunk", "wide")
+VALUE_SPLITS = (1, 2, 4, 8)  # programs per (sequence, head) of the chunk sweeps
+MIN_SPLIT_COLUMNS = 16  # value columns per program of a split sweep (the smallest tensor-core tile)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -82,8 +84,9 @@ class CarveSettings:
             need(getattr(self, name) >= 1, f"{name} must be >= 1")
         need(self.par_maxnreg >= 0 and self.prep_maxnreg >= 0, "register caps must be >= 0")
         # the V split exchanges partial sums between programs that must all be resident; it is offered
-        # for 32-row tiles or smaller and 4 programs only (the only splits verified on the H200)
-        need(self.kernel == "wide" or self.value_split in (1, 4), "the chunk kernels split V in 1 or 4")
+        # for 32-row tiles or smaller, in VALUE_SPLITS programs
+        need(self.kernel == "wide" or self.value_split in VALUE_SPLITS,
+             f"the chunk kernels split V in one of {VALUE_SPLITS}")
         need(self.kernel == "wide" or self.value_split == 1 or self.tile_rows <= 32,
              "the V split needs tile_rows <= 32")
 
@@ -104,17 +107,47 @@ def _multiprocessors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def split_fits(nv: int, V: int) -> bool:
+    """Whether the chunk sweeps can split V in nv programs: each keeps BV / nv >= MIN_SPLIT_COLUMNS
+    columns of the padded block BV and the last program has a valid one."""
+    per = block(V) // nv
+    return nv == 1 or (per >= MIN_SPLIT_COLUMNS and (nv - 1) * per < V)
+
+
 def _chunk_value_split(n_programs: int, V: int, tile_rows: int, device: torch.device) -> int:
-    """4 programs per (sequence, head) where 4 N H programs fit one per multiprocessor (they exchange
-    partial sums and wait for each other, so all must be running), each keeps at least 32 value
-    columns and the last has a valid one; else 1. Only on a GPU (the interpreter runs programs one
-    after another) and on tiles of 32 rows or fewer. It pays where N H is small: long sequences in
-    small batches."""
+    """The largest split of VALUE_SPLITS whose nv N H programs fit one per multiprocessor (they exchange
+    partial sums and wait for each other, so all must be running) and that split_fits V; 1 where none
+    does. So the sweeps run about one program per multiprocessor: at B H = 16 eight programs of 16
+    value columns, at 32 four of 32, at 64 two of 64, from 67 on one. Only on a GPU (the interpreter
+    runs programs one after another) and on tiles of 32 rows or fewer."""
     if interpreting() or device.type != "cuda" or tile_rows > 32:
         return 1
-    BV = block(V)
-    fits = BV // 4 >= 32 and 3 * (BV // 4) < V
-    return 4 if fits and 4 * n_programs <= _multiprocessors(device.index or 0) else 1
+    sms = _multiprocessors(device.index or 0)
+    for nv in sorted(VALUE_SPLITS, reverse=True):
+        if nv * n_programs <= sms and split_fits(nv, V):
+            return nv
+    return 1
+
+
+def check_value_split(settings: CarveSettings, shapes: CarveShapes, device: torch.device) -> None:
+    """Raises CarveInputError where the chunk sweeps cannot run settings.value_split programs per
+    (sequence, head): a slice below MIN_SPLIT_COLUMNS or without a valid column, or, with content, a
+    device that does not run all programs at once (the interpreter, or more programs than
+    multiprocessors): they wait for each other's partial sums."""
+    nv = settings.value_split
+    if settings.kernel != "chunk" or nv == 1:
+        return
+    if not split_fits(nv, shapes.V):
+        raise CarveInputError(f"value_split={nv} leaves fewer than {MIN_SPLIT_COLUMNS} columns per program or "
+                              f"none valid in the last at V={shapes.V}")
+    if shapes.r > 0 and (interpreting() or device.type != "cuda"):
+        raise CarveInputError(f"value_split={nv} with content needs a GPU (its programs wait for each other; the "
+                              "interpreter runs them one after another)")
+    if shapes.r > 0:
+        sms = _multiprocessors(device.index or 0)
+        if nv * shapes.n_seq * shapes.H > sms:
+            raise CarveInputError(f"value_split={nv} with content needs {nv} x {shapes.n_seq} sequences x {shapes.H} "
+                                  f"heads <= {sms} multiprocessors")
 
 
 def _wide_value_split(n_seq: int, H: int, V: int, content: bool, device: torch.device) -> int:

@@ -249,7 +249,7 @@ def first_split_only(mask, vb, NV: tl.constexpr):
     if NV == 1:
         return mask
     else:
-        return mask & (vb == 0)
+        return mask & ((mask.to(tl.int32) * 0 + vb) == 0)  # vb broadcast first (the interpreter's masks are blocks)
 
 
 @triton.jit
