@@ -43,20 +43,20 @@ def test_bf16_gpu_settings(h200):
 
 
 def test_value_split_by_shape(h200):
-    """The largest split of 8, 4, 2 whose nv N H programs fit one per multiprocessor, each keeping >= 16
+    """The largest split of 8 and 4 whose nv N H programs fit one per multiprocessor, each keeping >= 16
     value columns with a valid one in the last; 1 where none does (and off the GPU)."""
     split = lambda **kw: choose_settings(shapes(**kw), torch.bfloat16, CUDA, 64).value_split
     assert split(N=1, H=8) == 8  # 64 programs of 16 columns
     assert split(N=1, H=16) == 8  # 128 programs <= 132
     assert split(N=2, H=16) == 4  # 128 programs
-    assert split(N=4, H=16) == 2  # 128 programs of 64 columns
+    assert split(N=4, H=16) == 1  # 64 pairs: no split of 2 (see VALUE_SPLITS)
     assert split(N=3, H=11) == 4  # 132 programs
-    assert split(N=8, H=8) == 2  # 64 pairs
-    assert split(N=9, H=8) == 1  # 72 pairs: two programs each would not fit
+    assert split(N=4, H=8) == 4  # 32 pairs
+    assert split(N=8, H=8) == 1  # 64 pairs
     assert split(N=8, H=16) == 1  # 128 pairs: one program each (the T = 4096, B = 8 table row)
     assert split(N=1, H=16, V=64) == 4  # 16 columns per program at most
-    assert split(N=1, H=16, V=80) == 2  # 8 or 4 programs would leave the last (112.. or 96..) without a valid column
-    assert split(N=1, H=16, V=32) == 2
+    assert split(N=1, H=16, V=80) == 1  # 8 or 4 programs would leave the last (112.. or 96..) without a valid column
+    assert split(N=1, H=16, V=32) == 1
     assert split(N=1, H=16, V=16) == 1
     assert choose_settings(shapes(), torch.bfloat16, torch.device("cpu"), 64).value_split == 1
 
@@ -71,7 +71,7 @@ def test_value_split_is_checked_against_the_shape(h200):
         check_value_split(st(8), shapes(N=2, H=16), CUDA)  # 256 programs would wait for each other forever
     check_value_split(st(8), shapes(N=2, H=16, r=0), CUDA)  # content off: the programs never wait
     with pytest.raises(CarveInputError, match="needs a GPU"):
-        check_value_split(st(2), shapes(), torch.device("cpu"))
+        check_value_split(st(4), shapes(), torch.device("cpu"))
 
 
 def test_wide_kernels_by_head_and_dtype(h200):

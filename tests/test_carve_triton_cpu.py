@@ -60,8 +60,8 @@ CHUNK_CASES = {
 # BV / nv value columns, their parts of de, dM and dc added after the sweep. Content off: with content the
 # programs wait for each other's partial sums, which the interpreter (one program after another) cannot run
 SPLIT_CASES = {
-    "split2_nocontent_state": dict(C=64, T=100, K=16, V=40, content=False, init_state=True, final_grad=True,
-                                   settings={"value_split": 2}),
+    "split4_nocontent_state": dict(C=64, T=100, K=16, V=56, content=False, init_state=True, final_grad=True,
+                                   settings={"value_split": 4}),
     "split4_gdn2_mode": dict(C=32, T=50, K=16, V=64, content=False, vec_w=True, decay=3.0,
                              settings={"value_split": 4}),
     "split8_nocontent_varlen_state": dict(C=64, lengths=[70, 0, 9], K=16, V=128, content=False, init_state=True,
@@ -170,11 +170,11 @@ def test_chunk_v_split_with_content_needs_a_gpu():
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     code = ("from hybrid.ops.carve.harness import run_case\n"
             "from hybrid.ops.carve.inputs import CarveInputError\n"
-            "try:\n    run_case(C=32, T=40, K=16, V=32, settings={'value_split': 2})\n"
+            "try:\n    run_case(C=32, T=40, K=16, V=32, settings={'value_split': 4})\n"
             "except CarveInputError as exc:\n    print('REFUSED', exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "REFUSED value_split=2 with content needs a GPU" in proc.stdout, proc.stdout
+    assert "REFUSED value_split=4 with content needs a GPU" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("name", [*WIDE_CASES, *DECODE_CASES])
