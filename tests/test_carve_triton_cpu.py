@@ -170,7 +170,7 @@ def test_chunk_v_split_with_content_needs_a_gpu():
     env = dict(os.environ, TRITON_INTERPRET="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     code = ("from hybrid.ops.carve.harness import run_case\n"
             "from hybrid.ops.carve.inputs import CarveInputError\n"
-            "try:\n    run_case(C=32, T=40, K=16, V=32, settings={'value_split': 4})\n"
+            "try:\n    run_case(C=32, T=40, K=16, V=64, settings={'value_split': 4})\n"
             "except CarveInputError as exc:\n    print('REFUSED', exc)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-4000:]
