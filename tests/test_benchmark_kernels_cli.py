@@ -28,8 +28,8 @@ def test_carve_rows_record_the_settings_they_ran_with():
         st = bench.carve_settings(x, name).as_dict()
         assert st["kernel"] == "chunk" and st["tile_rows"] == 32, (name, st)  # C = 64 as two 32-row tiles
         assert {"precision", "value_split", "sweep_warps", "saved_state"} <= set(st)
-    changed = bench.carve_settings(x, "carve_nocontent", bench.parse_settings(["value_split=2", "saved_state=bf16"]))
-    assert (changed.value_split, changed.saved_state, changed.tile_rows) == (2, "bf16", 32)
+    changed = bench.carve_settings(x, "carve_nocontent", bench.parse_settings(["value_split=4", "saved_state=bf16"]))
+    assert (changed.value_split, changed.saved_state, changed.tile_rows) == (4, "bf16", 32)
     with pytest.raises(SystemExit, match="FIELD=VALUE"):
         bench.parse_settings(["value_splits=2"])
 
