@@ -4,8 +4,9 @@ The model (a folder written by ``hybrid train``, or a recipe built with random w
 twice on the same samples by ``hybrid.eval.ruler.runner.evaluate``, the evaluation ``hybrid ruler``
 runs (samples, greedy generation in left-padded batches through the model's ``generate``, scoring):
 
-- static: ``generate`` as it is. On CUDA it decodes through a preallocated ``StaticHybridCache`` whose
-  one-token step is a captured CUDA graph (``hybrid.blocks.decode_graph``); on a CPU it keeps the
+- static: as ``hybrid ruler`` decodes. On CUDA, ``greedy_new_tokens``: a preallocated
+  ``StaticHybridCache`` whose one-token step is a captured CUDA graph (``hybrid.blocks.decode_graph``),
+  replayed in a loop that reads back to the host every few tokens; on a CPU ``generate`` with the
   dynamic cache, so both rows there time the same path.
 - dynamic: every ``generate`` call is handed a fresh dynamic ``HybridCache``, which keeps the eager
   step (the path of CPU and beam search, and of CUDA before the static cache).
@@ -43,7 +44,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 import torch  # noqa: E402
 
 TASKS = "niah_single_1,niah_multikey_1,vt"
-PATHS = {"static": "generate as it is (on CUDA: static cache, CUDA graph)",
+PATHS = {"static": "as `hybrid ruler` decodes (on CUDA: static cache, CUDA graph, greedy loop)",
          "dynamic": "generate given a dynamic HybridCache (eager: the path before)"}
 
 
@@ -66,6 +67,22 @@ class RecordingModel:
     def parameters(self, *args, **kwargs):
         return self.model.parameters(*args, **kwargs)
 
+    def greedy_new_tokens(self, input_ids, attention_mask=None, **kwargs):
+        """The static path's loop (None on the dynamic path and on a CPU, where ``generate`` serves)."""
+        if self.dynamic:
+            return None
+        new = self.model.greedy_new_tokens(input_ids, attention_mask, **kwargs)
+        if new is not None:
+            self.caches["StaticHybridCache + CUDA graph, greedy loop"] += 1
+            self._record(new)
+        return new
+
+    def _record(self, new):
+        for row in new.tolist():
+            if self.eos is not None and self.eos in row:
+                row = row[: row.index(self.eos)]
+            self.rows.append(row)
+
     def generate(self, input_ids=None, **kwargs):
         from hybrid.blocks import HybridCache
         from hybrid.blocks.model import _CACHE_FIELD
@@ -76,10 +93,7 @@ class RecordingModel:
         cache = out["cache"] if "cache" in out else out.get("past_key_values")
         graph = getattr(cache, "step_fn", None) is not None
         self.caches[type(cache).__name__ + (" + CUDA graph" if graph else "")] += 1
-        for row in out.sequences[:, input_ids.shape[1]:].tolist():
-            if self.eos is not None and self.eos in row:
-                row = row[: row.index(self.eos)]
-            self.rows.append(row)
+        self._record(out.sequences[:, input_ids.shape[1]:])
         return out.sequences
 
 

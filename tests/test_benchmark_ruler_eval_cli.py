@@ -76,6 +76,6 @@ def test_tiny_evaluation_through_both_paths_on_cpu(tmp_path):
 @pytest.mark.gpu
 def test_tiny_evaluation_decodes_through_the_graph_on_cuda(tmp_path):
     res = _micro_run(tmp_path, "--device", "cuda", "--dtype", "fp32")
-    assert res["paths"]["static"]["decode_caches"] == {"StaticHybridCache + CUDA graph": 1}
+    assert res["paths"]["static"]["decode_caches"] == {"StaticHybridCache + CUDA graph, greedy loop": 1}
     assert res["paths"]["dynamic"]["decode_caches"] == {"HybridCache": 1}
     assert res["generations"]["mismatched_rows"] == 0

@@ -11,6 +11,7 @@ from hybrid.blocks.decode_graph import (
     bucket,
     decode_cache,
     generate_cache,
+    greedy_decode,
     length_bucket,
     release_decode_caches,
 )
@@ -98,6 +99,33 @@ def test_generate_keeps_the_dynamic_cache_on_cpu():
     assert generate_cache(model, torch.ones(2, 5, dtype=torch.long), {"max_new_tokens": 4}) is None
 
 
+def test_greedy_decode_equals_generate_on_an_eager_static_cache():
+    """The loop that reads back every few tokens gives generate's tokens, pads after each row's end-of-text
+    as generate does, and stops early once every row has ended."""
+    model = make_model(LAYOUTS["3to1"])
+    ids, mask = _left_padded([torch.randint(1, VOCAB, (n,)) for n in (21, 6, 13)])
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0)[:, 21:]
+    with torch.no_grad():
+        got = greedy_decode(model, ids, mask, 40, pad_token_id=0, cache=decode_cache(model, 3, 61))
+    assert got.tolist() == ref.tolist()
+    eos = int(ref[1, 3])  # a token row 1 makes early: every row after its first eos holds pad
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0,
+                         eos_token_id=eos)[:, 21:]
+    with torch.no_grad():
+        got = greedy_decode(model, ids, mask, 40, eos_token_id=eos, pad_token_id=0,
+                            cache=decode_cache(model, 3, 61))
+    width = ref.shape[1]  # generate stops when every row has ended
+    assert got[:, :width].tolist() == ref.tolist() and not got[:, width:].any()
+    for row in got.tolist():
+        if eos in row:
+            assert not any(row[row.index(eos) + 1:])
+
+
+def test_greedy_new_tokens_leaves_the_cpu_to_generate():
+    model = make_model(LAYOUTS["3to1"])
+    assert model.greedy_new_tokens(torch.ones(2, 5, dtype=torch.long), max_new_tokens=4) is None
+
+
 # ------------------------------------------------------------------------------------------------ GPU
 def _cuda_model(layers, dtype=torch.float32):
     """The tiny layouts with 16-token chunks: the prefill runs the Triton chunk kernels, which take
@@ -135,6 +163,18 @@ def test_graph_generate_equals_dynamic_generate_and_reuses_its_capture():
                            pad_token_id=0)
     assert list(model._decode_caches.values()) == [cache] and cache.step_fn is step
     assert fast4[:3].tolist() == fast.tolist() and fast4[3].tolist() == fast[0].tolist()
+
+
+@pytest.mark.gpu
+def test_greedy_new_tokens_equal_graph_generate_on_cuda():
+    model = _cuda_model(RING)
+    ids, mask = _left_padded([torch.randint(1, VOCAB, (n,), device="cuda") for n in (30, 9, 17)], "cuda")
+    ref = model.generate(ids, attention_mask=mask, max_new_tokens=40, do_sample=False, pad_token_id=0)
+    with torch.inference_mode():
+        got = model.greedy_new_tokens(ids, mask, max_new_tokens=40, pad_token_id=0)
+    assert got.tolist() == ref[:, 30:].tolist()
+    (cache,) = model._decode_caches.values()  # the same bucket: generate's capture served the loop
+    assert cache.step_fn is not None and cache.seen_tokens == 30 + 39
 
 
 @pytest.mark.gpu

@@ -9,6 +9,11 @@ last ``KEEP`` captured caches; a key also holds the parameters' addresses and ve
 model whose weights were moved, recast or updated in place never replays a graph over old weights (the
 graph of a recurrent layer reads a stacked copy of its input projections).
 
+``greedy_decode`` is greedy decoding over such a cache in a loop of its own, for callers that want only
+the new tokens (``hybrid ruler``, the sweep's evaluation): unlike ``generate``, whose stopping check reads
+a device value back every token, it reads back only every ``CHECK_EVERY`` tokens, so the host queues
+replays ahead of the GPU instead of waiting on each.
+
 ``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
 greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
 a cache given by the caller, hidden states asked for, an unknown number of new tokens). Should the
@@ -30,6 +35,7 @@ from .static_decode import static_step
 MIN_LEN = 256
 KEEP = 2
 WARMUP_STEPS = 2
+CHECK_EVERY = 16
 
 
 def bucket(n: int, floor: int = 1) -> int:
@@ -142,3 +148,35 @@ def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> St
     if new < 1:
         return None
     return fast_cache(model, input_ids.shape[0] * (get("num_return_sequences") or 1), T + new)
+
+
+def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int, *,
+                  eos_token_id=None, pad_token_id: int = 0,
+                  cache: StaticHybridCache | None = None) -> torch.Tensor | None:
+    """The ``max_new_tokens`` greedy tokens after each (left-padded) prompt row, ``[B, max_new_tokens]``:
+    a row's end-of-text token is kept and every token after it is ``pad_token_id``, as ``generate`` pads
+    finished rows. Decodes through ``cache`` (default: ``fast_cache``, so on CUDA the captured step);
+    None where there is none (CPU), for the caller to use ``generate``. Call it under no_grad or
+    inference mode."""
+    B, T = input_ids.shape
+    if cache is None:
+        cache = fast_cache(model, B, T + max_new_tokens)
+        if cache is None:
+            return None
+    eos = None
+    if eos_token_id is not None:
+        eos = torch.as_tensor(eos_token_id, device=input_ids.device).reshape(-1)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1).logits
+    tok = logits[:, -1].argmax(-1)
+    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for i in range(max_new_tokens):
+        tok = tok.masked_fill(done, pad_token_id)
+        out[:, i] = tok
+        if eos is not None:
+            done |= torch.isin(tok, eos)
+            if (i + 1) % CHECK_EVERY == 0 and bool(done.all()):
+                break
+        if i + 1 < max_new_tokens:
+            tok = model(input_ids=tok[:, None], cache=cache).logits[:, -1].argmax(-1)
+    return out

@@ -30,7 +30,7 @@ from . import init
 from .attention import AttentionMixer
 from .cache import HybridCache
 from .config import HybridConfig
-from .decode_graph import generate_cache
+from .decode_graph import generate_cache, greedy_decode
 from .mlp import SwiGLU
 from .norms import RMSNorm
 from .recurrent import RecurrentMixer
@@ -303,6 +303,13 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         if cache is not None:
             kwargs[_CACHE_FIELD] = cache
         return super().generate(inputs, generation_config, *args, **kwargs)
+
+    def greedy_new_tokens(self, input_ids, attention_mask=None, *, max_new_tokens: int, eos_token_id=None,
+                          pad_token_id: int = 0):
+        """Greedy new tokens ``[B, max_new_tokens]`` (pad after each row's end-of-text) through the captured
+        static cache on CUDA (``decode_graph.greedy_decode``); None on a CPU, where ``generate`` serves."""
+        return greedy_decode(self, input_ids, attention_mask, max_new_tokens, eos_token_id=eos_token_id,
+                             pad_token_id=pad_token_id)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, next_sequence_length=None, cache=None, use_cache=True,

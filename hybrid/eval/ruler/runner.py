@@ -77,7 +77,10 @@ def make_samples(tasks: list[str], lengths: list[int], n: int, tokenizer, *, see
 
 
 def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
-    """Greedy continuations of token-id prompts, batched with left padding. Returns (texts, tokens made)."""
+    """Greedy continuations of token-id prompts, batched with left padding. Returns (texts, tokens made).
+
+    Our models decode through ``greedy_new_tokens`` (on CUDA the captured static-cache step in a loop that
+    reads back to the host every few tokens); any other model, or ours on a CPU, through ``generate``."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -89,10 +92,17 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) ->
         ids[i, width - len(p):] = torch.tensor(p)
         mask[i, width - len(p):] = 1
     device = next(model.parameters()).device
+    fast = getattr(model, "greedy_new_tokens", None)  # ours: the captured static-cache loop on CUDA
     with torch.inference_mode():
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=pad, eos_token_id=eos)
-    new = out[:, width:].tolist()
+        new = None
+        if fast is not None:
+            new = fast(ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
+                       pad_token_id=pad)
+        if new is None:
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos)
+            new = out[:, width:]
+    new = new.tolist()
     texts, made = [], 0
     for row in new:
         if eos is not None and eos in row:
@@ -106,7 +116,8 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
     """Teacher forcing: feed ``prompt + completion`` and count, per row, how many of the completion's
     content tokens (those with a letter or digit) the model predicts exactly, as (right, counted).
 
-    Rows are right-padded, which a causal model never sees before its own tokens, so no mask is needed."""
+    Rows are right-padded, which a causal model never sees before its own tokens, so no mask is needed; the
+    logits are computed only from the shortest prompt's last token on, not over the whole prompt."""
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -116,9 +127,11 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
+    # only the logits that predict a completion token: the last ``keep`` positions of the widest row
+    keep = width - min(len(p) for p in prompts) + 1
     device = next(model.parameters()).device
     with torch.inference_mode():
-        pred = model(input_ids=ids.to(device)).logits.argmax(-1).cpu()
+        pred = model(input_ids=ids.to(device), logits_to_keep=keep).logits.argmax(-1).cpu()
     out = []
     for i, (p, c) in enumerate(zip(prompts, comp)):
         right = counted = 0
@@ -126,7 +139,7 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
             if not any(ch.isalnum() for ch in tokenizer.decode([t])):
                 continue
             counted += 1
-            right += int(pred[i, len(p) + j - 1]) == t
+            right += int(pred[i, len(p) + j - 1 - (width - keep)]) == t
         out.append((right, counted))
     return out
 
