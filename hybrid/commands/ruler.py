@@ -44,7 +44,7 @@ def add_arguments(p) -> None:
                         "default 1x 2x 4x when the training length is recorded, else required")
     p.add_argument("--samples", type=int, default=None, metavar="N",
                    help="samples per task and length; 500 narrows a cell's 95%% interval to about ±4 points "
-                        "(default: the recipe's eval: section, else 50)")
+                        "(default: the recipe's eval: section, else 100)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="prompts decoded together (default: the recipe's eval: section, else 8)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler, or RUN/ruler-step_N)")
@@ -100,9 +100,10 @@ def _run(args) -> int:
     console = make_console()
     ckpt = check_model_dir(args.checkpoint)
     ev = recipe_eval(ckpt)
+    held_out = list(ev.held_out) if ev and not args.tasks else []
     tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))
     if args.samples is None:
-        args.samples = ev.samples if ev else 50
+        args.samples = ev.samples if ev else 100
     if args.batch_size is None:
         args.batch_size = ev.batch_size if ev else 8
     args.haystack = args.haystack or (ev.haystack if ev else None)
@@ -129,7 +130,8 @@ def _run(args) -> int:
                   f"{next(model.parameters()).device}; tasks {', '.join(tasks)}; lengths {lengths}; "
                   f"{args.samples} samples each" + (f" (trained at {train_len})" if train_len else ""))
     run = evaluate(model, tok, tasks, lengths, args.samples, batch_size=args.batch_size, seed=args.seed,
-                   haystack=args.haystack, data=data, progress=not args.no_progress)
+                   haystack=args.haystack, data=data, progress=not args.no_progress, held_out=held_out,
+                   on_skip=lambda m: console.print(f"[yellow]{m}[/]", highlight=False))
     trained_in = run_dir(ckpt)
     out = Path(args.out) if args.out else (ckpt / "ruler" if trained_in == ckpt else
                                            trained_in / f"ruler-{ckpt.name}")

@@ -52,6 +52,22 @@ def attention_share(layers: list[dict]) -> float:
     return sum(not is_recurrent(b) for b in layers) / max(len(layers), 1)
 
 
+def recurrent_mixer(layers: list[dict]) -> str | None:
+    """What the recurrent layers of a layout are, read from their block settings: ``carve`` (content
+    signal on), ``carve-content-off``, ``gdn2``, ``mixed`` when they differ, None without any."""
+    kinds = set()
+    for b in layers:
+        if not is_recurrent(b):
+            continue
+        kind = b["kind"]
+        if kind == "carve" and b.get("content") == "off":
+            kind = "carve-content-off"
+        kinds.add(kind)
+    if not kinds:
+        return None
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
 def _seed_list(seeds) -> list[int]:
     from hybrid.recipes.sweep import parse_seeds
 
@@ -165,7 +181,8 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     model, tok, _ = load_checkpoint(model_dir, device)
     run = evaluate(model, tok, list(ev.tasks), lengths, ev.samples, batch_size=ev.batch_size, seed=ev.seed,
                    haystack=ev.haystack, data={"qa_1": ev.squad, "qa_2": ev.hotpotqa}, progress=progress,
-                   label=f"RULER {rec.name} seed {vr.seed}")
+                   label=f"RULER {rec.name} seed {vr.seed}", held_out=ev.held_out,
+                   on_skip=(console.print if console else None))
     save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len, "seed": vr.seed,
                                  "train_seed": base_seed + vr.seed}, title=f"{rec.name} seed {vr.seed}")
     t_decode = time.perf_counter()
@@ -179,6 +196,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
+        "recurrent_mixer": recurrent_mixer(rec.layers),
         "attention_layers": [i for i, b in enumerate(rec.layers) if not is_recurrent(b)],
         "attention_share": attention_share(rec.layers),
         "params": sum(p.numel() for p in model.parameters()),
