@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import RulerError, TooShort
+from .errors import TooShort
 
 
 def fit_units(build: Callable[[int], object], count: Callable[[object], int], budget: int, *,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from hybrid.tasks.base import Sample
 from hybrid.tasks.errors import RulerError, TooShort
 from hybrid.tasks.registry import get_task, is_ruler_like, make_sample
-from hybrid.tasks.shape import cell_shape
 from hybrid.tasks.seeds import eval_rng
+from hybrid.tasks.shape import cell_shape
 from hybrid.tasks.tokens import model_ids
 
 from .intervals import wilson
