@@ -34,7 +34,7 @@ def test_json_has_intervals_and_the_task_count():
 def test_eval_samples_default_and_500():
     from hybrid.eval.config import EvalConfig
 
-    assert EvalConfig.from_dict({}).samples == 50
+    assert EvalConfig.from_dict({}).samples == 100
     assert EvalConfig.from_dict({"samples": 500}).samples == 500
 
 

@@ -3,7 +3,7 @@
     eval:
       tasks: [niah_single_1, niah_multikey_2, vt]   # task names or groups: all, niah, synthetic, essay, qa
       lengths: [1x, 2x, 4x]     # tokens (int) or multiples of the training length ("2x")
-      samples: 50               # per task and length
+      samples: 100              # per task and length (500: 95% intervals of about ±4 points)
       batch_size: 8
       haystack: null            # essay text file; null = the shipped public-domain essay (RULER-like)
       seed: 0                   # evaluation seed (disjoint from training seeds, see hybrid/tasks/seeds.py)
@@ -86,7 +86,7 @@ EVAL_FIELDS: tuple[Field, ...] = (
           doc="RULER task names or groups (all, niah, synthetic, essay, qa)"),
     Field("lengths", list, ("1x", "2x", "4x"), parse=_lengths,
           doc="lengths in tokens (4096, '4k') or multiples of the training length ('2x')"),
-    Field("samples", int, 50, minimum=1, doc="samples per task and length (500: 95% intervals of about ±4 points)"),
+    Field("samples", int, 100, minimum=1, doc="samples per task and length (500: 95% intervals of about ±4 points)"),
     Field("batch_size", int, 8, minimum=1, doc="prompts generated together"),
     Field("haystack", str, None, nullable=True, parse=_file, doc="essay text file; null = the shipped essay"),
     Field("seed", int, 0, minimum=0, doc="evaluation seed"),
