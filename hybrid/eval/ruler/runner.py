@@ -64,7 +64,7 @@ class RulerRun:
             "tasks": self.tasks, "lengths": self.lengths, "samples": self.samples, "seed": self.seed,
             "haystack": essay_label(self.haystack), "ruler_like_tasks": self.ruler_like,
             "metric": {t: get_task(t).metric for t in self.tasks},
-            "scores": {t: {str(n): v for n, v in self.scores[t].items()} for t in self.tasks},
+            "scores": {t: {str(n): v for n, v in self.scores.get(t, {}).items()} for t in self.tasks},
             # the unweighted mean of the trained-format task scores at one length (not RULER's 13-task
             # average); held-out tasks have their own mean
             "mean": {str(n): self.mean(n) for n in self.lengths},
@@ -72,7 +72,7 @@ class RulerRun:
             "held_out": list(self.held_out),
             "held_out_mean": {str(n): self.mean(n, True) for n in self.lengths} if self.held_out else {},
             # 95% Wilson intervals [lo, hi] (x100) over the samples of a cell (x tasks for the mean)
-            "intervals95": {"scores": {t: {str(n): list(wilson(v, self.samples)) for n, v in self.scores[t].items()}
+            "intervals95": {"scores": {t: {str(n): list(wilson(v, self.samples)) for n, v in self.scores.get(t, {}).items()}
                                        for t in self.tasks},
                             "mean": {str(n): list(wilson(self.mean(n), self.samples * len(self.mean_tasks(n))))
                                      for n in self.lengths if self.mean_tasks(n)}},
