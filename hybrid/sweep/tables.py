@@ -156,7 +156,7 @@ def ablation(variants: list[dict], spread: bool) -> tuple[list[str], list[dict]]
         if len(group) < 2:
             continue
         ref = group.get("carve")
-        L += [f"Attention share {share:g} (`{next(iter(group.values()))['layout']}` layout of layer kinds):", ""]
+        L += [f"Attention share {share:g}:", ""]
         cols = ["recurrent layer", "variant"] + [f"{mean_label(v0)} @{n}" for n in v0["lengths"]]
         cols += [f"vs content on @{n}" for n in v0["lengths"]] if ref else []
         L += header(cols)
