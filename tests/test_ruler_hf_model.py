@@ -70,3 +70,18 @@ def test_tasks_all_at_a_short_length_skips_what_does_not_fit(llama_dir, tmp_path
     scored = [t for t in res["tasks"] if res["scores"][t]]
     assert "niah_single_1" in scored and not skipped & set(scored)
     assert res["mean_of_tasks"]["512"] == len(scored)
+
+
+def test_held_out_tasks_are_evaluated_and_averaged_apart(llama_dir):
+    from hybrid.eval.ruler.checkpoint import load_checkpoint
+    from hybrid.eval.ruler.runner import evaluate
+
+    model, tok, _ = load_checkpoint(llama_dir, "cpu")
+    run = evaluate(model, tok, ["niah_single_1"], [512], 2, batch_size=2, progress=False,
+                   held_out=["niah_multikey_2"])
+    d = run.to_dict()
+    assert d["tasks"] == ["niah_single_1", "niah_multikey_2"] and d["held_out"] == ["niah_multikey_2"]
+    assert d["mean"]["512"] == d["scores"]["niah_single_1"]["512"]
+    assert d["held_out_mean"]["512"] == d["scores"]["niah_multikey_2"]["512"]
+    assert len(d["sample_scores"]["niah_multikey_2"]["512"]) == 2
+    assert d["shape"]["niah_single_1"]["512"]["unit"] == "noise lines"

@@ -92,3 +92,14 @@ def test_content_on_is_a_clear_error():
 
     with pytest.raises(SpecError, match="content: self"):
         normalize_block(yaml.safe_load("{kind: carve, heads: 2, content: on}"))
+
+
+def test_recipe_refuses_a_held_out_task_it_trains_on():
+    from hybrid.recipes import RecipeError, load_recipe
+
+    ok = load_recipe("recipes/tiny-cpu.yaml", ["train.data={kind: ruler_mix, tasks: [niah_single_1]}",
+                                               "eval.held_out=[vt]"])
+    assert ok.eval["held_out"] == ["vt"]
+    with pytest.raises(RecipeError, match="eval.held_out.*never be trained on"):
+        load_recipe("recipes/tiny-cpu.yaml", ["train.data={kind: ruler_mix, tasks: [niah_single_1, vt]}",
+                                              "eval.held_out=[vt]"])
