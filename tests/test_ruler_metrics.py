@@ -43,7 +43,7 @@ def test_lm_eval_port_scores_string_match_part_as_a_fraction():
     string_match_all's value: it differs from RULER's string_match_part wherever a sample finds some but
     not all of several references (qa_1/qa_2 with several gold answers). string_match_all agrees."""
     cu = pytest.importorskip("lm_eval.tasks.ruler.common_utils")
-    for pred, refs, want_all, want_part in CASES:
+    for pred, refs, want_all, _want_part in CASES:
         p = cu.postprocess_pred([pred])
         assert cu.string_match_all(p, [refs]) == pytest.approx(want_all)
         assert cu.string_match_part(p, [refs]) == pytest.approx(want_all)  # not want_part
