@@ -30,7 +30,7 @@ def test_aggregate_and_report(tmp_path):
     md = paths["md"].read_text()
     assert "| CC | 85.0 ± 7.1 | 20.0 ± 14.1 |" in md  # per-task row: mean ± std over the two seeds
     assert "| CA | `CA` | 0.500 | - | 100.0 ± 0.0 | 80.0 ± 14.1 |" in md and "niah_multikey_2 at 1024 tokens" in md
-    assert "| CA | 1,000 | 1.00 | - | - | 3.00 | 1.50 | 3.50 M | 1.00 | 2.0 KB |" in md  # measured next to predicted
+    assert "| CA | 1,000 ± 0 | 1.00 | - | - | 3.00 ± 0.00 | 1.50 | 3.50 M | 1.00 | 2.0 KB |" in md  # measured, predicted
     data = json.loads(paths["json"].read_text())
     assert data["largest_gap"]["best"] == "CA"
     assert paths["ratio_png"].stat().st_size > 1000 and paths["frontier_png"].stat().st_size > 1000

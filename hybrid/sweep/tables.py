@@ -196,13 +196,17 @@ def costs(variants: list[dict]) -> list[str]:
                 f"decode FLOP/tok @{ctx} (pred.)", "decode cost rel. (pred.)", f"cache @{ctx} (pred.)"])
     r_tps, r_ms = ms(ref["train_tokens_per_s"])[0], ms(ref["decode_ms_per_token"])[0]
     for v in variants:
-        tps, dms = ms(v["train_tokens_per_s"])[0], ms(v["decode_ms_per_token"])[0]
+        (tps, tps_sd), (dms, dms_sd) = ms(v["train_tokens_per_s"]), ms(v["decode_ms_per_token"])
+        many = len(v["seeds"]) > 1
+        tps_text = f"{tps:,.0f}" + (f" ± {tps_sd:,.0f}" if many else "")
+        dms_text = f"{dms:.2f}" + (f" ± {dms_sd:.2f}" if many else "")
         tf, df = pred(v, "train"), pred(v, "decode")
         cache = v["analytic"].get("by_length", {}).get(str(ctx), {}).get("cache_bytes")
-        L.append(row([v["name"], f"{tps:,.0f}", rel(r_tps, tps), _fmt_flops(tf) if tf else "-",
-                      rel(tf, pred(ref, "train")), f"{dms:.2f}", rel(dms, r_ms), _fmt_flops(df) if df else "-",
+        L.append(row([v["name"], tps_text, rel(r_tps, tps), _fmt_flops(tf) if tf else "-",
+                      rel(tf, pred(ref, "train")), dms_text, rel(dms, r_ms), _fmt_flops(df) if df else "-",
                       rel(df, pred(ref, "decode")), _fmt_bytes(cache) if cache is not None else "-"]))
-    L += ["", f"`rel.`: cost per token relative to {ref['name']} (measured: its tokens/s over this variant's, or "
+    L += ["", "Measured costs are the mean (± std over seeds when there are several). "
+              f"`rel.`: cost per token relative to {ref['name']} (measured: its tokens/s over this variant's, or "
               "this variant's ms/token over its; predicted: the FLOP ratio). A measured ratio far from the "
               "predicted one shows where the hardware or the kernels, not the arithmetic, set the cost.", ""]
     return L
