@@ -150,3 +150,27 @@ def test_seed_list_runs_every_variant_per_seed_and_resumes(sweep_file, tmp_path,
     bad.write_text(text + "  seeds: [1, 1]\n")
     assert cli(["sweep", str(bad), "--out", str(tmp_path / "o2")]) == 2
     assert "sweep.seeds" in capsys.readouterr().err
+
+
+def test_content_gate_ablation_end_to_end(tmp_path):
+    """A sweep over the recurrent block at share 1/2: CARVE content on, CARVE with an unquoted `content: off`
+    (YAML's boolean false) and GDN-2. The report's ablation table names them from the blocks."""
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "abl.yaml").write_text("""name: abl
+sweep:
+  base: base.yaml
+  vary:
+    blocks.C:
+      - {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content_rank: 4}
+      - {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content: off}
+      - {kind: gdn2, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8}
+  name: "abl-{blocks.C}"
+""")
+    out = tmp_path / "out"
+    assert cli(["sweep", str(tmp_path / "abl.yaml"), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [v["recurrent_mixer"] for v in report["variants"]] == ["carve", "carve-content-off", "gdn2"]
+    assert {(a["kind"], a["length"]) for a in report["ablation"]} == {
+        (k, n) for k in ("carve-content-off", "gdn2") for n in (320, 640)}
+    md = (out / "report.md").read_text()
+    assert "## Ablation: the content gate" in md and "| CARVE, content off |" in md and "| GDN-2 |" in md
