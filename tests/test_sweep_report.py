@@ -29,7 +29,8 @@ def test_aggregate_and_report(tmp_path):
     paths = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})
     md = paths["md"].read_text()
     assert "| CC | 85.0 ± 7.1 | 20.0 ± 14.1 |" in md  # per-task row: mean ± std over the two seeds
-    assert "| CA | `CA` | 0.500 | 100.0 ± 0.0 | 80.0 ± 14.1 |" in md and "niah_multikey_2 at 1024 tokens" in md and "3.50 M" in md
+    assert "| CA | `CA` | 0.500 | - | 100.0 ± 0.0 | 80.0 ± 14.1 |" in md and "niah_multikey_2 at 1024 tokens" in md
+    assert "| CA | 1,000 ± 0 | 1.00 | - | - | 3.00 ± 0.00 | 1.50 | 3.50 M | 1.00 | 2.0 KB |" in md  # measured, predicted
     data = json.loads(paths["json"].read_text())
     assert data["largest_gap"]["best"] == "CA"
     assert paths["ratio_png"].stat().st_size > 1000 and paths["frontier_png"].stat().st_size > 1000
@@ -105,7 +106,7 @@ def test_labels_intervals_and_per_length_table(tmp_path):
     md = paths["md"].read_text()
     assert "Trained on the test format" in md and "mean of 1 tasks @512" in md and "mean @" not in md
     assert "| CC | 80.0 ± 0.0 [71, 87] | 10.0 ± 0.0 [6, 17] |" in md  # 100 samples behind each cell
-    assert "## RULER table per variant" in md and "| **average of 1 tasks** | 100.0 ± 0.0 [96, 100] |" in md
+    assert "## RULER table per variant" in md and "| **mean of 1 tasks** | 100.0 ± 0.0 [96, 100] |" in md
     assert "exceeds their 95% intervals" in md
     data = json.loads(paths["json"].read_text())
     assert data["largest_gap"]["exceeds_intervals"] is True and "mean" in data["keys"]
@@ -117,3 +118,100 @@ def test_labels_intervals_and_per_length_table(tmp_path):
     md = write_report(close, tmp_path / "close", {"name": "t", "sweep": "t.yaml"})["md"].read_text()
     assert "No difference between variants exceeds the 95% intervals: even the largest" in md
     assert "has overlapping intervals [" in md and "Largest difference" not in md
+
+
+def with_samples(r, hits: dict, n=100, mixer="carve", held=()):
+    """Give result ``r`` per-sample scores: ``hits[(task, length)]`` of ``n`` samples right."""
+    r["recurrent_mixer"] = mixer
+    r["ruler"]["samples"] = n
+    r["ruler"]["held_out"] = list(held)
+    r["ruler"]["sample_scores"] = {}
+    for (t, length), k in hits.items():
+        r["ruler"]["sample_scores"].setdefault(t, {})[str(length)] = [1.0] * k + [0.0] * (n - k)
+        r["ruler"]["scores"].setdefault(t, {})[str(length)] = 100.0 * k / n
+    if held:
+        r["ruler"]["tasks"] = list(r["ruler"]["tasks"]) + [t for t in held if t not in r["ruler"]["tasks"]]
+    return r
+
+
+def test_neighbouring_shares_bootstrap_over_seeds_and_samples(tmp_path):
+    """Sorted by share: AA vs CA differ by 50 points in every seed (separated), CC vs CA by a few points
+    with a seed that flips the sign (not separated)."""
+    from hybrid.sweep.bootstrap import difference
+
+    rs = []
+    for seed, (cc, ca, aa) in enumerate([(20, 25, 80), (28, 22, 75), (24, 26, 78)]):
+        rs.append(with_samples(result("AA", 1.0, seed, 0, 0), {("niah_multikey_2", 512): aa,
+                                                              ("niah_multikey_2", 1024): aa}, mixer=None))
+        rs.append(with_samples(result("CC", 0.0, seed, 0, 0), {("niah_multikey_2", 512): cc,
+                                                              ("niah_multikey_2", 1024): cc}))
+        rs.append(with_samples(result("CA", 0.5, seed, 0, 0), {("niah_multikey_2", 512): ca,
+                                                              ("niah_multikey_2", 1024): ca}))
+    vs = aggregate(rs)
+    by = {v["name"]: v for v in vs}
+    far = difference(by["CA"], by["AA"], 512, ["niah_multikey_2"])
+    near = difference(by["CC"], by["CA"], 512, ["niah_multikey_2"])
+    assert far["separated"] and far["lo"] > 40 and abs(far["diff"] - (233 - 73) / 3) < 1e-9
+    assert not near["separated"] and near["lo"] < 0 < near["hi"]
+    paths = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})
+    md = paths["md"].read_text()
+    assert "## Neighbouring attention shares" in md
+    rows = [line for line in md.splitlines() if line.startswith("| CC (0.000) | CA (0.500) |")
+            or line.startswith("| CA (0.500) | AA (1.000) |")]
+    assert len(rows) == 2 and rows[0].rstrip(" |").endswith("no")
+    assert rows[1].rstrip(" |").endswith("yes")
+    data = json.loads(paths["json"].read_text())
+    assert [(d["from"], d["to"], d["separated"]) for d in data["neighbours"] if d["length"] == 512] == [
+        ("CC", "CA", False), ("CA", "AA", True)]
+    assert "sample_scores" not in data["variants"][0]  # per-sample scores stay in the runs' results
+
+
+def test_ablation_table_is_recognised_from_the_blocks_not_the_names(tmp_path):
+    """Three variants at share 1/4 whose names say nothing: the table labels them from their recurrent
+    layers (content on, content off, GDN-2) and compares each with content-on CARVE."""
+    rs = []
+    for seed in (0, 1):
+        for name, mixer, k in (("v1", "gdn2", 30), ("v2", "carve", 70), ("v3", "carve-content-off", 40)):
+            r = result(name, 0.25, seed, 0, 0)
+            r["layout"] = "CCCA"
+            rs.append(with_samples(r, {("niah_multikey_2", 512): k, ("niah_multikey_2", 1024): k}, mixer=mixer))
+    md = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})["md"].read_text()
+    assert "## Ablation: the content gate" in md and "Attention share 0.25" in md
+    block = md.split("## Ablation")[1].split("## RULER table")[0]
+    lines = [line for line in block.splitlines() if line.startswith("| CARVE") or line.startswith("| GDN")]
+    assert [line.split(" | ")[0] for line in lines] == ["| CARVE, content on", "| CARVE, content off", "| GDN-2"]
+    assert lines[0].split(" | ")[1] == "v2" and lines[2].split(" | ")[1] == "v1"
+    assert "-30.0 [" in lines[1] and "-40.0 [" in lines[2] and lines[2].rstrip(" |").endswith("yes")
+    # without two of the three kinds at one share there is no ablation table
+    (tmp_path / "one").mkdir()
+    md = write_report([r for r in rs if r["name"] == "v2"], tmp_path / "one", {"name": "t", "sweep": "t.yaml"})
+    assert "## Ablation" not in md["md"].read_text()
+
+
+def test_recurrent_mixer_of_a_recipe_layout():
+    from hybrid.sweep.runner import recurrent_mixer
+
+    carve = {"kind": "carve", "heads": 2, "content": "self"}
+    att = {"kind": "attention", "heads": 2}
+    assert recurrent_mixer([carve, carve, carve, att]) == "carve"
+    assert recurrent_mixer([dict(carve, content="off"), att]) == "carve-content-off"
+    assert recurrent_mixer([{"kind": "gdn2", "heads": 2}, att]) == "gdn2"
+    assert recurrent_mixer([att]) is None and recurrent_mixer([carve, {"kind": "gdn2", "heads": 2}]) == "mixed"
+
+
+def test_held_out_tasks_and_task_shape_in_the_report(tmp_path):
+    rs = []
+    for seed in (0, 1):
+        r = with_samples(result("CA", 0.5, seed, 0, 0), {("niah_multikey_2", 512): 90, ("niah_multikey_2", 1024): 60,
+                                                        ("vt", 512): 10, ("vt", 1024): 0}, held=["vt"])
+        r["ruler"]["shape"] = {"niah_multikey_2": {"512": {"unit": "distractor needles", "median": 12, "min": 11,
+                                                          "thin": True}}}
+        r["ruler"]["skipped"] = {"cwe": {"512": "cwe at 512 tokens: length too short"}}
+        rs.append(r)
+    vs = aggregate(rs)
+    assert vs[0]["mean"]["512"] == [90.0, 90.0] and vs[0]["held_out_mean"]["512"] == [10.0, 10.0]
+    md = write_report(rs, tmp_path, {"name": "t", "sweep": "t.yaml"})["md"].read_text()
+    assert "Trained on the test format" in md and "vt \u2020" in md and "held-out \u2020 mean of 1 tasks @512" in md
+    assert "| **held-out \u2020 mean of 1 tasks** | 10.0 ± 0.0 [7, 15] | 0.0 ± 0.0 [0, 2] |" in md
+    assert "## Task shape" in md and "niah_multikey_2: only 12 distractor needles at 512 tokens" in md
+    assert "cwe: does not fit 512 tokens" in md

@@ -120,3 +120,57 @@ def test_time_budget_reports_finished_runs_and_names_the_rest(sweep_file, tmp_pa
     assert [v["name"] for v in json.loads((out / "report.json").read_text())["variants"]] == [
         "micro-1to0", "micro-1to1"]
     assert cli(["sweep", str(sweep_file), "--out", str(tmp_path / "x"), "--time-budget", "0"]) == 2
+
+
+def test_seed_list_runs_every_variant_per_seed_and_resumes(sweep_file, tmp_path, capsys):
+    """``sweep.seeds: [0, 2]`` trains each variant twice, with training seeds train.seed + 0 and + 2, and the
+    same evaluation samples; run folders carry the seed; a resume keeps the finished (variant, seed) runs."""
+    text = SWEEP.replace("  vary:\n    layout.ratio: [\"1:0\", \"1:1\"]", "  vary:\n    layout.ratio: [\"1:0\"]")
+    sweep_file.write_text(text + "  seeds: [0, 2]\n")
+    out = tmp_path / "seeds"
+    first = run_sweep(str(sweep_file), out, progress=False, stop_after=1)
+    assert [(r["name"], r["seed"]) for r in first] == [("micro-1to0", 0)]
+    assert json.loads((out / "sweep.json").read_text())["seeds"] == [0, 2]
+    results = run_sweep(str(sweep_file), out, progress=False, resume=True)
+    assert [r["seed"] for r in results] == [0, 2] and [r["train_seed"] for r in results] == [0, 2]
+    runs = out / "runs" / "micro-1to0"
+    assert sorted(p.name for p in runs.iterdir()) == ["seed0", "seed2"]
+    preds = [[json.loads(line) for line in (runs / s / "ruler" / "predictions.jsonl").read_text().splitlines()]
+             for s in ("seed0", "seed2")]
+    assert [p["seed"] for p in preds[0]] == [p["seed"] for p in preds[1]]  # same evaluation samples
+    assert json.loads((runs / "seed2" / "model" / "train_config.json").read_text())["seed"] == 2
+    # the command line's list wins over the file's; dropping a finished seed on resume is refused
+    with pytest.raises(SweepError, match="at least those seeds"):
+        run_sweep(str(sweep_file), out, progress=False, resume=True, seeds=[0])
+    assert cli(["sweep", str(sweep_file), "--out", str(out), "--resume", "--no-progress", "--seeds", "0,2"]) == 0
+    assert "done earlier, kept" in capsys.readouterr().out
+    assert cli(["sweep", str(sweep_file), "--out", str(tmp_path / "o"), "--seeds", "0,x"]) == 2
+    assert "expected seeds like 0,1,2" in capsys.readouterr().err
+    bad = tmp_path / "bad_seeds.yaml"
+    bad.write_text(text + "  seeds: [1, 1]\n")
+    assert cli(["sweep", str(bad), "--out", str(tmp_path / "o2")]) == 2
+    assert "sweep.seeds" in capsys.readouterr().err
+
+
+def test_content_gate_ablation_end_to_end(tmp_path):
+    """A sweep over the recurrent block at share 1/2: CARVE content on, CARVE with an unquoted `content: off`
+    (YAML's boolean false) and GDN-2. The report's ablation table names them from the blocks."""
+    (tmp_path / "base.yaml").write_text(BASE)
+    (tmp_path / "abl.yaml").write_text("""name: abl
+sweep:
+  base: base.yaml
+  vary:
+    blocks.C:
+      - {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content_rank: 4}
+      - {kind: carve, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8, content: off}
+      - {kind: gdn2, heads: 2, head_dim: 16, chunk_size: 16, gate_rank: 8}
+  name: "abl-{blocks.C}"
+""")
+    out = tmp_path / "out"
+    assert cli(["sweep", str(tmp_path / "abl.yaml"), "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert [v["recurrent_mixer"] for v in report["variants"]] == ["carve", "carve-content-off", "gdn2"]
+    assert {(a["kind"], a["length"]) for a in report["ablation"]} == {
+        (k, n) for k in ("carve-content-off", "gdn2") for n in (320, 640)}
+    md = (out / "report.md").read_text()
+    assert "## Ablation: the content gate" in md and "| CARVE, content off |" in md and "| GDN-2 |" in md

@@ -156,6 +156,12 @@ def normalize_block(d: dict, path: str = "") -> dict:
         spec = block_kind(kind)
     except SpecError as e:
         raise SpecError(p + "kind", e.message) from None
+    if "content" in d and isinstance(d["content"], bool) and "content" in spec.field_names():
+        # YAML 1.1 reads an unquoted `content: off` as False (and `on` as True)
+        if d["content"] is True:
+            raise SpecError(p + "content", "got boolean true (YAML reads an unquoted on/yes/true as a boolean); "
+                                           "write content: self for the content signal, or content: 'off'")
+        d = {**d, "content": "off"}
     out = {"kind": kind, **check_fields(spec.fields, d, path, f"a '{kind}' block", extra=("kind",))}
     spec.finish(out, p)
     return out

@@ -21,7 +21,13 @@ Tasks (names or groups, comma separated):
 Essay tasks use a local public-domain essay (or --haystack FILE), not Paul Graham's essays: their
 scores are labelled RULER-like and are not comparable with published RULER numbers.
 
+Other models: any Hugging Face causal LM folder (an AutoModelForCausalLM checkpoint saved with its
+tokenizer) is evaluated the same way, so a baseline can sit in the same table; it records no training
+length, so --lengths (in tokens) is required.
+
 Lengths: tokens (4096, 4k) or multiples of the model's training length (1x 2x 4x).
+A task whose template does not fit a length is skipped there with a printed line (so --tasks all
+runs at short lengths); the table's footnotes name it, and cells whose haystack is thin.
 Samples are reproducible: sample i of a task at a length depends only on (--seed, task, length, i).
 
 examples:
@@ -34,8 +40,9 @@ More in docs/ruler.md.
 
 
 def add_arguments(p) -> None:
-    p.add_argument("checkpoint", help="model folder written by `hybrid train`, one of its checkpoints/step_N, or "
-                                      "a stopped run's folder (its newest checkpoint)")
+    p.add_argument("checkpoint", help="model folder written by `hybrid train`, one of its checkpoints/step_N, "
+                                      "a stopped run's folder (its newest checkpoint), or any Hugging Face causal "
+                                      "LM folder with its tokenizer (then --lengths is required)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="TASK",
                    help="task names or groups, space or comma separated (default: the eval: section of the "
                         "model's recipe, else all = the 11 offline tasks)")
@@ -44,7 +51,7 @@ def add_arguments(p) -> None:
                         "default 1x 2x 4x when the training length is recorded, else required")
     p.add_argument("--samples", type=int, default=None, metavar="N",
                    help="samples per task and length; 500 narrows a cell's 95%% interval to about ±4 points "
-                        "(default: the recipe's eval: section, else 50)")
+                        "(default: the recipe's eval: section, else 100)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="prompts decoded together (default: the recipe's eval: section, else 8)")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default CHECKPOINT/ruler, or RUN/ruler-step_N)")
@@ -86,7 +93,9 @@ def _run(args) -> int:
     from hybrid.eval.console import console as make_console
     from hybrid.eval.ruler.checkpoint import (
         check_model_dir,
+        is_ours,
         load_checkpoint,
+        model_type,
         recipe_eval,
         run_dir,
         training_length,
@@ -100,9 +109,10 @@ def _run(args) -> int:
     console = make_console()
     ckpt = check_model_dir(args.checkpoint)
     ev = recipe_eval(ckpt)
+    held_out = list(ev.held_out) if ev and not args.tasks else []
     tasks = resolve_tasks(args.tasks or (list(ev.tasks) if ev else ["all"]))
     if args.samples is None:
-        args.samples = ev.samples if ev else 50
+        args.samples = ev.samples if ev else 100
     if args.batch_size is None:
         args.batch_size = ev.batch_size if ev else 8
     args.haystack = args.haystack or (ev.haystack if ev else None)
@@ -119,7 +129,8 @@ def _run(args) -> int:
     train_len = training_length(ckpt)
     raw = args.lengths or ((list(ev.lengths) if ev else ["1x", "2x", "4x"]) if train_len else None)
     if raw is None:
-        raise RulerError(f"{ckpt} does not record its training length; give --lengths in tokens, e.g. 1024 2048")
+        what = "records no training length" if is_ours(ckpt) else f"is not a hybrid model (model_type {model_type(ckpt)!r})"
+        raise RulerError(f"{ckpt} {what}: --lengths is required, in tokens, e.g. --lengths 1024 2048")
     lengths = []
     for i, v in enumerate(raw):
         v = parse_length(int(v) if str(v).isdigit() else v, f"--lengths[{i}]")
@@ -129,7 +140,8 @@ def _run(args) -> int:
                   f"{next(model.parameters()).device}; tasks {', '.join(tasks)}; lengths {lengths}; "
                   f"{args.samples} samples each" + (f" (trained at {train_len})" if train_len else ""))
     run = evaluate(model, tok, tasks, lengths, args.samples, batch_size=args.batch_size, seed=args.seed,
-                   haystack=args.haystack, data=data, progress=not args.no_progress)
+                   haystack=args.haystack, data=data, progress=not args.no_progress, held_out=held_out,
+                   on_skip=lambda m: console.print(f"[yellow]{m}[/]", highlight=False))
     trained_in = run_dir(ckpt)
     out = Path(args.out) if args.out else (ckpt / "ruler" if trained_in == ckpt else
                                            trained_in / f"ruler-{ckpt.name}")

@@ -17,7 +17,9 @@ throughput and decoding speed, and write one report next to the analytic predict
 
 The report is rewritten after every finished run, so a sweep that is stopped (Ctrl-C, a time limit)
 still has one for the runs it finished; --time-budget stops starting runs before a limit.
---seeds N trains every variant N times (train.seed + 0..N-1) and shows mean ± std.
+--seeds 0,1,2 (or sweep.seeds: [0, 1, 2] in the sweep file) trains every variant once per seed S
+(train.seed + S; the evaluation samples stay the same) and reports mean ± std over seeds; --seeds N
+is short for 0..N-1.
 An interrupted sweep continues with --resume: finished (variant, seed) runs are kept, a half-trained
 model resumes from its last checkpoint.
 
@@ -32,7 +34,12 @@ examples:
 def add_arguments(p) -> None:
     p.add_argument("sweep", help="sweep YAML file (see docs/recipes.md); a plain recipe runs as one variant")
     p.add_argument("--out", default=None, metavar="DIR", help="output folder (default runs/<sweep name>)")
-    p.add_argument("--seeds", type=int, default=1, metavar="N", help="training seeds per variant (default 1)")
+    p.add_argument("--seeds", default=None, metavar="S,S,...|N",
+                   help="training seeds, e.g. 0,1,2 (a single number N means 0..N-1); default: the sweep "
+                        "file's sweep.seeds, else 0")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="RULER samples per task and length for every variant (same as --set eval.samples=N; "
+                        "500 gives 95%% intervals of about ±4 points)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep in --out")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                    help="override a recipe key in every variant, e.g. --set train.steps=50 (repeatable)")
@@ -41,6 +48,20 @@ def add_arguments(p) -> None:
                    help="do not start another run when the time spent plus the longest run so far would "
                         "exceed SECONDS; the report covers the finished runs, --resume adds the rest")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def parse_seed_option(text: str | None) -> list[int] | int | None:
+    """``--seeds``: ``0,1,2`` -> [0, 1, 2]; ``3`` -> 3 (a count, 0..2); None stays None."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise ValueError(f"--seeds {text!r}: expected seeds like 0,1,2 or a count like 3")
+    if "," not in str(text):
+        if int(parts[0]) < 1:
+            raise ValueError("--seeds must be >= 1 (a count), or a list like 0,1,2")
+        return int(parts[0])
+    return [int(p) for p in parts]
 
 
 def main(args) -> int:
@@ -55,9 +76,16 @@ def main(args) -> int:
     from hybrid.tasks.errors import RulerError
 
     console, err = make_console(), make_console(stderr=True)
-    if args.seeds < 1:
-        err.print("[bold red]error:[/] --seeds must be >= 1")
+    try:
+        seeds = parse_seed_option(args.seeds)
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
         return 2
+    if args.samples is not None:
+        if args.samples < 1:
+            err.print("[bold red]error:[/] --samples must be >= 1")
+            return 2
+        args.overrides = [*args.overrides, f"eval.samples={args.samples}"]
     if not Path(args.sweep).is_file():
         err.print(f"[bold red]error:[/] sweep file not found: {args.sweep}")
         return 2
@@ -69,16 +97,20 @@ def main(args) -> int:
         return 2
     skipped: list[str] = []
 
+    done: list[dict] = []
+
     def meta(**extra) -> dict:
-        return {"name": name, "sweep": args.sweep, "seeds": args.seeds, "overrides": args.overrides,
+        return {"name": name, "sweep": args.sweep, "seeds": sorted({r["seed"] for r in done}) if done else seeds,
+                "overrides": args.overrides,
                 "wall_s_this_invocation": time.perf_counter() - t0, **extra}
 
     def partial_report(results):  # after every finished run, so that a killed sweep still has a report
+        done[:] = results
         write_report(results, out, meta(in_progress=f"written after {len(results)} finished run(s); "
                                                     "the sweep was still running"))
 
     try:
-        results = run_sweep(args.sweep, out, seeds=args.seeds, resume=args.resume, overrides=args.overrides,
+        results = run_sweep(args.sweep, out, seeds=seeds, resume=args.resume, overrides=args.overrides,
                             device=args.device, progress=not args.no_progress, console=console,
                             time_budget_s=args.time_budget, skipped=skipped, on_result=partial_report)
     except (SweepError, RecipeError, SpecError, RulerError, FileExistsError) as e:
@@ -91,6 +123,7 @@ def main(args) -> int:
     if not results:
         err.print("[bold red]error:[/] no run finished within the time budget; nothing to report")
         return 1
+    done[:] = results
     paths = write_report(results, out, meta(**({"not_run (time budget)": skipped} if skipped else {})))
     others = ", ".join(p.name for k, p in paths.items() if k != "md")
     console.print(f"sweep done in {time.perf_counter() - t0:.0f} s; report: {paths['md']} (+ {others})")

@@ -32,6 +32,7 @@ class EvalConfig:
     batch_size: int
     haystack: str | None
     seed: int
+    held_out: tuple[str, ...]
     squad: str | None
     hotpotqa: str | None
 
@@ -39,18 +40,24 @@ class EvalConfig:
     def from_dict(cls, d: dict | None, path: str = "eval") -> EvalConfig:
         parsed = parse_eval(d, path)
         parsed["tasks"], parsed["lengths"] = tuple(parsed["tasks"]), tuple(parsed["lengths"])
+        parsed["held_out"] = tuple(parsed.get("held_out", ()))
         return cls(**parsed)
 
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in EVAL_FIELDS]
 
+    @property
+    def all_tasks(self) -> list[str]:
+        """The tasks to evaluate: the trained-format ones, then the held-out ones."""
+        return list(self.tasks) + list(self.held_out)
+
     def resolved_lengths(self, train_length: int | None) -> list[int]:
         return [resolve_length(v, train_length) for v in self.lengths]
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["tasks"], d["lengths"] = list(self.tasks), list(self.lengths)
+        d["tasks"], d["lengths"], d["held_out"] = list(self.tasks), list(self.lengths), list(self.held_out)
         return d
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hybrid.blocks.spec import MODEL_FIELDS, normalize_block, normalize_model
 from hybrid.recipes.errors import Loc, RecipeError, Where, key_str, parse_key
-from hybrid.recipes.eval_section import parse_eval
+from hybrid.recipes.eval_section import check_held_out, parse_eval
 from hybrid.recipes.layout import expand_layout, near
 from hybrid.recipes.merge import apply_overrides_with_locs, merge_into
 from hybrid.recipes.train_section import parse_train
@@ -233,6 +233,10 @@ def validate(data: dict, locs: Locs, path: str) -> Recipe:
     names = expand_layout(data.get("layout"), blocks, model["n_layers"], where)
     train = _check_section("train", data.get("train"), where)
     ev = _check_section("eval", data.get("eval"), where)
+    try:
+        check_held_out(parse_eval(ev)["held_out"] if ev else (), train.get("data"))
+    except SpecError as e:
+        raise _spec_error(where, e) from None
     return Recipe(
         name=name,
         path=shown,

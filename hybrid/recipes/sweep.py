@@ -9,6 +9,7 @@ sweep:
     layout.ratio: ["1:0", "7:1", "3:1", "1:1", "0:1"]
     train.lr: [1.0e-3, 3.0e-3]     # 5 x 2 = 10 variants
   name: "{name}-r{layout.ratio}-lr{train.lr}"   # optional; default joins every varied key
+  seeds: [0, 1, 2]                 # optional: train every variant once per seed (train.seed + s)
 ```
 """
 
@@ -26,7 +27,7 @@ from hybrid.recipes.merge import apply_overrides_with_locs
 from hybrid.recipes.yamlio import display_path, read_yaml
 
 SWEEP_TOP = ("name", "description", "sweep")
-SWEEP_KEYS = ("base", "set", "vary", "name")
+SWEEP_KEYS = ("base", "set", "vary", "name", "seeds")
 
 
 def slug(value) -> str:
@@ -49,6 +50,34 @@ def _variant_name(template: str | None, sweep_name: str, combo: dict) -> str:
     for k, v in combo.items():
         out = out.replace("{" + k + "}", slug(v))
     return out
+
+
+def parse_seeds(value, what: str = "seeds") -> list[int]:
+    """Training seeds: a list of distinct integers >= 0 (``[0, 1, 2]``), or a count ``N`` meaning
+    ``0..N-1``. Raises ``ValueError`` with a message naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, list, tuple)):
+        raise ValueError(f"{what}: expected a list of seeds like [0, 1, 2] or a count, got {value!r}")
+    if isinstance(value, int):
+        if value < 1:
+            raise ValueError(f"{what}: a count of seeds must be >= 1, got {value}")
+        return list(range(value))
+    seeds = list(value)
+    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+        raise ValueError(f"{what}: expected a non-empty list of integers >= 0, got {value!r}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"{what}: seeds repeat in {value!r}")
+    return seeds
+
+
+def sweep_seeds(path: str) -> list[int] | None:
+    """The ``sweep.seeds`` of a sweep file (a list of training seeds), or None when it has none."""
+    data, locs = read_yaml(path)
+    if not isinstance(data, dict) or not isinstance(data.get("sweep"), dict) or "seeds" not in data["sweep"]:
+        return None
+    try:
+        return parse_seeds(data["sweep"]["seeds"], "sweep.seeds")
+    except ValueError as e:
+        raise Where(display_path(path), locs).error(("sweep", "seeds"), str(e)) from None
 
 
 def is_sweep_file(path: str) -> bool:

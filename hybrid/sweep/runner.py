@@ -9,6 +9,10 @@ Layout of the output folder::
     OUT/runs/VARIANT/seedS/result.json  written last: this (variant, seed) is done
     OUT/report.md, OUT/report.json, OUT/*.png
 
+Seeds: ``sweep.seeds: [0, 1, 2]`` in the sweep file (or ``--seeds 0,1,2``) runs every variant once per
+seed ``s``; ``s`` sets the training seed (``train.seed + s``) and nothing else: the evaluation's
+samples (``eval.seed``) are the same for every seed, so seeds differ only in training.
+
 A (variant, seed) with a ``result.json`` is never redone; ``--resume`` continues an interrupted
 sweep from there (a half-trained model resumes from its last checkpoint)."""
 
@@ -48,11 +52,47 @@ def attention_share(layers: list[dict]) -> float:
     return sum(not is_recurrent(b) for b in layers) / max(len(layers), 1)
 
 
-def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -> list[VariantRun]:
+def recurrent_mixer(layers: list[dict]) -> str | None:
+    """What the recurrent layers of a layout are, read from their block settings: ``carve`` (content
+    signal on), ``carve-content-off``, ``gdn2``, ``mixed`` when they differ, None without any."""
+    kinds = set()
+    for b in layers:
+        if not is_recurrent(b):
+            continue
+        kind = b["kind"]
+        if kind == "carve" and b.get("content") == "off":
+            kind = "carve-content-off"
+        kinds.add(kind)
+    if not kinds:
+        return None
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def _seed_list(seeds) -> list[int]:
+    from hybrid.recipes.sweep import parse_seeds
+
+    try:
+        return parse_seeds(seeds)
+    except ValueError as e:
+        raise SweepError(str(e)) from None
+
+
+def resolve_seeds(sweep_path: str, seeds=None) -> list[int]:
+    """The training seeds of a sweep: ``seeds`` (a list, or a count N = 0..N-1) when given, else the
+    sweep file's ``sweep.seeds``, else ``[0]``."""
+    from hybrid.recipes.sweep import sweep_seeds
+
+    if seeds is not None:
+        return _seed_list(seeds)
+    return sweep_seeds(sweep_path) or [0]
+
+
+def plan(sweep_path: str, out: Path, seeds, resume: bool, overrides=None) -> list[VariantRun]:
     from hybrid.recipes import load_sweep
 
+    seeds = _seed_list(seeds)
     recipes = load_sweep(sweep_path, overrides)
-    runs = [VariantRun(r, s, out / "runs" / r.name / f"seed{s}") for r in recipes for s in range(seeds)]
+    runs = [VariantRun(r, s, out / "runs" / r.name / f"seed{s}") for r in recipes for s in seeds]
     meta = out / "sweep.json"
     done = [r for r in runs if r.done]
     if meta.is_file() and not resume:
@@ -62,9 +102,12 @@ def plan(sweep_path: str, out: Path, seeds: int, resume: bool, overrides=None) -
                              "continue it, or choose another --out")
     if meta.is_file() and resume:
         earlier = json.loads(meta.read_text())
-        if list(earlier.get("overrides", [])) != list(overrides or []) or earlier.get("seeds", seeds) > seeds:
+        before = _seed_list(earlier.get("seeds", seeds))  # a count in sweeps written before seed lists
+        dropped = sorted(set(before) - set(seeds))
+        if list(earlier.get("overrides", [])) != list(overrides or []) or dropped:
             raise SweepError(f"{out} was started with other settings (overrides {earlier.get('overrides')}, seeds "
-                             f"{earlier.get('seeds')}); resume it with the same --set/--seeds, or use another --out")
+                             f"{before}); resume it with the same --set and at least those seeds, or use another "
+                             "--out")
         gone = sorted(set(earlier.get("variants", [])) - {r.name for r in recipes})
         if gone:
             raise SweepError(f"{out} was started from a different sweep (variants {', '.join(gone)} are not in "
@@ -138,8 +181,10 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     model, tok, _ = load_checkpoint(model_dir, device)
     run = evaluate(model, tok, list(ev.tasks), lengths, ev.samples, batch_size=ev.batch_size, seed=ev.seed,
                    haystack=ev.haystack, data={"qa_1": ev.squad, "qa_2": ev.hotpotqa}, progress=progress,
-                   label=f"RULER {rec.name} s{vr.seed}")
-    save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len}, title=rec.name)
+                   label=f"RULER {rec.name} seed {vr.seed}", held_out=ev.held_out,
+                   on_skip=(console.print if console else None))
+    save(run, vr.dir / "ruler", {"checkpoint": str(model_dir), "training_length": cfg.seq_len, "seed": vr.seed,
+                                 "train_seed": base_seed + vr.seed}, title=f"{rec.name} seed {vr.seed}")
     t_decode = time.perf_counter()
     decode = decode_ms_per_token(model, max(lengths), new_tokens=16 if model.device.type == "cpu" else 64)
     t_end = time.perf_counter()
@@ -151,6 +196,7 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     result = {
         "name": rec.name, "variant": rec.variant, "seed": vr.seed, "train_seed": base_seed + vr.seed,
         "layout": rec.letters, "layer_types": rec.layer_types, "n_layers": len(rec.layers),
+        "recurrent_mixer": recurrent_mixer(rec.layers),
         "attention_layers": [i for i, b in enumerate(rec.layers) if not is_recurrent(b)],
         "attention_share": attention_share(rec.layers),
         "params": sum(p.numel() for p in model.parameters()),
@@ -169,17 +215,21 @@ def run_one(vr: VariantRun, *, device: str | None, progress: bool, console, trai
     return result
 
 
-def run_sweep(sweep_path: str, out: str | Path, *, seeds: int = 1, resume: bool = False, overrides=None,
+def run_sweep(sweep_path: str, out: str | Path, *, seeds=None, resume: bool = False, overrides=None,
               device: str | None = None, progress: bool = True, console=None, train_fn=None,
               stop_after: int | None = None, time_budget_s: float | None = None,
               skipped: list | None = None, on_result=None) -> list[dict]:
     """Run (or continue) a sweep; returns the result dicts of every finished (variant, seed).
+    ``seeds``: a list of training seeds or a count N (0..N-1); None = the sweep file's ``sweep.seeds``
+    (default ``[0]``).
     ``stop_after``: stop after this many newly finished runs (for tests of interruption).
     ``time_budget_s``: do not start a run when the time spent so far plus the longest run so far would
     exceed it (the runs left out can be added later with ``resume=True``); their names go to ``skipped``.
     ``on_result(results)`` is called after every newly finished run (the command rewrites the report)."""
     out = Path(out)
-    runs = plan(sweep_path, out, seeds, resume, overrides)
+    if seeds is None and resume and (out / "sweep.json").is_file():  # resume with the seeds it was started with
+        seeds = json.loads((out / "sweep.json").read_text()).get("seeds")
+    runs = plan(sweep_path, out, resolve_seeds(sweep_path, seeds), resume, overrides)
     results, fresh = [], 0
     t_start, longest = time.perf_counter(), 0.0
     for i, vr in enumerate(runs):

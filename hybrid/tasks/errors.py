@@ -6,3 +6,7 @@ from __future__ import annotations
 
 class RulerError(ValueError):
     """A RULER input problem, with a message meant for the user (no traceback needed)."""
+
+
+class TooShort(RulerError):
+    """A task does not fit the target length (its template with the smallest haystack is longer)."""

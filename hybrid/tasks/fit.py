@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .errors import RulerError
+from .errors import TooShort
 
 
 def fit_units(build: Callable[[int], object], count: Callable[[object], int], budget: int, *,
@@ -26,7 +26,7 @@ def fit_units(build: Callable[[int], object], count: Callable[[object], int], bu
         return tokens(n) <= budget
 
     if not fits(min_units):
-        raise RulerError(f"{what}: length too short; the task's template with its smallest haystack takes "
+        raise TooShort(f"{what}: length too short; the task's template with its smallest haystack takes "
                          f"{tokens(min_units)} tokens but only {budget} are left after the tokens to generate. "
                          "Use a longer length.")
     if min_units == max_units:

@@ -16,7 +16,7 @@ from hybrid.schema import suggest
 
 from .aggregate import CommonWords, FrequentWords
 from .base import Context, Sample, Task
-from .errors import RulerError
+from .errors import RulerError, TooShort
 from .fit import fit_units
 from .haystack import essay_words, is_default_essay
 from .niah import niah_tasks
@@ -93,7 +93,7 @@ def make_sample(task: str | Task, max_tokens: int, tokenizer, rng, *, haystack: 
     seed = _seed_of(rng)
     budget = int(max_tokens) - t.gen_tokens
     if budget <= 0:
-        raise RulerError(f"{t.name} at {max_tokens} tokens: length too short; the task alone generates "
+        raise TooShort(f"{t.name} at {max_tokens} tokens: length too short; the task alone generates "
                          f"{t.gen_tokens} tokens")
     ctx = Context(int(max_tokens), essay_words(haystack) if t.uses_essay else (), data)
     ids_of: dict[str, list[int]] = {}

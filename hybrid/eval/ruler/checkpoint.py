@@ -1,7 +1,9 @@
-"""Load a trained model folder (``HybridForCausalLM`` + its tokenizer) for evaluation, with clear errors.
+"""Load a model folder for evaluation, with clear errors.
 
-Accepted: the folder a finished ``hybrid train`` writes, one of its ``checkpoints/step_N``, or a run
-folder that stopped before its end (its newest checkpoint is used)."""
+Accepted: the folder a finished ``hybrid train`` writes, one of its ``checkpoints/step_N``, a run
+folder that stopped before its end (its newest checkpoint is used), or any Hugging Face causal LM
+folder (a ``transformers`` ``AutoModelForCausalLM`` checkpoint saved with its tokenizer), so that a
+baseline model can sit in the same table as ours."""
 
 from __future__ import annotations
 
@@ -49,6 +51,22 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def model_type(path: str | Path) -> str | None:
+    """``model_type`` of a model folder's config.json (``"hybrid"`` for ours), None for a training
+    checkpoint (always ours) or an unreadable config."""
+    p = Path(path)
+    if _is_training_checkpoint(p):
+        return "hybrid"
+    try:
+        return json.loads((p / "config.json").read_text()).get("model_type")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_ours(path: str | Path) -> bool:
+    return model_type(path) in ("hybrid", None)
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -79,7 +97,7 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str = "a
         tok = load_tokenizer_for(found)
         if tok.pad_token_id is None:
             tok.pad_token = tok.eos_token
-    else:
+    elif is_ours(p):
         from hybrid.blocks import HybridForCausalLM
 
         try:
@@ -87,10 +105,30 @@ def load_checkpoint(path: str | Path, device: str | None = None, dtype: str = "a
         except Exception as e:
             raise RulerError(f"{p} could not be loaded as a hybrid model: {type(e).__name__}: {e}") from None
         tok = load_tokenizer(p)
+    else:
+        model, tok = _load_hf(p)
     if dtype == "auto":
         dtype = "bf16" if dev.type == "cuda" else "fp32"
     model = model.to(device=dev, dtype=torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
     return model, tok, model.config.to_dict()
+
+
+def _load_hf(p: Path):
+    """Another project's causal LM: ``AutoModelForCausalLM`` + ``AutoTokenizer`` from the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(p))
+    except Exception as e:
+        raise RulerError(f"{p} could not be loaded as a causal LM (model_type {model_type(p)!r}): "
+                         f"{type(e).__name__}: {e}") from None
+    if not ((p / "tokenizer.json").is_file() or (p / "tokenizer_config.json").is_file()):
+        raise RulerError(f"{p} holds no tokenizer (tokenizer.json or tokenizer_config.json); save the model's "
+                         "tokenizer into the folder with tokenizer.save_pretrained")
+    tok = AutoTokenizer.from_pretrained(str(p))
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
 
 
 def training_length(path: str | Path) -> int | None:

@@ -22,13 +22,55 @@ TF_NOTE = "(in parentheses: teacher-forced accuracy on the answer's word/number 
 CI_NOTE = "[lo, hi]: 95% Wilson interval over the samples of the cell (x tasks for the mean)"
 
 
-def mean_label(run: RulerRun) -> str:
-    return f"mean of {len(run.tasks)} tasks"
+HELD_OUT_MARK = "\u2020"  # dagger
+HELD_OUT_NOTE = HELD_OUT_MARK + " held out: evaluated but never trained on; averaged apart"
 
 
-def mean_cell(run: RulerRun, n: int) -> str:
-    m = run.mean(n)
-    return fmt(m) + ("" if math.isnan(m) else f" {fmt_interval(*wilson(m, run.samples * len(run.tasks)))}")
+def task_label(run: RulerRun, t: str) -> str:
+    return t + (" *" if t in run.ruler_like else "") + (f" {HELD_OUT_MARK}" if t in run.held_out else "")
+
+
+def _count_label(counts: list[int], what: str) -> str:
+    if len(set(counts)) == 1:
+        return f"{what} of {counts[0]} tasks"
+    return f"{what} of the tasks that fit ({'/'.join(map(str, counts))})"
+
+
+def mean_label(run: RulerRun, held_out: bool = False) -> str:
+    counts = [len(run.mean_tasks(n, held_out)) for n in run.lengths]
+    return _count_label(counts, f"held-out {HELD_OUT_MARK} mean" if held_out else "mean")
+
+
+def mean_cell(run: RulerRun, n: int, held_out: bool = False) -> str:
+    m = run.mean(n, held_out)
+    k = len(run.mean_tasks(n, held_out))
+    return fmt(m) + ("" if math.isnan(m) else f" {fmt_interval(*wilson(m, run.samples * k))}")
+
+
+def notes(run: RulerRun) -> list[str]:
+    """The footnotes of a run's table: intervals, teacher forcing, held-out tasks, skipped and thin cells,
+    the essay haystack."""
+    from hybrid.tasks.haystack import essay_label
+
+    out = [CI_NOTE] + ([TF_NOTE] if run.answer_token_acc else []) + ([HELD_OUT_NOTE] if run.held_out else [])
+    out += shape_notes(run.shape, run.skipped)
+    if run.ruler_like:
+        out.append(RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack)))
+    return out
+
+
+def shape_notes(shape: dict, skipped: dict) -> list[str]:
+    """One line per task whose haystack is thin at some length, one per task that did not fit."""
+    out = []
+    for t, cells in shape.items():
+        thin = [(n, c) for n, c in cells.items() if c.get("thin")]
+        if thin:
+            out.append(f"task shape: {t} holds only " + ", ".join(f"{c['median']:g} {c['unit']} at {n}"
+                                                                 for n, c in thin)
+                       + " (median per sample): far from RULER's shape (its shortest length is 4096 tokens)")
+    for t, cells in skipped.items():
+        out.append(f"task shape: {t} does not fit {', '.join(map(str, cells))} tokens; not scored there")
+    return out
 
 
 def cell(run: RulerRun, task: str, n: int) -> str:
@@ -39,21 +81,20 @@ def cell(run: RulerRun, task: str, n: int) -> str:
     return fmt(score) + ci + ("" if acc is None else f" ({acc:.0f})")
 
 
-def plain_table(run: RulerRun, title: str = "RULER") -> str:
-    from hybrid.tasks.haystack import essay_label
+def _mean_rows(run: RulerRun) -> list[list[str]]:
+    rows = [[mean_label(run), *(mean_cell(run, n) for n in run.lengths)]]
+    if run.held_out:
+        rows.append([mean_label(run, True), *(mean_cell(run, n, True) for n in run.lengths)])
+    return rows
 
+
+def plain_table(run: RulerRun, title: str = "RULER") -> str:
     rows = [["task", *map(str, run.lengths)]]
-    rows += [[t + (" *" if t in run.ruler_like else ""), *(cell(run, t, n) for n in run.lengths)]
-             for t in run.tasks]
-    rows.append([mean_label(run), *(mean_cell(run, n) for n in run.lengths)])
+    rows += [[task_label(run, t), *(cell(run, t, n) for n in run.lengths)] for t in run.tasks]
+    rows += _mean_rows(run)
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [title] + ["  ".join(c.ljust(w[0]) if i == 0 else c.rjust(w[i]) for i, c in enumerate(r)) for r in rows]
-    lines.append(CI_NOTE)
-    if run.answer_token_acc:
-        lines.append(TF_NOTE)
-    if run.ruler_like:
-        lines.append(RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack)))
-    return "\n".join(lines)
+    return "\n".join(lines + notes(run))
 
 
 def table(run: RulerRun, title: str = "RULER"):
@@ -63,19 +104,15 @@ def table(run: RulerRun, title: str = "RULER"):
     except ImportError:
         return plain_table(run, title)
 
-    from hybrid.tasks.haystack import essay_label
-
-    notes = [CI_NOTE] + ([TF_NOTE] if run.answer_token_acc else []) + (
-        [RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack))] if run.ruler_like else [])
-    tab = Table(title=title, caption="\n".join(notes))
+    tab = Table(title=title, caption="\n".join(notes(run)))
     tab.add_column("task")
     for n in run.lengths:
         tab.add_column(str(n), justify="right")
     for t in run.tasks:
-        name = t + (" *" if t in run.ruler_like else "")
-        tab.add_row(name, *(cell(run, t, n) for n in run.lengths))
+        tab.add_row(task_label(run, t), *(cell(run, t, n) for n in run.lengths))
     tab.add_section()
-    tab.add_row(mean_label(run), *(mean_cell(run, n) for n in run.lengths), style="bold")
+    for row in _mean_rows(run):
+        tab.add_row(*row, style="bold")
     return tab
 
 
@@ -92,7 +129,7 @@ def heatmap(run: RulerRun, path: str | Path, title: str = "RULER") -> Path:
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(run.lengths), 0.9 + 0.42 * len(rows)))
     im = ax.imshow(data, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(run.lengths)), [str(n) for n in run.lengths])
-    ax.set_yticks(range(len(rows)), [r + (" *" if r in run.ruler_like else "") for r in rows])
+    ax.set_yticks(range(len(rows)), [task_label(run, r) if r in run.tasks else r for r in rows])
     ax.set_xlabel("target length (tokens)")
     for i in range(len(rows)):
         for j in range(len(run.lengths)):

@@ -7,8 +7,10 @@ import time
 from dataclasses import dataclass, field
 
 from hybrid.tasks.base import Sample
+from hybrid.tasks.errors import RulerError, TooShort
 from hybrid.tasks.registry import get_task, is_ruler_like, make_sample
 from hybrid.tasks.seeds import eval_rng
+from hybrid.tasks.shape import cell_shape
 from hybrid.tasks.tokens import model_ids
 
 from .intervals import wilson
@@ -30,9 +32,25 @@ class RulerRun:
     gen_tokens: int = 0
     gen_seconds: float = 0.0
     prompt_tokens: int = 0
+    held_out: list[str] = field(default_factory=list)  # tasks never trained on (reported apart)
+    # per (task, length): every sample's score in [0, 1] (for bootstrap intervals)
+    sample_scores: dict[str, dict[int, list[float]]] = field(default_factory=dict)
+    # per (task, length): the haystack size in the task's units ({"unit", "median", "min", "thin"})
+    shape: dict[str, dict[int, dict]] = field(default_factory=dict)
+    # per (task, length) that does not fit the length: why
+    skipped: dict[str, dict[int, str]] = field(default_factory=dict)
 
-    def mean(self, length: int) -> float:
-        vals = [self.scores[t][length] for t in self.tasks if length in self.scores.get(t, {})]
+    @property
+    def trained_tasks(self) -> list[str]:
+        return [t for t in self.tasks if t not in self.held_out]
+
+    def mean_tasks(self, length: int, held_out: bool = False) -> list[str]:
+        """The tasks behind the mean at ``length``: those scored there (trained ones, or held-out ones)."""
+        pool = self.held_out if held_out else self.trained_tasks
+        return [t for t in pool if t in self.tasks and length in self.scores.get(t, {})]
+
+    def mean(self, length: int, held_out: bool = False) -> float:
+        vals = [self.scores[t][length] for t in self.mean_tasks(length, held_out)]
         return sum(vals) / len(vals) if vals else float("nan")
 
     @property
@@ -46,15 +64,21 @@ class RulerRun:
             "tasks": self.tasks, "lengths": self.lengths, "samples": self.samples, "seed": self.seed,
             "haystack": essay_label(self.haystack), "ruler_like_tasks": self.ruler_like,
             "metric": {t: get_task(t).metric for t in self.tasks},
-            "scores": {t: {str(n): v for n, v in self.scores[t].items()} for t in self.tasks},
-            # the unweighted mean of the len(tasks) task scores at one length (not RULER's 13-task average)
+            "scores": {t: {str(n): v for n, v in self.scores.get(t, {}).items()} for t in self.tasks},
+            # the unweighted mean of the trained-format task scores at one length (not RULER's 13-task
+            # average); held-out tasks have their own mean
             "mean": {str(n): self.mean(n) for n in self.lengths},
-            "mean_of_tasks": len(self.tasks),
+            "mean_of_tasks": {str(n): len(self.mean_tasks(n)) for n in self.lengths},
+            "held_out": list(self.held_out),
+            "held_out_mean": {str(n): self.mean(n, True) for n in self.lengths} if self.held_out else {},
             # 95% Wilson intervals [lo, hi] (x100) over the samples of a cell (x tasks for the mean)
-            "intervals95": {"scores": {t: {str(n): list(wilson(v, self.samples)) for n, v in self.scores[t].items()}
+            "intervals95": {"scores": {t: {str(n): list(wilson(v, self.samples)) for n, v in self.scores.get(t, {}).items()}
                                        for t in self.tasks},
-                            "mean": {str(n): list(wilson(self.mean(n), self.samples * len(self.tasks)))
-                                     for n in self.lengths}},
+                            "mean": {str(n): list(wilson(self.mean(n), self.samples * len(self.mean_tasks(n))))
+                                     for n in self.lengths if self.mean_tasks(n)}},
+            "sample_scores": {t: {str(n): v for n, v in c.items()} for t, c in self.sample_scores.items()},
+            "shape": {t: {str(n): v for n, v in c.items()} for t, c in self.shape.items()},
+            "skipped": {t: {str(n): v for n, v in c.items()} for t, c in self.skipped.items()},
             "answer_token_acc": {t: {str(n): v for n, v in self.answer_token_acc.get(t, {}).items()}
                                  for t in self.tasks},
             "decode": {"generated_tokens": self.gen_tokens, "seconds": self.gen_seconds,
@@ -64,15 +88,24 @@ class RulerRun:
 
 
 def make_samples(tasks: list[str], lengths: list[int], n: int, tokenizer, *, seed: int = 0,
-                 haystack: str | None = None, data: dict | None = None) -> dict[tuple[str, int], list[Sample]]:
-    """Sample ``i`` of (task, length) uses seed ``eval_seed(task, length, i, seed)``."""
+                 haystack: str | None = None, data: dict | None = None,
+                 skipped: dict | None = None) -> dict[tuple[str, int], list[Sample]]:
+    """Sample ``i`` of (task, length) uses seed ``eval_seed(task, length, i, seed)``.
+
+    With a ``skipped`` dict, a (task, length) that does not fit the length is left out and its reason
+    recorded there (``skipped[task][length]``); without one, it raises ``TooShort``."""
     data = data or {}
     out = {}
     for t in tasks:
         for length in lengths:
             src = data.get(t)
-            out[(t, length)] = [make_sample(t, length, tokenizer, eval_rng(t, length, i, seed), haystack=haystack,
-                                            data=src) for i in range(n)]
+            try:
+                out[(t, length)] = [make_sample(t, length, tokenizer, eval_rng(t, length, i, seed),
+                                                haystack=haystack, data=src) for i in range(n)]
+            except TooShort as e:
+                if skipped is None:
+                    raise
+                skipped.setdefault(t, {})[length] = str(e)
     return out
 
 
@@ -146,14 +179,26 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
 
 def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, batch_size: int = 8,
              seed: int = 0, haystack: str | None = None, data: dict | None = None, progress: bool = True,
-             label: str = "RULER") -> RulerRun:
-    """Generate and score ``n`` samples of every task at every length."""
+             label: str = "RULER", held_out: list[str] | tuple = (), on_skip=None) -> RulerRun:
+    """Generate and score ``n`` samples of every task at every length.
+
+    A (task, length) whose template does not fit the length is skipped (``run.skipped``, and
+    ``on_skip(message)`` is called for it); when no cell fits at all, ``RulerError`` is raised."""
     from tqdm.auto import tqdm
 
+    tasks = list(tasks) + [t for t in held_out if t not in tasks]
     for t in tasks:
         get_task(t)
-    run = RulerRun(list(tasks), list(lengths), n, seed, haystack)
-    samples = make_samples(tasks, lengths, n, tokenizer, seed=seed, haystack=haystack, data=data)
+    run = RulerRun(list(tasks), list(lengths), n, seed, haystack, held_out=list(held_out))
+    samples = make_samples(tasks, lengths, n, tokenizer, seed=seed, haystack=haystack, data=data,
+                           skipped=run.skipped)
+    for t, cells in run.skipped.items():
+        for length, why in cells.items():
+            if on_skip is not None:
+                on_skip(f"skipped {t} at {length} tokens: it does not fit ({why.split(': ', 1)[-1]})")
+    if not samples:
+        raise RulerError("no task fits any of the lengths: " + "; ".join(
+            why for cells in run.skipped.values() for why in cells.values()))
     total = sum(len(v) for v in samples.values())
     bar = tqdm(total=total, desc=label, unit="sample", disable=not progress, dynamic_ncols=True)
     try:
@@ -182,6 +227,8 @@ def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, 
                 bar.update(len(idx))
                 bar.set_postfix_str(f"{t}@{length}")
             run.scores.setdefault(t, {})[length] = 100.0 * sum(scores) / len(scores)
+            run.sample_scores.setdefault(t, {})[length] = [scores[order.index(i)] for i in range(len(group))]
+            run.shape.setdefault(t, {})[length] = cell_shape(t, [s.meta for s in group])
             if tf_counted:
                 run.answer_token_acc.setdefault(t, {})[length] = 100.0 * tf_right / tf_counted
     finally:
