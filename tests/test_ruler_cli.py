@@ -72,6 +72,29 @@ def test_teacher_forced_answer_tokens_match_unpadded_rows(tiny_model):
         assert right == sum(int(pred[len(p) + j - 1]) == cid[j] for j in digits)
 
 
+def test_teacher_forced_check_of_a_model_without_logits_to_keep(tiny_model):
+    """A model whose forward computes every logit gives the same counts as ours, which computes the tail."""
+    import torch
+
+    from hybrid.eval.ruler.checkpoint import load_checkpoint
+    from hybrid.eval.ruler.runner import answer_tokens_right
+
+    model, tok, _ = load_checkpoint(tiny_model, device="cpu")
+
+    class AllLogits(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids):
+            return self.inner(input_ids=input_ids)
+
+    prompts = [[0] + list(range(100, 140)), [0] + list(range(200, 215)), [0] + list(range(300, 333))]
+    completions = [" 4829013.", " 1234567.", " 7654321."]
+    assert answer_tokens_right(AllLogits(model), tok, prompts, completions) == \
+        answer_tokens_right(model, tok, prompts, completions)
+
+
 def test_ruler_scores_match_predictions(tiny_model, tmp_path):
     """The reported score is recomputed from the saved predictions (RULER's string_match_all)."""
     out = tmp_path / "r"

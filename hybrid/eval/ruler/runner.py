@@ -145,6 +145,16 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) ->
     return texts, made
 
 
+def _takes(model, name: str) -> bool:
+    import inspect
+
+    forward = getattr(model, "forward", None)
+    try:
+        return name in inspect.signature(forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions: list[str]) -> list[tuple[int, int]]:
     """Teacher forcing: feed ``prompt + completion`` and count, per row, how many of the completion's
     content tokens (those with a letter or digit) the model predicts exactly, as (right, counted).
@@ -160,11 +170,13 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
-    # only the logits that predict a completion token: the last ``keep`` positions of the widest row
+    # only the logits that predict a completion token: the last ``keep`` positions of the widest row (a
+    # model whose forward takes no ``logits_to_keep`` computes them all)
     keep = width - min(len(p) for p in prompts) + 1
+    kwargs = {"logits_to_keep": keep} if _takes(model, "logits_to_keep") else {}
     device = next(model.parameters()).device
     with torch.inference_mode():
-        pred = model(input_ids=ids.to(device), logits_to_keep=keep).logits.argmax(-1).cpu()
+        pred = model(input_ids=ids.to(device), **kwargs).logits[:, -keep:].argmax(-1).cpu()
     out = []
     for i, (p, c) in enumerate(zip(prompts, comp)):
         right = counted = 0
