@@ -355,6 +355,89 @@ def test_ruler_mix_followups_ask_about_other_facts(tok):
     assert "mentioned in the provided text is" in tok.decode(plain.batch(0, 0).input_ids[0])
 
 
+def _doc_texts(tok, batch):
+    ids = batch.input_ids[0].tolist()
+    bounds = [i for i, t in enumerate(ids) if t == tok.bos_token_id] + [len(ids)]
+    return [tok.decode(ids[s + 1:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def test_ruler_mix_weights_set_the_mixture(tok):
+    """train.data.weights: documents are drawn in proportion to the weights (3:1 here, against about
+    1:1 without), a weight of 0 leaves a task out, and the equal default is the unweighted stream."""
+    pytest.importorskip("hybrid.tasks")
+    from hybrid.train.ruler_source import RulerSource
+
+    kw = dict(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=64)
+
+    def shares(src):
+        texts = [t for step in range(3) for t in _doc_texts(tok, src.batch(step, 0))]
+        single = sum("The grass is green" in t for t in texts)
+        multi = sum(t.count("One of the special magic numbers") > 1 for t in texts)
+        assert single + multi == len(texts) > 150
+        return single / len(texts)
+
+    assert 0.35 < shares(RulerSource(**kw)) < 0.65
+    assert 0.68 < shares(RulerSource(weights={"niah_single_1": 3, "niah_multikey_2": 1}, **kw)) < 0.82
+    assert shares(RulerSource(weights={"niah_multikey_2": 0}, **kw)) == 1.0
+    same = RulerSource(weights={"niah_single_1": 2, "niah_multikey_2": 2}, **kw)
+    assert torch.equal(same.batch(0, 0).input_ids, RulerSource(**kw).batch(0, 0).input_ids)
+    with pytest.raises(ValueError, match="not in the mixture"):
+        RulerSource(weights={"vt": 1}, **kw)
+
+
+@pytest.mark.parametrize("weights, path, words", [
+    ({"vtt": 1}, "train.data.weights.vtt", "did you mean 'vt'"),
+    ({"niah_multikey_2": 1}, "train.data.weights.niah_multikey_2", "not one of train.data.tasks"),
+    ({"vt": -1}, "train.data.weights.vt", ">= 0"),
+    ({"vt": "lots"}, "train.data.weights.vt", "a number"),
+    ({"vt": 0, "niah_single_1": 0}, "train.data.weights", "every task's weight is 0"),
+    ([1, 2], "train.data.weights", "mapping of task name"),
+])
+def test_ruler_mix_weights_errors(weights, path, words):
+    with pytest.raises(SpecError) as e:
+        TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1", "vt"], "weights": weights}})
+    assert e.value.path == path and words in str(e.value)
+
+
+def test_ruler_mix_weights_parse_and_roundtrip():
+    c = TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1:3-digit", "vt"],
+                                        "weights": {"niah_single_1:3-digit": 2}}})
+    assert c.data.weights == {"niah_single_1:3-digit": 2.0} and c.data.tasks == ["niah_single_1:3-digit", "vt"]
+    assert TrainConfig.from_dict(c.to_dict()).to_dict() == c.to_dict()
+    assert TrainConfig.from_dict({"data": {"kind": "ruler_mix"}}).data.weights is None
+    with pytest.raises(SpecError) as e:  # task names are checked when the recipe is read
+        TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1:9-digit"]}})
+    assert e.value.path == "train.data.tasks" and "choose 2 to 7" in str(e.value)
+
+
+def test_ruler_mix_short_values(tok):
+    """NAME:N-digit tasks: the same templates with N-digit values; with digits3 a value of up to 3
+    digits is one token, so the answer the model copies is one token."""
+    pytest.importorskip("hybrid.tasks")
+    import re
+
+    from hybrid.train.ruler_source import RulerSource
+    from hybrid.train.tokenizer import load_tokenizer
+
+    d3 = load_tokenizer("digits3")
+    src = RulerSource(tokenizer=d3, tasks=["niah_single_1:3-digit", "niah_multikey_2:2-digit"], seq_len=320,
+                      batch_size=16, loss_on="answer")
+    b = src.batch(0, 0)
+    lab = b.labels[0].tolist()
+    texts = _doc_texts(d3, b)
+    kinds = set()
+    for text in texts:
+        values = re.findall(r"special magic numbers for \S+ is: (\d+)\.", text)
+        answer = re.search(r"mentioned in the provided text is (\d+)\.", text)[1]
+        digits = 3 if "The grass is green" in text else 2
+        kinds.add(digits)
+        assert {len(v) for v in values} == {digits} and answer in values and len(answer) == digits
+        assert len(d3.encode(answer, add_special_tokens=False)) == 1
+    assert kinds == {2, 3}
+    labelled = [t for t in lab if t != IGNORE]
+    assert len(labelled) == 4 * len(texts)  # per document: the space, the value, the period and <eos>
+
+
 def test_prefetch_makes_batches_itself_while_workers_start():
     """Before any worker has delivered, a batch that is not ready is made in this process (spawned
     workers take seconds to import torch); the stream is the same, and the workers take over."""

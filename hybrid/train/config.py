@@ -33,6 +33,7 @@ class DataConfig:
     loss_on: str
     doc_len_warmup: int
     followups: int
+    weights: dict[str, float] | None
     # assoc_recall
     num_kv_pairs: int
     vocab_size: int | None
