@@ -229,9 +229,10 @@ def test_ruler_mix_answer_loss(tok):
 
     src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=2)
     b = src.batch(0, 0)
-    assert b.input_ids.shape == (1, 640)
-    lab = b.labels[0]
-    cu = b.cu_seqlens.tolist()
+    # packed (1, 640) with cu_seqlens, or plain (2, 320) rows when each row holds one document
+    assert b.input_ids.numel() == 640 and (b.cu_seqlens is None) == (b.input_ids.shape == (2, 320))
+    lab = b.labels.reshape(-1)
+    cu = b.cu_seqlens.tolist() if b.cu_seqlens is not None else [0, 320, 640]
     texts = []
     for s, e in zip(cu[:-1], cu[1:]):
         seg = lab[s:e]
@@ -356,7 +357,7 @@ def test_ruler_mix_followups_ask_about_other_facts(tok):
 
 
 def _doc_texts(tok, batch):
-    ids = batch.input_ids[0].tolist()
+    ids = batch.input_ids.reshape(-1).tolist()
     bounds = [i for i, t in enumerate(ids) if t == tok.bos_token_id] + [len(ids)]
     return [tok.decode(ids[s + 1:e]) for s, e in zip(bounds[:-1], bounds[1:])]
 
@@ -423,7 +424,7 @@ def test_ruler_mix_short_values(tok):
     src = RulerSource(tokenizer=d3, tasks=["niah_single_1:3-digit", "niah_multikey_2:2-digit"], seq_len=320,
                       batch_size=16, loss_on="answer")
     b = src.batch(0, 0)
-    lab = b.labels[0].tolist()
+    lab = b.labels.reshape(-1).tolist()
     texts = _doc_texts(d3, b)
     kinds = set()
     for text in texts:
@@ -436,6 +437,28 @@ def test_ruler_mix_short_values(tok):
     assert kinds == {2, 3}
     labelled = [t for t in lab if t != IGNORE]
     assert len(labelled) == 4 * len(texts)  # per document: the space, the value, the period and <eos>
+
+
+def test_ruler_mix_one_document_per_row_runs_plain(tok):
+    """pack: false puts one document in a row, then padding; a padding tail without targets needs no
+    boundary, so the batch is plain (B, T) rows. A tail that holds a target keeps the packed form."""
+    pytest.importorskip("hybrid.tasks")
+    from hybrid.train.batches import pack_rows
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=6,
+                      pack=False)
+    b = src.batch(0, 0)
+    assert b.cu_seqlens is None and b.input_ids.shape == (6, 400)
+    assert ((b.input_ids == tok.bos_token_id).sum(1) == 1).all() and (b.input_ids[:, 0] == tok.bos_token_id).all()
+    assert (b.input_ids == tok.pad_token_id).any()
+    assert len(_doc_texts(tok, b)) == 6 < len(_doc_texts(tok, RulerSource(
+        tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=6).batch(0, 0)))
+    ids = np.arange(8)
+    lab = np.array([IGNORE, 1, 2, 3, IGNORE, IGNORE, IGNORE, IGNORE])
+    assert pack_rows([(ids, lab, [0, 4])] * 2).cu_seqlens is None
+    lab[6] = 6  # the tail now holds a target: it is a document of its own
+    assert pack_rows([(ids, lab, [0, 4])] * 2).cu_seqlens.tolist() == [0, 4, 8, 12, 16]
 
 
 def test_prefetch_makes_batches_itself_while_workers_start():

@@ -84,6 +84,7 @@ DATA_FIELDS: dict[str, tuple[Field, ...]] = {
         Field("loss_on", str, "answer", choices=LOSS_ON, doc="answer tokens only, or every token"),
         Field("doc_len_warmup", int, 0, minimum=0, doc="steps of the document-length curriculum; 0 = off"),
         Field("followups", int, 0, minimum=0, doc="follow-up questions per document; 0 = off"),
+        Field("pack", bool, True, doc="several documents per row; false = one document per row, then padding"),
         Field("weights", dict, None, nullable=True, parse=_weights,
               doc="mixture weight per task, {task: weight >= 0}; tasks left out get 1; null = equal"),
     ),

@@ -34,6 +34,7 @@ class DataConfig:
     doc_len_warmup: int
     followups: int
     weights: dict[str, float] | None
+    pack: bool
     # assoc_recall
     num_kv_pairs: int
     vocab_size: int | None

@@ -124,7 +124,7 @@ def make_source(cfg: TrainConfig, *, vocab_size: int, tokenizer, rank: int, worl
 
     return RulerSource(tokenizer=tokenizer, tasks=d.tasks, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                        loss_on=d.loss_on, doc_len_warmup=d.doc_len_warmup, followups=d.followups,
-                       weights=d.weights, seed=cfg.seed, rank=rank, world_size=world_size)
+                       weights=d.weights, pack=d.pack, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _loss_and_logits(out):

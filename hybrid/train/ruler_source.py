@@ -20,6 +20,11 @@ is drawn from the first step) to the full row. Early rows then hold several shor
 each step carries more answers and each needle sits among fewer tokens, which is the signal
 retrieval has to be learned from. Held-out batches are never capped.
 
+Packing (``pack: true``, default): a row holds as many documents as fit. With ``pack: false`` a row
+holds one document and padding; such rows need no document boundary (the padding after the document
+carries no target and cannot change it), so the batch runs as plain ``(B, T)`` rows, which the
+recurrent layers process several times faster on a CPU than one long packed sequence.
+
 Follow-up questions (``followups: N``, default 0 = off): after the answer, a training document asks
 up to ``N`` more questions about other facts its context states (the other keys of niah_multikey_*,
 the distractor needles of a needle haystack), each in RULER's own question and answer-prefix
@@ -76,11 +81,13 @@ class RulerSource:
 
     def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
                  loss_on: str = "answer", doc_len_warmup: int = 0, followups: int = 0,
-                 weights: dict[str, float] | None = None, seed: int = 0, rank: int = 0, world_size: int = 1):
+                 weights: dict[str, float] | None = None, pack: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.tok = tokenizer
         self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
         self.doc_len_warmup = int(doc_len_warmup)
         self.followups = int(followups)
+        self.pack = bool(pack)
         self.seed, self.rank, self.world = seed, rank, world_size
         names = resolve_tasks(tasks) if tasks else list(OFFLINE)
         body = seq_len - 2  # room for <bos> and <eos>
@@ -193,6 +200,8 @@ class RulerSource:
             ids += doc
             labels += lab if self.loss_on == "answer" else doc
             answers += lab[:-1] + [-100]  # not the closing <eos>
+            if not self.pack:  # one document per row, then padding
+                break
         if len(ids) < self.T:
             starts.append(len(ids))
             labels += [-100] * (self.T - len(ids))
