@@ -13,7 +13,7 @@ DESCRIPTION = """Run the built-in default job on this machine (CPU is fine; a fe
                every gradient, at several decay strengths.
   2. build     `hybrid build recipes/tiny-cpu.yaml`: the tiny 3:1 hybrid, analytic predictions next
                to measured costs.
-  3. train     `hybrid train recipes/tiny-cpu.yaml --steps 120`: trains it on the shipped text
+  3. train     `hybrid train recipes/tiny-cpu.yaml --steps 100`: trains it on the shipped text
                corpus; the summary compares the loss with the unigram baseline of the data.
   4. ruler     `hybrid sweep recipes/sweep-ruler-tiny.yaml` at a demo budget (DEMO_SWEEP below:
                100 training steps, one task, 10 samples): the hybrid-ratio comparison in miniature
@@ -26,7 +26,7 @@ Outputs go under --out (default runs/demo). --stages picks a subset, e.g. --stag
 """
 
 STAGES = ("operator", "build", "train", "ruler")
-TRAIN_STEPS = 120  # stage 3: the loss is well below the data's unigram entropy by step 100
+TRAIN_STEPS = 100  # stage 3: by step 100 the loss is well below the unigram entropy of the data (5.3 vs 6.3)
 # stage 4: recipes/sweep-ruler-tiny.yaml cut to a few minutes on two cores
 DEMO_SWEEP = ("train.steps=100", "train.eval_every=50", 'eval.tasks=["niah_single_1:2-digit"]', "eval.samples=10",
               "eval.batch_size=10")
