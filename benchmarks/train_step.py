@@ -68,7 +68,7 @@ def main(argv=None) -> None:
         sync()
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            loss, _ = _forward(fwd_model, b)
+            loss, _ = _forward(fwd_model, b, at_targets=True)  # as the training loop steps
         sync()
         t1 = time.perf_counter()
         loss.backward()

@@ -59,3 +59,30 @@ def test_packed_rope_positions_restart():
         ba = model(torch.cat([b, a], 1), cu_seqlens=torch.tensor([0, 10, 17])).logits
     torch.testing.assert_close(ab[:, :7], ba[:, 10:], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(ab[:, 7:], ba[:, :10], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_head_at_targets_only_gives_the_same_loss_and_gradients(packed):
+    """``logits_at_targets=True`` applies the head only where a target is: the loss and every gradient
+    equal the full head's, with sparse targets and a document boundary whose cross target is dropped."""
+    model = make_model(LAYOUTS["3to1"]).train()
+    x = torch.randint(0, VOCAB, (1, 20))
+    labels = torch.full_like(x, -100)
+    labels[0, [3, 8, 9, 15, 19]] = x[0, [3, 8, 9, 15, 19]]
+    kw = {"cu_seqlens": torch.tensor([0, 8, 20])} if packed else {}
+    full = model(x, labels=labels, **kw)
+    full.loss.backward()
+    ref = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    sparse = model(x, labels=labels, logits_at_targets=True, **kw)
+    assert sparse.logits is None
+    sparse.loss.backward()
+    torch.testing.assert_close(sparse.loss, full.loss, atol=1e-6, rtol=1e-6)
+    for a, b in zip(ref, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    # the boundary target (position 7 -> token 8, the next document's first) is ignored only when packed
+    n = 4 if packed else 5
+    lp = torch.log_softmax(full.logits[0, :-1].detach().float(), -1)
+    keep = [t for t in (2, 7, 8, 14, 18) if not (packed and t == 7)]
+    assert len(keep) == n
+    torch.testing.assert_close(full.loss.detach(), -torch.stack([lp[t, labels[0, t + 1]] for t in keep]).mean())

@@ -42,6 +42,29 @@ def test_shipped_recipe_builds_on_meta_with_exact_params(path):
     assert count_parameters(model) == count_params(r.model_config_kwargs())["total"]
 
 
+@pytest.mark.parametrize("path", SWEEPS, ids=[os.path.basename(f) for f in SWEEPS])
+def test_shipped_sweep_variants_build_on_meta(path):
+    """Every variant of every shipped sweep file validates (train and eval sections included) and builds."""
+    from hybrid.analytic.measure import build_model, count_parameters
+    from hybrid.train.config import TrainConfig
+
+    variants = load_sweep(path)
+    assert variants and len({r.name for r in variants}) == len(variants)
+    for r in variants:
+        TrainConfig.from_dict(r.source["train"])
+        assert count_parameters(build_model(r, "meta")) == count_params(r.model_config_kwargs())["total"]
+
+
+def test_h200_sweep_has_the_shares_and_the_ablation():
+    rs = load_sweep(os.path.join(ROOT, "recipes", "sweep-ruler-h200.yaml"))
+    share = {r.letters: r.letters.count("A") / len(r.letters) for r in rs}
+    assert sorted(set(share.values())) == [0, 0.125, 0.25, 0.5, 1]
+    quarter = {r.letters: [layer.get("content", layer["kind"]) for layer in r.layers if layer["kind"] != "attention"]
+               for r in rs if share[r.letters] == 0.25}
+    assert {frozenset(v) for v in quarter.values()} == {frozenset({"self"}), frozenset({"off"}), frozenset({"gdn2"})}
+    assert list(rs[0].eval["lengths"]) == ["1x", "2x", "4x", "8x"]
+
+
 def test_expected_layouts():
     get = lambda n: load_recipe(os.path.join(ROOT, "recipes", n)).letters
     assert get("carve.yaml") == "C" * 16

@@ -68,6 +68,38 @@ def test_multikey_2_every_line_is_a_needle(tok):
     assert len({m.group(1) for m in matches}) == len(lines)  # distractor keys are distinct
 
 
+@pytest.mark.parametrize("digits", [2, 3, 5])
+def test_value_formats_shorten_only_the_values(tok, digits):
+    """NAME:N-digit: every needle value (queried and distractor) has N digits; keys, templates and the
+    question are the base task's; at 7 digits the sample is the base task's own sample."""
+    name = f"niah_multikey_2:{digits}-digit"
+    s = make_sample(name, 1024, tok, random.Random(5))
+    assert s.task == name and name in resolve_tasks([name])
+    base = make_sample("niah_multikey_2", 1024, tok, random.Random(5))
+    lines = context_lines(s.prompt)
+    needle = re.compile(r"^One of the special magic numbers for ([a-z]+-[a-z]+) is: (\d+)\.$")
+    matches = [needle.match(line) for line in lines]
+    assert all(matches) and len(lines) > 10
+    assert {len(m.group(2)) for m in matches} == {digits} and len(s.answers[0]) == digits
+    assert s.meta["keys"] == base.meta["keys"] and s.prompt.split("\n")[0] == base.prompt.split("\n")[0]
+    assert s.prompt.endswith(base.prompt[base.prompt.rindex("\nWhat"):])
+    full = make_sample("niah_single_1:7-digit", 512, tok, random.Random(3))
+    assert full.prompt == make_sample("niah_single_1", 512, tok, random.Random(3)).prompt
+
+
+@pytest.mark.parametrize("name, words", [
+    ("vt:3-digit", "no number values"),
+    ("niah_single_3:3-digit", "no number values"),
+    ("niah_single_1:1-digit", "choose 2 to 7"),
+    ("niah_single_1:3", "NAME:N-digit"),
+    ("niah_singel_1:3-digit", "did you mean 'niah_single_1'"),
+])
+def test_value_format_errors(name, words):
+    with pytest.raises(RulerError, match=re.escape(words)):
+        resolve_tasks([name])
+    assert ":" not in "".join(TASKS)  # variants are not registered as tasks of their own
+
+
 def test_multikey_3_uuid_keys_and_values(tok):
     s = make_sample("niah_multikey_3", 1024, tok, random.Random(6))
     (answer,) = s.answers

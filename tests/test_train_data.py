@@ -229,9 +229,10 @@ def test_ruler_mix_answer_loss(tok):
 
     src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=2)
     b = src.batch(0, 0)
-    assert b.input_ids.shape == (1, 640)
-    lab = b.labels[0]
-    cu = b.cu_seqlens.tolist()
+    # packed (1, 640) with cu_seqlens, or plain (2, 320) rows when each row holds one document
+    assert b.input_ids.numel() == 640 and (b.cu_seqlens is None) == (b.input_ids.shape == (2, 320))
+    lab = b.labels.reshape(-1)
+    cu = b.cu_seqlens.tolist() if b.cu_seqlens is not None else [0, 320, 640]
     texts = []
     for s, e in zip(cu[:-1], cu[1:]):
         seg = lab[s:e]
@@ -353,6 +354,111 @@ def test_ruler_mix_followups_ask_about_other_facts(tok):
     assert n_follow >= 8  # about 2 follow-ups per document here
     plain = RulerSource(tokenizer=tok, tasks=["niah_multikey_2"], seq_len=512, batch_size=8, loss_on="answer")
     assert "mentioned in the provided text is" in tok.decode(plain.batch(0, 0).input_ids[0])
+
+
+def _doc_texts(tok, batch):
+    ids = batch.input_ids.reshape(-1).tolist()
+    bounds = [i for i, t in enumerate(ids) if t == tok.bos_token_id] + [len(ids)]
+    return [tok.decode(ids[s + 1:e]) for s, e in zip(bounds[:-1], bounds[1:])]
+
+
+def test_ruler_mix_weights_set_the_mixture(tok):
+    """train.data.weights: documents are drawn in proportion to the weights (3:1 here, against about
+    1:1 without), a weight of 0 leaves a task out, and the equal default is the unweighted stream."""
+    pytest.importorskip("hybrid.tasks")
+    from hybrid.train.ruler_source import RulerSource
+
+    kw = dict(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=320, batch_size=64)
+
+    def shares(src):
+        texts = [t for step in range(3) for t in _doc_texts(tok, src.batch(step, 0))]
+        single = sum("The grass is green" in t for t in texts)
+        multi = sum(t.count("One of the special magic numbers") > 1 for t in texts)
+        assert single + multi == len(texts) > 150
+        return single / len(texts)
+
+    assert 0.35 < shares(RulerSource(**kw)) < 0.65
+    assert 0.68 < shares(RulerSource(weights={"niah_single_1": 3, "niah_multikey_2": 1}, **kw)) < 0.82
+    assert shares(RulerSource(weights={"niah_multikey_2": 0}, **kw)) == 1.0
+    same = RulerSource(weights={"niah_single_1": 2, "niah_multikey_2": 2}, **kw)
+    assert torch.equal(same.batch(0, 0).input_ids, RulerSource(**kw).batch(0, 0).input_ids)
+    with pytest.raises(ValueError, match="not in the mixture"):
+        RulerSource(weights={"vt": 1}, **kw)
+
+
+@pytest.mark.parametrize("weights, path, words", [
+    ({"vtt": 1}, "train.data.weights.vtt", "did you mean 'vt'"),
+    ({"niah_multikey_2": 1}, "train.data.weights.niah_multikey_2", "not one of train.data.tasks"),
+    ({"vt": -1}, "train.data.weights.vt", ">= 0"),
+    ({"vt": "lots"}, "train.data.weights.vt", "a number"),
+    ({"vt": 0, "niah_single_1": 0}, "train.data.weights", "every task's weight is 0"),
+    ([1, 2], "train.data.weights", "mapping of task name"),
+])
+def test_ruler_mix_weights_errors(weights, path, words):
+    with pytest.raises(SpecError) as e:
+        TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1", "vt"], "weights": weights}})
+    assert e.value.path == path and words in str(e.value)
+
+
+def test_ruler_mix_weights_parse_and_roundtrip():
+    c = TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1:3-digit", "vt"],
+                                        "weights": {"niah_single_1:3-digit": 2}}})
+    assert c.data.weights == {"niah_single_1:3-digit": 2.0} and c.data.tasks == ["niah_single_1:3-digit", "vt"]
+    assert TrainConfig.from_dict(c.to_dict()).to_dict() == c.to_dict()
+    assert TrainConfig.from_dict({"data": {"kind": "ruler_mix"}}).data.weights is None
+    with pytest.raises(SpecError) as e:  # task names are checked when the recipe is read
+        TrainConfig.from_dict({"data": {"kind": "ruler_mix", "tasks": ["niah_single_1:9-digit"]}})
+    assert e.value.path == "train.data.tasks" and "choose 2 to 7" in str(e.value)
+
+
+def test_ruler_mix_short_values(tok):
+    """NAME:N-digit tasks: the same templates with N-digit values; with digits3 a value of up to 3
+    digits is one token, so the answer the model copies is one token."""
+    pytest.importorskip("hybrid.tasks")
+    import re
+
+    from hybrid.train.ruler_source import RulerSource
+    from hybrid.train.tokenizer import load_tokenizer
+
+    d3 = load_tokenizer("digits3")
+    src = RulerSource(tokenizer=d3, tasks=["niah_single_1:3-digit", "niah_multikey_2:2-digit"], seq_len=320,
+                      batch_size=16, loss_on="answer")
+    b = src.batch(0, 0)
+    lab = b.labels.reshape(-1).tolist()
+    texts = _doc_texts(d3, b)
+    kinds = set()
+    for text in texts:
+        values = re.findall(r"special magic numbers for \S+ is: (\d+)\.", text)
+        answer = re.search(r"mentioned in the provided text is (\d+)\.", text)[1]
+        digits = 3 if "The grass is green" in text else 2
+        kinds.add(digits)
+        assert {len(v) for v in values} == {digits} and answer in values and len(answer) == digits
+        assert len(d3.encode(answer, add_special_tokens=False)) == 1
+    assert kinds == {2, 3}
+    labelled = [t for t in lab if t != IGNORE]
+    assert len(labelled) == 4 * len(texts)  # per document: the space, the value, the period and <eos>
+
+
+def test_ruler_mix_one_document_per_row_runs_plain(tok):
+    """pack: false puts one document in a row, then padding; a padding tail without targets needs no
+    boundary, so the batch is plain (B, T) rows. A tail that holds a target keeps the packed form."""
+    pytest.importorskip("hybrid.tasks")
+    from hybrid.train.batches import pack_rows
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=6,
+                      pack=False)
+    b = src.batch(0, 0)
+    assert b.cu_seqlens is None and b.input_ids.shape == (6, 400)
+    assert ((b.input_ids == tok.bos_token_id).sum(1) == 1).all() and (b.input_ids[:, 0] == tok.bos_token_id).all()
+    assert (b.input_ids == tok.pad_token_id).any()
+    assert len(_doc_texts(tok, b)) == 6 < len(_doc_texts(tok, RulerSource(
+        tokenizer=tok, tasks=["niah_single_1", "niah_multikey_2"], seq_len=400, batch_size=6).batch(0, 0)))
+    ids = np.arange(8)
+    lab = np.array([IGNORE, 1, 2, 3, IGNORE, IGNORE, IGNORE, IGNORE])
+    assert pack_rows([(ids, lab, [0, 4])] * 2).cu_seqlens is None
+    lab[6] = 6  # the tail now holds a target: it is a document of its own
+    assert pack_rows([(ids, lab, [0, 4])] * 2).cu_seqlens.tolist() == [0, 4, 8, 12, 16]
 
 
 def test_prefetch_makes_batches_itself_while_workers_start():

@@ -144,8 +144,8 @@ def test_nan_loss_stops_with_message(tmp_path, monkeypatch):
     orig = loop._forward
     calls = {"n": 0}
 
-    def forward(model, batch):
-        loss, logits = orig(model, batch)
+    def forward(model, batch, **kw):
+        loss, logits = orig(model, batch, **kw)
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 4 and model.training else loss), logits
 

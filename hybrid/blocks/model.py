@@ -254,9 +254,14 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, past_key_values=None, use_cache=None,
                 cu_seqlens=None, position_ids=None, inputs_embeds=None, cache=None, logits_to_keep=0,
-                output_hidden_states=None, return_dict=None, num_items_in_batch=None, **kwargs):
+                output_hidden_states=None, return_dict=None, num_items_in_batch=None, logits_at_targets=False,
+                **kwargs):
         """Returns ``CausalLMOutputWithPast`` (loss when ``labels`` is given: mean cross-entropy in fp32 over
-        targets != -100; with ``cu_seqlens`` a target that starts a new document is ignored)."""
+        targets != -100; with ``cu_seqlens`` a target that starts a new document is ignored).
+
+        ``logits_at_targets=True`` (with ``labels``) applies the output head only at the positions that
+        predict a target: the same loss and gradients, no ``logits`` returned. Training on answers alone
+        (a few targets per document) then skips most of the head, the largest cost of a small model."""
         cache = cache if cache is not None else past_key_values
         if isinstance(cache, StaticHybridCache):
             if labels is not None or cu_seqlens is not None or inputs_embeds is not None:
@@ -270,6 +275,18 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
                          use_cache=use_cache and cu_seqlens is None, cu_seqlens=cu_seqlens,
                          inputs_embeds=inputs_embeds, output_hidden_states=bool(output_hidden_states))
         h = out.last_hidden_state
+        if logits_at_targets and labels is not None:
+            target = self.targets(labels, cu_seqlens)
+            where = target != -100
+            lg = self.lm_head(h[:, :-1][where]).float()
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(lg, target[where], reduction="sum") / where.sum().clamp(min=1)
+            else:
+                loss = F.cross_entropy(lg, target[where], reduction="sum") / num_items_in_batch
+            if not where.any():  # keep the graph connected (0 * a head output) when a batch has no target
+                loss = loss + 0.0 * self.lm_head(h[:, :1]).sum()
+            return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=out.hidden_states,
+                                          **{_CACHE_FIELD: getattr(out, _BASE_CACHE_FIELD)})
         if logits_to_keep:
             h = h[:, -logits_to_keep:]
         logits = self.lm_head(h)
@@ -280,14 +297,21 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
                                       **{_CACHE_FIELD: getattr(out, _BASE_CACHE_FIELD)})
 
     @staticmethod
-    def loss(logits, labels, *, cu_seqlens=None, num_items_in_batch=None):
-        if labels.shape != logits.shape[:2]:
-            raise ValueError(f"labels must be [batch, seq] = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+    def targets(labels, cu_seqlens=None):
+        """The target of every position but the last (``labels`` shifted by one), with -100 where a
+        position would predict the first token of the next packed document."""
         target = labels[:, 1:].clone()
         if cu_seqlens is not None:
             starts = cu_seqlens[1:-1].to(device=target.device, dtype=torch.long)
             starts = starts[(starts > 0) & (starts < labels.shape[1])]
             target[0, starts - 1] = -100  # position s-1 would predict the first token of the next document
+        return target
+
+    @staticmethod
+    def loss(logits, labels, *, cu_seqlens=None, num_items_in_batch=None):
+        if labels.shape != logits.shape[:2]:
+            raise ValueError(f"labels must be [batch, seq] = {tuple(logits.shape[:2])}, got {tuple(labels.shape)}")
+        target = HybridForCausalLM.targets(labels, cu_seqlens)
         lg = logits[:, :-1].float().reshape(-1, logits.shape[-1])
         if num_items_in_batch is None:
             return F.cross_entropy(lg, target.reshape(-1), ignore_index=-100)

@@ -13,16 +13,24 @@ DESCRIPTION = """Run the built-in default job on this machine (CPU is fine; a fe
                every gradient, at several decay strengths.
   2. build     `hybrid build recipes/tiny-cpu.yaml`: the tiny 3:1 hybrid, analytic predictions next
                to measured costs.
-  3. train     `hybrid train recipes/tiny-cpu.yaml`: trains it on the shipped text corpus; the
-               summary compares the loss with the unigram baseline of the data.
-  4. ruler     `hybrid sweep recipes/sweep-ruler-tiny.yaml`: the hybrid-ratio comparison in
-               miniature (0, 1 and 2 attention layers of 2), trained on RULER-format samples and
-               evaluated at 1x, 2x and 4x the training length; a report with plots.
+  3. train     `hybrid train recipes/tiny-cpu.yaml --steps 100`: trains it on the shipped text
+               corpus; the summary compares the loss with the unigram baseline of the data.
+  4. ruler     `hybrid sweep recipes/sweep-ruler-tiny.yaml` at a demo budget (DEMO_SWEEP below:
+               60 training steps, one task, 10 samples): the hybrid-ratio comparison in miniature
+               (0, 1 and 2 attention layers of 2), trained on RULER-format samples and evaluated at
+               1x, 2x and 4x the training length; a report with plots. At this budget the models
+               have not yet learned retrieval (scores near 0); with the sweep file's own 1000 steps
+               (--full-sweep; 25 minutes on two shared cores) the all-attention variant does, as
+               the file's description records.
 
 Outputs go under --out (default runs/demo). --stages picks a subset, e.g. --stages operator,build.
 """
 
 STAGES = ("operator", "build", "train", "ruler")
+TRAIN_STEPS = 100  # stage 3: by step 100 the loss is well below the unigram entropy of the data (5.3 vs 6.3)
+# stage 4: recipes/sweep-ruler-tiny.yaml cut to a few minutes on two cores
+DEMO_SWEEP = ("train.steps=60", "train.eval_every=30", 'eval.tasks=["niah_single_1:2-digit"]', "eval.samples=10",
+              "eval.batch_size=10")
 
 
 def add_arguments(p) -> None:
@@ -33,7 +41,11 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {', '.join(STAGES)}")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    p.add_argument("--train-steps", type=int, default=None, help="training steps of stage 3 (default: the recipe's)")
+    p.add_argument("--train-steps", type=int, default=TRAIN_STEPS,
+                   help=f"training steps of stage 3 (default {TRAIN_STEPS})")
+    p.add_argument("--full-sweep", action="store_true",
+                   help="stage 4 runs recipes/sweep-ruler-tiny.yaml as shipped (1000 steps, both tasks: "
+                        "25 minutes on two shared cores) instead of the demo budget")
 
 
 def operator_check(args, console) -> bool:
@@ -126,7 +138,14 @@ def main(args) -> int:
         rc |= run_command(train, cmd)
     if "ruler" in stages:
         console.rule("[bold]stage 4: hybrid ratios on RULER, in miniature")
-        rc |= run_command(sweep, [_recipe("sweep-ruler-tiny.yaml"), "--out", str(out / "sweep"), "--resume"])
+        folder = out / ("sweep-full" if args.full_sweep else "sweep")  # a finished run is kept by --resume
+        cmd = [_recipe("sweep-ruler-tiny.yaml"), "--out", str(folder), "--resume"]
+        if not args.full_sweep:
+            console.print("demo budget: " + " ".join(DEMO_SWEEP) + " (the models will not have learned retrieval "
+                          "yet; --full-sweep runs the file as shipped)")
+            for kv in DEMO_SWEEP:
+                cmd += ["--set", kv]
+        rc |= run_command(sweep, cmd)
     if rc == 0:
         console.print(f"[green]demo finished[/]; outputs under {out}/")
     return rc

@@ -24,8 +24,8 @@ An interrupted sweep continues with --resume: finished (variant, seed) runs are 
 model resumes from its last checkpoint.
 
 examples:
-  hybrid sweep recipes/sweep-ruler-tiny.yaml --out runs/sweep-tiny           (CPU, minutes)
-  hybrid sweep recipes/sweep-ruler-h200.yaml --out runs/sweep-h200           (one H200, < 10 min)
+  hybrid sweep recipes/sweep-ruler-tiny.yaml --out runs/sweep-tiny           (CPU, ~25 min)
+  hybrid sweep recipes/sweep-ruler-h200.yaml --out runs/sweep-h200           (one H200, ~25-30 min est.)
   hybrid sweep recipes/sweep-ruler-tiny.yaml --out runs/sweep-tiny --resume
   hybrid sweep recipes/sweep-ruler-h200.yaml --time-budget 540   (report whatever finished in 9 min)
 """

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from hybrid.schema import Field, SpecError, check_fields, check_value, join, str_list, suggest
+from hybrid.tasks import OFFLINE, RulerError, resolve_tasks
 
 DATA_KINDS = ("assoc_recall", "ruler_mix", "text")
 DTYPES = ("auto", "bf16", "fp32")
@@ -33,10 +34,42 @@ def _path(value: Any, path: str) -> str:
     return value
 
 
+def _weights(value: Any, path: str) -> dict[str, float]:
+    """``{task: weight}``: a non-negative number per task (the tasks are checked in ``parse_data``)."""
+    if not isinstance(value, dict) or not value:
+        raise SpecError(path, f"expected a mapping of task name -> weight, e.g. {{niah_single_1: 2, vt: 1}}, "
+                              f"got {value!r}")
+    out: dict[str, float] = {}
+    for task, w in value.items():
+        where = join(path, str(task))
+        if isinstance(w, bool) or not isinstance(w, (int, float)):
+            raise SpecError(where, f"expected a number >= 0, got {w!r}")
+        if not w >= 0:
+            raise SpecError(where, f"a weight must be >= 0, got {w!r}")
+        out[str(task)] = float(w)
+    return out
+
+
+def _check_ruler_mix(out: dict, path: str) -> None:
+    """The listed tasks exist, and every weighted task is one of them."""
+    try:
+        tasks = resolve_tasks(out["tasks"]) if out["tasks"] else list(OFFLINE)
+    except RulerError as e:
+        raise SpecError(join(path, "tasks"), str(e)) from None
+    for task in out["weights"] or {}:
+        if task not in tasks:
+            listed = "train.data.tasks" if out["tasks"] else "the offline tasks (train.data.tasks is null)"
+            raise SpecError(join(join(path, "weights"), task), f"{task!r} is not one of {listed}: {', '.join(tasks)}"
+                                                         f"{suggest(task, tasks)}")
+    if out["weights"] and not any(out["weights"].get(t, 1.0) for t in tasks):
+        raise SpecError(join(path, "weights"), "every task's weight is 0; give at least one a positive weight")
+
+
 # kind = assoc_recall: multi-query associative recall (MQAR) token sequences, fresh random draws every step.
 # kind = ruler_mix: RULER-format task samples (hybrid.tasks) rendered as text with the tokenizer, packed
 #   into rows; doc_len_warmup: steps over which the longest document grows from the shortest template to
-#   seq_len (0 = off); followups: extra questions per document about other facts of its context (0 = off).
+#   seq_len (0 = off); followups: extra questions per document about other facts of its context (0 = off);
+#   weights: how often each task is drawn relative to the others (default 1 each).
 # kind = text: local .txt / .jsonl ("text" field) files, tokenized and packed with document boundaries.
 DATA_FIELDS: dict[str, tuple[Field, ...]] = {
     "assoc_recall": (
@@ -51,6 +84,9 @@ DATA_FIELDS: dict[str, tuple[Field, ...]] = {
         Field("loss_on", str, "answer", choices=LOSS_ON, doc="answer tokens only, or every token"),
         Field("doc_len_warmup", int, 0, minimum=0, doc="steps of the document-length curriculum; 0 = off"),
         Field("followups", int, 0, minimum=0, doc="follow-up questions per document; 0 = off"),
+        Field("pack", bool, True, doc="several documents per row; false = one document per row, then padding"),
+        Field("weights", dict, None, nullable=True, parse=_weights,
+              doc="mixture weight per task, {task: weight >= 0}; tasks left out get 1; null = equal"),
     ),
     "text": (
         Field("files", list, None, nullable=True, parse=_files, doc="files or globs; null = the shipped corpus"),
@@ -81,7 +117,10 @@ def parse_data(d: Any, path: str = "train.data") -> dict:
         if key not in own:
             raise SpecError(join(path, key), f"unknown key for data kind '{kind}'; allowed: {', '.join(own)}"
                                              f"{suggest(key, everything)}")
-    return {"kind": kind, **check_fields(DATA_FIELDS[kind], d, path, f"data kind '{kind}'", extra=("kind",))}
+    out = {"kind": kind, **check_fields(DATA_FIELDS[kind], d, path, f"data kind '{kind}'", extra=("kind",))}
+    if kind == "ruler_mix":
+        _check_ruler_mix(out, path)
+    return out
 
 
 def _betas(value: Any, path: str) -> tuple[float, float]:

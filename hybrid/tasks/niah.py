@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import random
 
 from . import haystack as hs
@@ -37,6 +39,23 @@ class NiahTask(Task):
         self.num_keys, self.num_values, self.num_queries = max(keys, queries), values, queries
         self.description = description
         self.min_units = 1
+        self.digits = 7  # of a number value: RULER's 7; ``with_digits`` makes the shorter variants
+
+    def with_digits(self, digits: int) -> NiahTask:
+        """This task with number values of ``digits`` digits instead of 7, named ``NAME:N-digit``: the
+        same templates and haystack, a shorter value to copy (with the ``digits3`` tokenizer a value of
+        up to 3 digits is one token). Not a RULER task: its scores are not comparable with RULER's."""
+        if self.value_type != "numbers":
+            raise ValueError(f"{self.name} has {self.value_type} values, not numbers")
+        t = copy.copy(self)
+        t.digits, t.name = digits, f"{self.name}:{digits}-digit"
+        t.description = f"{self.description} ({digits}-digit values)"
+        return t
+
+    def _draw(self, kind: str):
+        if kind == "numbers" and self.digits != 7:
+            return functools.partial(words.number_value, digits=self.digits)
+        return words.DRAW[kind]
 
     @property
     def num_needles(self) -> int:
@@ -46,7 +65,8 @@ class NiahTask(Task):
         r = random.Random(seed)
         # fixed-size draws first, so the needles do not depend on the haystack size n
         keys = words.distinct(r, self.key_type, self.num_keys)
-        values = [words.distinct(r, self.value_type, self.num_values) for _ in keys]
+        draw = self._draw(self.value_type)
+        values = [words.distinct(r, self.value_type, self.num_values, draw=draw) for _ in keys]
         vtype = self.value_type
         needles = [NEEDLE.format(type=vtype, key=k, value=v) for k, vs in zip(keys, values) for v in vs]
         r.shuffle(needles)
@@ -60,7 +80,7 @@ class NiahTask(Task):
         elif self.haystack == "needle":
             dr = random.Random(seed ^ 0x9E3779B97F4A7C15)
             dkeys = words.distinct(dr, self.key_type, n, exclude=keys)
-            dvals = [words.DRAW[vtype](dr) for _ in dkeys]
+            dvals = [draw(dr) for _ in dkeys]
             distract = [NEEDLE.format(type=vtype, key=k, value=v) for k, v in zip(dkeys, dvals)]
             context = "\n".join(hs.insert_lines(distract, needles, r))
         elif self.haystack == "essay":

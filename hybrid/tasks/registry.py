@@ -10,6 +10,7 @@ The sample is a pure function of one seed drawn from ``rng`` (see ``seeds.py`` f
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Iterable
 
 from hybrid.schema import suggest
@@ -19,7 +20,7 @@ from .base import Context, Sample, Task
 from .errors import RulerError, TooShort
 from .fit import fit_units
 from .haystack import essay_words, is_default_essay
-from .niah import niah_tasks
+from .niah import NiahTask, niah_tasks
 from .qa import QaTask
 from .tokens import check_ids, check_text, model_ids
 from .vt import VariableTracking
@@ -37,9 +38,41 @@ GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+# value formats: ``NAME:N-digit`` is task NAME with number values of N digits (2..7) instead of RULER's 7
+VALUE_FORMAT = re.compile(r"^(?P<base>[a-z0-9_]+):(?P<digits>\d+)-digit$")
+DIGITS = range(2, 8)
+_VARIANTS: dict[str, Task] = {}
+
+
+def _variant(task: str) -> Task | None:
+    """The task a ``NAME:N-digit`` name stands for, or None when ``task`` has no value format."""
+    if ":" not in task:
+        return None
+    m = VALUE_FORMAT.match(task)
+    if not m:
+        raise RulerError(f"bad task name {task!r}: a value format is written NAME:N-digit, e.g. "
+                         "niah_single_1:3-digit")
+    base, digits = m["base"], int(m["digits"])
+    t = get_task(base)
+    numbered = [n for n, x in TASKS.items() if isinstance(x, NiahTask) and x.value_type == "numbers"]
+    if base not in numbered:
+        raise RulerError(f"task {base!r} has no number values to shorten (in {task!r}); value formats apply to "
+                         f"{', '.join(numbered)}")
+    if digits not in DIGITS:
+        raise RulerError(f"{task!r}: values of {digits} digits; choose {DIGITS.start} to {DIGITS.stop - 1}")
+    if task not in _VARIANTS:
+        _VARIANTS[task] = t.with_digits(digits)
+    return _VARIANTS[task]
+
+
 def get_task(task: str | Task) -> Task:
+    """The task object of a name: a task of ``TASKS``, or ``NAME:N-digit`` (that task with number
+    values of N digits, e.g. ``niah_single_1:3-digit``)."""
     if isinstance(task, Task):
         return task
+    variant = _variant(task)
+    if variant is not None:
+        return variant
     if task not in TASKS:
         raise RulerError(f"unknown RULER task {task!r}{suggest(task, list(TASKS) + list(GROUPS))}; known tasks: "
                          f"{', '.join(TASKS)}; groups: {', '.join(GROUPS)}")

@@ -31,9 +31,9 @@ def word_key(rng: random.Random) -> str:
     return f"{rng.choice(load('adjectives'))}-{rng.choice(load('nouns'))}"
 
 
-def number_value(rng: random.Random) -> str:
-    """A 7-digit number, 1000000..9999999."""
-    return str(rng.randint(1_000_000, 9_999_999))
+def number_value(rng: random.Random, digits: int = 7) -> str:
+    """A number of ``digits`` digits without a leading zero; RULER's 7 digits by default (1000000..9999999)."""
+    return str(rng.randint(10 ** (digits - 1), 10 ** digits - 1))
 
 
 def uuid_value(rng: random.Random) -> str:
@@ -44,11 +44,12 @@ def uuid_value(rng: random.Random) -> str:
 DRAW = {"words": word_key, "numbers": number_value, "uuids": uuid_value}
 
 
-def distinct(rng: random.Random, kind: str, n: int, exclude=()) -> list[str]:
-    """``n`` distinct draws of ``kind`` ('words', 'numbers', 'uuids'), none in ``exclude``."""
+def distinct(rng: random.Random, kind: str, n: int, exclude=(), draw=None) -> list[str]:
+    """``n`` distinct draws of ``kind`` ('words', 'numbers', 'uuids'), none in ``exclude``; ``draw``
+    replaces the kind's own drawing function (e.g. numbers of fewer digits)."""
     seen = set(exclude)
     out: list[str] = []
-    draw = DRAW[kind]
+    draw = draw or DRAW[kind]
     tries = 0
     while len(out) < n:
         v = draw(rng)

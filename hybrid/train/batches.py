@@ -58,16 +58,28 @@ class Batch:
                      ans)
 
 
+def _one_segment(row: tuple) -> bool:
+    """True when a row is one segment, or one segment followed by a tail without any target (padding):
+    in a causal model the tail cannot change what comes before it, so no boundary is needed there."""
+    starts = list(row[2])
+    if starts in ([], [0]):
+        return True
+    if len(starts) != 2 or starts[0] != 0:
+        return False
+    tails = [row[1]] + ([row[3]] if len(row) > 3 and row[3] is not None else [])
+    return all(bool(np.all(np.asarray(col)[starts[1]:] == IGNORE)) for col in tails)
+
+
 def pack_rows(rows: list[tuple], allow_plain: bool = True) -> Batch:
     """Flatten rows of (ids, labels, segment_starts[, answer_labels]) into one (1, N) batch with
     cu_seqlens (``answer_labels``, when every row has them, become ``Batch.answer_labels``).
 
     ``segment_starts`` are offsets inside the row (0 first); each row start is also a boundary.
-    When no row holds a boundary inside it (and ``allow_plain``), the rows are returned as a plain
-    ``(B, T)`` batch without ``cu_seqlens``: the same computation, and faster for recurrent layers on
+    When no row holds a boundary inside it (a tail of padding without targets does not count) and
+    ``allow_plain``, the rows are returned as a plain ``(B, T)`` batch without ``cu_seqlens``: the same computation, and faster for recurrent layers on
     CPU (B sequences in parallel instead of one B*T-long sequence)."""
     with_answers = bool(rows) and all(len(r) > 3 and r[3] is not None for r in rows)
-    if allow_plain and len({len(r[0]) for r in rows}) == 1 and all(list(r[2]) in ([], [0]) for r in rows):
+    if allow_plain and len({len(r[0]) for r in rows}) == 1 and all(_one_segment(r) for r in rows):
         def stacked(col: int) -> torch.Tensor:  # a label column; the first token of a row has no target
             lab = np.stack([r[col] for r in rows]).astype(np.int64)
             lab[:, 0] = IGNORE

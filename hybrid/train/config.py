@@ -33,6 +33,8 @@ class DataConfig:
     loss_on: str
     doc_len_warmup: int
     followups: int
+    weights: dict[str, float] | None
+    pack: bool
     # assoc_recall
     num_kv_pairs: int
     vocab_size: int | None

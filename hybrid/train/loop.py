@@ -124,7 +124,7 @@ def make_source(cfg: TrainConfig, *, vocab_size: int, tokenizer, rank: int, worl
 
     return RulerSource(tokenizer=tokenizer, tasks=d.tasks, seq_len=cfg.seq_len, batch_size=cfg.batch_size,
                        loss_on=d.loss_on, doc_len_warmup=d.doc_len_warmup, followups=d.followups,
-                       seed=cfg.seed, rank=rank, world_size=world_size)
+                       weights=d.weights, pack=d.pack, seed=cfg.seed, rank=rank, world_size=world_size)
 
 
 def _loss_and_logits(out):
@@ -135,8 +135,12 @@ def _loss_and_logits(out):
     raise TypeError(f"the model returned {type(out).__name__}; expected an output with .loss")
 
 
-def _forward(model, batch: Batch):
+def _forward(model, batch: Batch, *, at_targets: bool = False):
+    """(loss, logits) of one batch; ``at_targets``: our model applies its output head only where a
+    target is (same loss and gradients, no logits), which the training steps use."""
     kwargs = {"labels": batch.labels}
+    if at_targets:
+        kwargs["logits_at_targets"] = True
     if batch.cu_seqlens is not None:
         kwargs["cu_seqlens"] = batch.cu_seqlens
     return _loss_and_logits(model(batch.input_ids, **kwargs))
@@ -373,6 +377,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
             print(f"checkpoint {latest.name} is already at step {start_step} >= train.steps={cfg.steps}")
 
     fwd_model = torch.compile(raw_model) if cfg.compile else raw_model
+    from hybrid.blocks import HybridForCausalLM
+
+    heads_at_targets = isinstance(raw_model, HybridForCausalLM)
     if dist_.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -452,7 +459,7 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
                 ctx = contextlib.nullcontext() if sync or fsdp else fwd_model.no_sync()
                 with ctx:
                     with autocast():
-                        loss, _ = _forward(fwd_model, b)
+                        loss, _ = _forward(fwd_model, b, at_targets=heads_at_targets)
                     (loss * (b.num_targets * dist_.world_size / max(n_global, 1))).backward()
                 loss_sum += float(loss.detach()) * b.num_targets
                 tok_window += b.num_tokens * dist_.world_size

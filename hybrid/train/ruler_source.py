@@ -5,7 +5,8 @@ prefix and ``completion`` is the canonical answer text (e.g. `` 1478007.``). Wit
 (default) only the completion and ``<eos>`` tokens carry loss, which is what RULER scores; with
 ``loss_on: all`` every token after ``<bos>`` does.
 
-Rows of ``seq_len`` tokens are filled greedily: pick a task uniformly among those that still fit,
+Rows of ``seq_len`` tokens are filled greedily: pick a task among those that still fit (uniformly, or in
+proportion to ``weights``, a ``{task: weight}`` mapping where unnamed tasks weigh 1),
 draw a document length uniformly between the task's shortest document and the space left, generate,
 repeat; the tail that no task fits is padding (its own segment, no loss). A RULER length counts the
 task's generation budget (128 tokens for NIAH) next to the prompt, but a training document holds
@@ -18,6 +19,11 @@ document's length is capped, the cap growing linearly from the longest task mini
 is drawn from the first step) to the full row. Early rows then hold several short documents, so
 each step carries more answers and each needle sits among fewer tokens, which is the signal
 retrieval has to be learned from. Held-out batches are never capped.
+
+Packing (``pack: true``, default): a row holds as many documents as fit. With ``pack: false`` a row
+holds one document and padding; such rows need no document boundary (the padding after the document
+carries no target and cannot change it), so the batch runs as plain ``(B, T)`` rows, which the
+recurrent layers process several times faster on a CPU than one long packed sequence.
 
 Follow-up questions (``followups: N``, default 0 = off): after the answer, a training document asks
 up to ``N`` more questions about other facts its context states (the other keys of niah_multikey_*,
@@ -74,12 +80,14 @@ class RulerSource:
     kind = "ruler_mix"
 
     def __init__(self, *, tokenizer, tasks: list[str] | None, seq_len: int, batch_size: int,
-                 loss_on: str = "answer", doc_len_warmup: int = 0, followups: int = 0, seed: int = 0,
-                 rank: int = 0, world_size: int = 1):
+                 loss_on: str = "answer", doc_len_warmup: int = 0, followups: int = 0,
+                 weights: dict[str, float] | None = None, pack: bool = True, seed: int = 0, rank: int = 0,
+                 world_size: int = 1):
         self.tok = tokenizer
         self.T, self.B, self.loss_on = seq_len, batch_size, loss_on
         self.doc_len_warmup = int(doc_len_warmup)
         self.followups = int(followups)
+        self.pack = bool(pack)
         self.seed, self.rank, self.world = seed, rank, world_size
         names = resolve_tasks(tasks) if tasks else list(OFFLINE)
         body = seq_len - 2  # room for <bos> and <eos>
@@ -99,7 +107,19 @@ class RulerSource:
         if not self.min_len:
             raise ValueError(f"ruler_mix: no RULER task fits seq_len={seq_len}; raise train.seq_len")
         self.skipped = too_long
-        self.tasks = list(self.min_len)
+        weights = dict(weights or {})
+        unknown = sorted(set(weights) - set(names))
+        if unknown:
+            raise ValueError(f"ruler_mix: weights name task(s) {', '.join(unknown)} that are not in the mixture "
+                             f"({', '.join(names)})")
+        if any(w < 0 for w in weights.values()):
+            raise ValueError(f"ruler_mix: negative task weight in {weights}")
+        # a task of weight 0 is never drawn
+        self.tasks = [t for t in self.min_len if weights.get(t, 1.0) > 0]
+        if not self.tasks:
+            raise ValueError("ruler_mix: every task that fits seq_len has weight 0")
+        self.weights = {t: float(weights.get(t, 1.0)) for t in self.tasks}
+        self.equal = len(set(self.weights.values())) == 1
         # room a document leaves for its follow-ups: a follow-up costs about this many tokens
         self.followup_tokens = 0
         if self.followups:
@@ -122,9 +142,16 @@ class RulerSource:
         held-out batches (negative steps) and steps past the warm-up get the full row."""
         full = self.T - 2
         if self.doc_len_warmup <= 0 or step < 0 or step >= self.doc_len_warmup:
-            return full + max(self.slack.values())
-        lo = max(self.min_len.values())  # every task fits from the first step
+            return full + max(self.slack[t] for t in self.tasks)
+        lo = max(self.min_len[t] for t in self.tasks)  # every task fits from the first step
         return lo + int((full - lo) * step / self.doc_len_warmup)
+
+    def _pick(self, rng: np.random.Generator, fits: list[str]) -> str:
+        """One of ``fits``, uniformly or in proportion to the task weights."""
+        if self.equal:
+            return fits[int(rng.integers(len(fits)))]
+        w = np.array([self.weights[t] for t in fits])
+        return fits[int(rng.choice(len(fits), p=w / w.sum()))]
 
     def _row(self, rng: np.random.Generator, step: int, row_index: int):
         bos, eos, pad = self.tok.bos_token_id, self.tok.eos_token_id, self.tok.pad_token_id
@@ -140,7 +167,7 @@ class RulerSource:
             fits = [t for t in self.tasks if self.min_len[t] <= min(room + self.slack[t], cap)]
             if not fits:
                 break
-            task = fits[int(rng.integers(len(fits)))]
+            task = self._pick(rng, fits)
             hi = min(room + self.slack[task], cap)
             if self.followups:  # leave room for the follow-ups where the row allows it
                 hi = max(self.min_len[task], hi - self.followups * self.followup_tokens)
@@ -173,6 +200,8 @@ class RulerSource:
             ids += doc
             labels += lab if self.loss_on == "answer" else doc
             answers += lab[:-1] + [-100]  # not the closing <eos>
+            if not self.pack:  # one document per row, then padding
+                break
         if len(ids) < self.T:
             starts.append(len(ids))
             labels += [-100] * (self.T - len(ids))
@@ -191,11 +220,13 @@ class RulerSource:
         return self.batch(i, 0, stream=2)
 
     def baselines(self) -> dict:
-        return {"tasks": self.tasks, "skipped_tasks (too long for seq_len)": self.skipped,
+        return {"tasks": self.tasks, "task_weights": self.weights,
+                "skipped_tasks (too long for seq_len)": self.skipped,
                 "min_lengths": self.min_len, "generation_budget_not_in_documents": self.slack}
 
     def describe(self) -> str:
         skip = f"; skipped (need > seq_len): {', '.join(self.skipped)}" if self.skipped else ""
         warm = f", document length warm-up over {self.doc_len_warmup} steps" if self.doc_len_warmup else ""
         warm += f", up to {self.followups} follow-up questions per document" if self.followups else ""
-        return f"ruler_mix: {len(self.tasks)} tasks ({', '.join(self.tasks)}), loss on {self.loss_on}{warm}{skip}"
+        names = ", ".join(self.tasks) if self.equal else ", ".join(f"{t} x{w:g}" for t, w in self.weights.items())
+        return f"ruler_mix: {len(self.tasks)} tasks ({names}), loss on {self.loss_on}{warm}{skip}"
