@@ -379,7 +379,9 @@ def _train(rec, cfg, out, ckpt_root, dist_, model, source, prefetch, tokenizer, 
     fwd_model = torch.compile(raw_model) if cfg.compile else raw_model
     from hybrid.blocks import HybridForCausalLM
 
-    heads_at_targets = isinstance(raw_model, HybridForCausalLM)
+    # the head only at the targets: a boolean gather whose size changes every batch, which a compiled
+    # model would recompile for, so only eagerly
+    heads_at_targets = isinstance(raw_model, HybridForCausalLM) and not cfg.compile
     if dist_.enabled and not fsdp:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
