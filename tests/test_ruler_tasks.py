@@ -239,3 +239,19 @@ def test_eval_config_errors(tmp_path):
         EvalConfig.from_dict({"lengths": [1024, "fourk"]})
     with pytest.raises(SpecError, match=r"eval\.haystack.*not found"):
         EvalConfig.from_dict({"haystack": str(tmp_path / "missing.txt")})
+
+
+def test_samples_made_on_threads_equal_those_made_one_by_one(tok):
+    """make_samples encodes on several threads; each sample depends only on its own seed."""
+    from hybrid.eval.ruler.runner import make_samples
+    from hybrid.tasks.seeds import eval_rng
+    from hybrid.train.tokenizer import load_tokenizer
+
+    for tokenizer in (tok, load_tokenizer(None)):  # a raw tokenizers.Tokenizer and a transformers one
+        got = make_samples(["niah_multikey_1", "vt"], [512, 1024], 6, tokenizer, seed=3)
+        for (t, length), samples in got.items():
+            want = [make_sample(t, length, tokenizer, eval_rng(t, length, i, 3)) for i in range(6)]
+            assert [(s.prompt, s.answers, s.prompt_tokens) for s in samples] == \
+                [(s.prompt, s.answers, s.prompt_tokens) for s in want]
+    skipped = {}
+    assert make_samples(["vt"], [64], 3, tok, skipped=skipped) == {} and 64 in skipped["vt"]

@@ -3,7 +3,9 @@ model's ``generate()`` (hybrid cache), score, and collect per-task, per-length r
 
 from __future__ import annotations
 
+import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from hybrid.tasks.base import Sample
@@ -96,16 +98,26 @@ def make_samples(tasks: list[str], lengths: list[int], n: int, tokenizer, *, see
     recorded there (``skipped[task][length]``); without one, it raises ``TooShort``."""
     data = data or {}
     out = {}
-    for t in tasks:
-        for length in lengths:
-            src = data.get(t)
-            try:
-                out[(t, length)] = [make_sample(t, length, tokenizer, eval_rng(t, length, i, seed),
-                                                haystack=haystack, data=src) for i in range(n)]
-            except TooShort as e:
-                if skipped is None:
-                    raise
-                skipped.setdefault(t, {})[length] = str(e)
+    # encoding the prompts (several times each, to fit the length) is most of the work, and the tokenizer
+    # releases the GIL while it encodes: the samples of a cell are made on a few threads
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for t in tasks:
+            for length in lengths:
+                src = data.get(t)
+
+                def one(i, t=t, length=length, src=src):
+                    return make_sample(t, length, tokenizer, eval_rng(t, length, i, seed), haystack=haystack,
+                                       data=src)
+
+                try:
+                    # the first in this thread: a length the task does not fit fails once, and the tokenizer
+                    # has set itself up before threads share it
+                    first = [one(0)] if n > 0 else []
+                    out[(t, length)] = first + list(pool.map(one, range(1, n)))
+                except TooShort as e:
+                    if skipped is None:
+                        raise
+                    skipped.setdefault(t, {})[length] = str(e)
     return out
 
 
