@@ -8,6 +8,7 @@ import statistics
 from collections import OrderedDict
 
 from hybrid.eval.ruler.intervals import wilson
+from hybrid.eval.ruler.report import HELD_OUT_MARK, count_label
 
 
 def ms(values: list[float]) -> tuple[float, float]:
@@ -116,10 +117,12 @@ def aggregate(results: list[dict]) -> list[dict]:
     return out
 
 
+def task_name(v: dict, t: str) -> str:
+    """A task's name in the report: * for the RULER-like (essay) tasks, the held-out mark."""
+    return t + (" *" if t in v["ruler_like_tasks"] else "") + (f" {HELD_OUT_MARK}" if t in v["held_out"] else "")
+
+
 def mean_label(v: dict, held_out: bool = False) -> str:
     """"mean of N tasks" (or "mean of the tasks that fit (a/b/c)" when the count changes with the length)."""
     counts = list((v["held_out_tasks_at"] if held_out else v["mean_tasks_at"]).values())
-    what = "held-out \u2020 mean" if held_out else "mean"
-    if len(set(counts)) <= 1:
-        return f"{what} of {counts[0] if counts else 0} tasks"
-    return f"{what} of the tasks that fit ({'/'.join(map(str, counts))})"
+    return count_label(counts, f"held-out {HELD_OUT_MARK} mean" if held_out else "mean")

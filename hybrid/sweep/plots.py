@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from .aggregate import mean_label, ms
+from .aggregate import mean_label, ms, task_name
 
 
 def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
@@ -34,8 +34,7 @@ def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
                 es.append(s)
             label = f"{n} ({n / train:g}x)" if train else str(n)
             ax.errorbar(xs, ys, yerr=es, marker="o", ms=4, capsize=3, lw=1.2, label=label, color=f"C{j}")
-        mark = (" *" if t in variants[0]["ruler_like_tasks"] else "") + (" \u2020" if t in variants[0]["held_out"] else "")
-        ax.set_title(t + mark, fontsize=9)
+        ax.set_title(task_name(variants[0], t), fontsize=9)
         ax.set_ylim(-3, 103)
         ax.set_xlabel("attention share of layers")
         ax.set_ylabel("score (x100)")

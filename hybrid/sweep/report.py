@@ -7,10 +7,12 @@ import json
 import math
 from pathlib import Path
 
+from hybrid.eval.ruler.report import HELD_OUT_MARK
+
 from . import tables
 from .aggregate import aggregate, interval, mean_label, ms
 from .plots import draw_learning, plot_frontier, plot_learning, plot_score_vs_ratio
-from .tables import DAGGER, pm
+from .tables import pm
 
 __all__ = ["aggregate", "draw_learning", "largest_gap", "markdown", "write_report"]
 
@@ -18,7 +20,7 @@ TRAINED_ON_TEST_FORMAT = (
     "**Trained on the test format**: every model here was trained on samples from the same generators and "
     "templates it is scored on (with seeds disjoint from the evaluation seeds), so a score measures how well a "
     "variant learned this format, not transfer to unseen tasks.")
-HELD_OUT_NOTE = (f"Tasks marked {DAGGER} are held out: evaluated but never in the training data; their "
+HELD_OUT_NOTE = (f"Tasks marked {HELD_OUT_MARK} are held out: evaluated but never in the training data; their "
                  "mean is reported apart and is the only score here that shows transfer.")
 NO_HELD_OUT_NOTE = "No task is held out (`eval.held_out`), so nothing here measures transfer to an unseen task."
 

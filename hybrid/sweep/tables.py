@@ -8,10 +8,9 @@ import math
 
 from hybrid.eval.ruler.intervals import fmt_interval, wilson
 
-from .aggregate import cell_samples, mean_label, ms
+from .aggregate import cell_samples, mean_label, ms, task_name
 from .bootstrap import difference, fmt_difference
 
-DAGGER = "\u2020"
 MIXER_LABEL = {"carve": "CARVE, content on", "carve-content-off": "CARVE, content off", "gdn2": "GDN-2"}
 ABLATION = ("carve", "carve-content-off", "gdn2")
 
@@ -31,10 +30,6 @@ def row(cells) -> str:
 
 def header(cells) -> list[str]:
     return [row(cells), "|" + "---|" * len(cells)]
-
-
-def task_name(v: dict, t: str) -> str:
-    return t + (" *" if t in v["ruler_like_tasks"] else "") + (f" {DAGGER}" if t in v["held_out"] else "")
 
 
 def mean_cell(v: dict, n: int, spread: bool, held_out: bool = False) -> str:

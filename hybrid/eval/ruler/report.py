@@ -30,15 +30,17 @@ def task_label(run: RulerRun, t: str) -> str:
     return t + (" *" if t in run.ruler_like else "") + (f" {HELD_OUT_MARK}" if t in run.held_out else "")
 
 
-def _count_label(counts: list[int], what: str) -> str:
-    if len(set(counts)) == 1:
-        return f"{what} of {counts[0]} tasks"
+def count_label(counts: list[int], what: str) -> str:
+    """"WHAT of N tasks", or "WHAT of the tasks that fit (a/b/c)" when the count changes with the length
+    (``counts``: the tasks behind the mean at each length)."""
+    if len(set(counts)) <= 1:
+        return f"{what} of {counts[0] if counts else 0} tasks"
     return f"{what} of the tasks that fit ({'/'.join(map(str, counts))})"
 
 
 def mean_label(run: RulerRun, held_out: bool = False) -> str:
     counts = [len(run.mean_tasks(n, held_out)) for n in run.lengths]
-    return _count_label(counts, f"held-out {HELD_OUT_MARK} mean" if held_out else "mean")
+    return count_label(counts, f"held-out {HELD_OUT_MARK} mean" if held_out else "mean")
 
 
 def mean_cell(run: RulerRun, n: int, held_out: bool = False) -> str:
