@@ -279,10 +279,8 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
             target = self.targets(labels, cu_seqlens)
             where = target != -100
             lg = self.lm_head(h[:, :-1][where]).float()
-            if num_items_in_batch is None:
-                loss = F.cross_entropy(lg, target[where], reduction="sum") / where.sum().clamp(min=1)
-            else:
-                loss = F.cross_entropy(lg, target[where], reduction="sum") / num_items_in_batch
+            count = where.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+            loss = F.cross_entropy(lg, target[where], reduction="sum") / count
             if not where.any():  # keep the graph connected (0 * a head output) when a batch has no target
                 loss = loss + 0.0 * self.lm_head(h[:, :1]).sum()
             return CausalLMOutputWithPast(loss=loss, logits=None, hidden_states=out.hidden_states,
