@@ -6,10 +6,12 @@ runs (samples, greedy generation in left-padded batches through the model's ``ge
 
 - static: as ``hybrid ruler`` decodes. On CUDA, ``greedy_new_tokens``: a preallocated
   ``StaticHybridCache`` whose one-token step is a captured CUDA graph (``hybrid.blocks.decode_graph``),
-  replayed in a loop that reads back to the host every few tokens; on a CPU ``generate`` with the
-  dynamic cache, so both rows there time the same path.
+  replayed in a loop that reads back to the host every few tokens; the answer-token check
+  (teacher forcing of the reference answers) continues the prefill's state, so each prompt is read
+  once. On a CPU ``generate`` with the dynamic cache, so both rows there time the same path.
 - dynamic: every ``generate`` call is handed a fresh dynamic ``HybridCache``, which keeps the eager
-  step (the path of CPU and beam search, and of CUDA before the static cache).
+  step (the path of CPU and beam search, and of CUDA before the static cache), and the answer-token
+  check reads each prompt again in a forward of its own.
 
 Before the timed runs, ``--warmup-samples`` samples per task (default: one batch) go through both
 paths (Triton kernels compile then, as they are cached on disk between ``hybrid ruler`` runs); the captured caches are then
@@ -71,11 +73,11 @@ class RecordingModel:
         """The static path's loop (None on the dynamic path and on a CPU, where ``generate`` serves)."""
         if self.dynamic:
             return None
-        new = self.model.greedy_new_tokens(input_ids, attention_mask, **kwargs)
-        if new is not None:
+        got = self.model.greedy_new_tokens(input_ids, attention_mask, **kwargs)
+        if got is not None:
             self.caches["StaticHybridCache + CUDA graph, greedy loop"] += 1
-            self._record(new)
-        return new
+            self._record(got[0] if isinstance(got, tuple) else got)
+        return got
 
     def _record(self, new):
         for row in new.tolist():

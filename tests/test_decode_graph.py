@@ -121,6 +121,34 @@ def test_greedy_decode_equals_generate_on_an_eager_static_cache():
             assert not any(row[row.index(eos) + 1:])
 
 
+def _forced_full(model, prompt, forced):
+    """Greedy predictions of every forced token from a full forward over the row alone."""
+    with torch.no_grad():
+        logits = model(torch.cat([prompt, forced])[None]).logits[0]
+    return logits[prompt.numel() - 1: prompt.numel() - 1 + forced.numel()].argmax(-1).tolist()
+
+
+@pytest.mark.parametrize("layout", ["3to1", "carve"])
+def test_teacher_forcing_from_the_prefill_equals_full_forwards(layout):
+    """Forced continuations (right-padded) continue the prefill's state: each row's predictions equal a
+    full forward over that row's prompt and continuation alone, and the greedy tokens are unchanged."""
+    model = make_model(LAYOUTS[layout])
+    prompts = [torch.randint(1, VOCAB, (n,)) for n in (21, 6, 13)]
+    conts = [torch.randint(1, VOCAB, (n,)) for n in (5, 1, 9)]
+    ids, mask = _left_padded(prompts)
+    forced = torch.zeros(3, 9, dtype=torch.long)
+    for b, c in enumerate(conts):
+        forced[b, :c.numel()] = c
+    with torch.no_grad():
+        plain = greedy_decode(model, ids, mask, 12, pad_token_id=0, cache=decode_cache(model, 3, 40))
+        got, pred = greedy_decode(model, ids, mask, 12, pad_token_id=0, cache=decode_cache(model, 3, 40),
+                                  forced=forced)
+    assert got.tolist() == plain.tolist()
+    assert pred.shape == (3, 9)
+    for b, (p, c) in enumerate(zip(prompts, conts)):
+        assert pred[b, :c.numel()].tolist() == _forced_full(model, p, c)
+
+
 def test_greedy_new_tokens_leaves_the_cpu_to_generate():
     model = make_model(LAYOUTS["3to1"])
     assert model.greedy_new_tokens(torch.ones(2, 5, dtype=torch.long), max_new_tokens=4) is None
@@ -175,6 +203,24 @@ def test_greedy_new_tokens_equal_graph_generate_on_cuda():
     assert got.tolist() == ref[:, 30:].tolist()
     (cache,) = model._decode_caches.values()  # the same bucket: generate's capture served the loop
     assert cache.step_fn is not None and cache.seen_tokens == 30 + 39
+
+
+@pytest.mark.gpu
+def test_teacher_forcing_on_cuda_equals_a_separate_forward():
+    """On CUDA (captured step) the forced predictions equal those of a forward over prompt + continuation."""
+    model = _cuda_model(RING)
+    prompts = [torch.randint(1, VOCAB, (n,), device="cuda") for n in (30, 9, 17)]
+    conts = [torch.randint(1, VOCAB, (n,), device="cuda") for n in (4, 7, 1)]
+    ids, mask = _left_padded(prompts, "cuda")
+    forced = torch.zeros(3, 7, dtype=torch.long, device="cuda")
+    for b, c in enumerate(conts):
+        forced[b, :c.numel()] = c
+    with torch.inference_mode():
+        got, pred = model.greedy_new_tokens(ids, mask, max_new_tokens=20, pad_token_id=0, forced=forced)
+        plain = model.greedy_new_tokens(ids, mask, max_new_tokens=20, pad_token_id=0)
+    assert got.tolist() == plain.tolist()
+    for b, (p, c) in enumerate(zip(prompts, conts)):
+        assert pred[b, :c.numel()].tolist() == _forced_full(model, p, c)
 
 
 @pytest.mark.gpu

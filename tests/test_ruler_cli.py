@@ -72,6 +72,34 @@ def test_teacher_forced_answer_tokens_match_unpadded_rows(tiny_model):
         assert right == sum(int(pred[len(p) + j - 1]) == cid[j] for j in digits)
 
 
+def test_answer_tokens_from_the_prefill_equal_a_forward_of_their_own(tiny_model):
+    """Where the model decodes through a static cache (on CUDA; here an eager one on the CPU), ``generate``
+    counts the answer tokens from the prefill's state: the same counts as ``answer_tokens_right``."""
+    import torch
+
+    from hybrid.blocks.decode_graph import decode_cache, greedy_decode
+    from hybrid.eval.ruler.checkpoint import load_checkpoint
+    from hybrid.eval.ruler.runner import answer_tokens_right, generate
+
+    model, tok, _ = load_checkpoint(tiny_model, device="cpu")
+
+    class StaticOnCpu(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def greedy_new_tokens(self, ids, mask, *, max_new_tokens, **kw):
+            cache = decode_cache(self.inner, ids.shape[0], ids.shape[1] + max_new_tokens)
+            return greedy_decode(self.inner, ids, mask, max_new_tokens, cache=cache, **kw)
+
+    prompts = [[0] + list(range(100, 140)), [0] + list(range(200, 215)), [0] + list(range(300, 333))]
+    completions = [" 4829013.", " 12.", " 7654321 and 42."]
+    texts, made, tf = generate(StaticOnCpu(model), tok, prompts, 6, completions)
+    assert tf == answer_tokens_right(model, tok, prompts, completions)
+    assert [c for _, c in tf] == [7, 2, 10]  # digits one token each, "and" one
+    assert texts == generate(model, tok, prompts, 6)[0] and made > 0
+
+
 def test_teacher_forced_check_of_a_model_without_logits_to_keep(tiny_model):
     """A model whose forward computes every logit gives the same counts as ours, which computes the tail."""
     import torch

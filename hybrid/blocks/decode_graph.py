@@ -12,7 +12,9 @@ graph of a recurrent layer reads a stacked copy of its input projections).
 ``greedy_decode`` is greedy decoding over such a cache in a loop of its own, for callers that want only
 the new tokens (``hybrid ruler``, the sweep's evaluation): unlike ``generate``, whose stopping check reads
 a device value back every token, it reads back only every ``CHECK_EVERY`` tokens, so the host queues
-replays ahead of the GPU instead of waiting on each.
+replays ahead of the GPU instead of waiting on each. Given reference continuations it also
+teacher-forces them from the prefill's state (RULER's answer-token accuracy), so an evaluation reads each
+prompt once.
 
 ``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
 greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
@@ -30,7 +32,7 @@ import torch
 
 from .recurrent_step import weights_key
 from .static_cache import StaticHybridCache
-from .static_decode import static_step
+from .static_decode import static_prefill, static_step
 
 MIN_LEN = 256
 KEEP = 2
@@ -151,13 +153,18 @@ def generate_cache(model, input_ids, kwargs: dict, generation_config=None) -> St
 
 
 def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, max_new_tokens: int, *,
-                  eos_token_id=None, pad_token_id: int = 0,
-                  cache: StaticHybridCache | None = None) -> torch.Tensor | None:
+                  eos_token_id=None, pad_token_id: int = 0, cache: StaticHybridCache | None = None,
+                  forced: torch.Tensor | None = None):
     """The ``max_new_tokens`` greedy tokens after each (left-padded) prompt row, ``[B, max_new_tokens]``:
     a row's end-of-text token is kept and every token after it is ``pad_token_id``, as ``generate`` pads
     finished rows. Decodes through ``cache`` (default: ``fast_cache``, so on CUDA the captured step);
     None where there is none (CPU), for the caller to use ``generate``. Call it under no_grad or
-    inference mode."""
+    inference mode.
+
+    ``forced [B, L]`` (reference continuations, right-padded): also teacher-force them after the prompt,
+    from the prefill's own state, so the prompt is read once for both. Returns then the pair (new tokens,
+    the greedy prediction of every forced token ``[B, L]``, column j made from the prompt and
+    ``forced[:, :j]``)."""
     B, T = input_ids.shape
     if cache is None:
         cache = fast_cache(model, B, T + max_new_tokens)
@@ -166,8 +173,12 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     eos = None
     if eos_token_id is not None:
         eos = torch.as_tensor(eos_token_id, device=input_ids.device).reshape(-1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1).logits
+    logits, dyn = static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=1)
     tok = logits[:, -1].argmax(-1)
+    predicted = None
+    if forced is not None:
+        predicted = _teacher_forced(model, dyn, tok, forced, attention_mask, T)
+    del dyn
     out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
     done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
     for i in range(max_new_tokens):
@@ -179,4 +190,17 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
                 break
         if i + 1 < max_new_tokens:
             tok = model(input_ids=tok[:, None], cache=cache).logits[:, -1].argmax(-1)
-    return out
+    return out if forced is None else (out, predicted)
+
+
+def _teacher_forced(model, dyn, first: torch.Tensor, forced: torch.Tensor, attention_mask, T: int) -> torch.Tensor:
+    """Greedy predictions ``[B, L]`` of the forced tokens: the first from the prompt's last logits
+    (``first``), the others from one forward of ``forced[:, :-1]`` through the prefill's dynamic cache."""
+    B, L = forced.shape
+    cols = [first[:, None]]
+    if L > 1:
+        past = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long,
+                                                                          device=forced.device)
+        mask = torch.cat([past, past.new_ones(B, L - 1)], dim=1)
+        cols.append(model(input_ids=forced[:, :-1], attention_mask=mask, cache=dyn).logits.argmax(-1))
+    return torch.cat(cols, dim=1)

@@ -327,11 +327,13 @@ class HybridForCausalLM(HybridPreTrainedModel, GenerationMixin):
         return super().generate(inputs, generation_config, *args, **kwargs)
 
     def greedy_new_tokens(self, input_ids, attention_mask=None, *, max_new_tokens: int, eos_token_id=None,
-                          pad_token_id: int = 0):
+                          pad_token_id: int = 0, forced=None):
         """Greedy new tokens ``[B, max_new_tokens]`` (pad after each row's end-of-text) through the captured
-        static cache on CUDA (``decode_graph.greedy_decode``); None on a CPU, where ``generate`` serves."""
+        static cache on CUDA (``decode_graph.greedy_decode``); None on a CPU, where ``generate`` serves.
+        With ``forced [B, L]`` (reference continuations) the pair (new tokens, greedy predictions of the
+        forced tokens under teacher forcing), from one read of the prompt."""
         return greedy_decode(self, input_ids, attention_mask, max_new_tokens, eos_token_id=eos_token_id,
-                             pad_token_id=pad_token_id)
+                             pad_token_id=pad_token_id, forced=forced)
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
                                       inputs_embeds=None, next_sequence_length=None, cache=None, use_cache=True,

@@ -57,21 +57,32 @@ def static_step(model, ids: torch.Tensor, cache: StaticHybridCache) -> torch.Ten
     return model.lm_head(add_norm(h, delta, base.norm)[1])
 
 
+def static_prefill(model, input_ids, attention_mask, cache: StaticHybridCache, *, logits_to_keep=0):
+    """The prefill of an empty ``cache``: the prompt runs through a dynamic ``HybridCache``, whose state
+    is then copied in. Returns the logits and that dynamic cache, which a caller may go on feeding (it
+    shares no memory with ``cache``)."""
+    B, T = input_ids.shape
+    if cache.seen_tokens != 0:
+        raise ValueError("static_prefill: the StaticHybridCache has already seen a prefill")
+    if B > cache.capacity:
+        raise ValueError(f"the prompt batch has {B} rows, the StaticHybridCache holds {cache.capacity}")
+    if T > cache.max_len:
+        raise ValueError(f"the prompt has {T} tokens, the StaticHybridCache holds {cache.max_len}")
+    out = model(input_ids=input_ids, attention_mask=attention_mask, cache=HybridCache(model.config),
+                use_cache=True, logits_to_keep=logits_to_keep)
+    dyn = _cache_of(out)
+    cache.load(dyn)
+    return out.logits, dyn
+
+
 def static_forward(model, input_ids, attention_mask, cache: StaticHybridCache, *, logits_to_keep=0):
-    """Logits of ``input_ids`` through ``cache``: the first call is the prefill (run with a dynamic
-    ``HybridCache``, then copied in), every later one takes exactly one new real token per row."""
+    """Logits of ``input_ids`` through ``cache``: the first call is the prefill (``static_prefill``),
+    every later one takes exactly one new real token per row."""
     if input_ids is None:
         raise ValueError("a StaticHybridCache decodes token ids: give input_ids, not inputs_embeds")
     B, T = input_ids.shape
     if cache.seen_tokens == 0:
-        if B > cache.capacity:
-            raise ValueError(f"the prompt batch has {B} rows, the StaticHybridCache holds {cache.capacity}")
-        if T > cache.max_len:
-            raise ValueError(f"the prompt has {T} tokens, the StaticHybridCache holds {cache.max_len}")
-        out = model(input_ids=input_ids, attention_mask=attention_mask, cache=HybridCache(model.config),
-                    use_cache=True, logits_to_keep=logits_to_keep)
-        cache.load(_cache_of(out))
-        return out.logits
+        return static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=logits_to_keep)[0]
     if T != 1:
         raise ValueError(f"after its prefill a StaticHybridCache takes one token per row per call, got {T}")
     if B != cache.rows:

@@ -121,8 +121,11 @@ def make_samples(tasks: list[str], lengths: list[int], n: int, tokenizer, *, see
     return out
 
 
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> tuple[list[str], int]:
-    """Greedy continuations of token-id prompts, batched with left padding. Returns (texts, tokens made).
+def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
+             completions: list[str] | None = None) -> tuple[list[str], int, list[tuple[int, int]] | None]:
+    """Greedy continuations of token-id prompts, batched with left padding. Returns (texts, tokens made,
+    answer tokens right): the last is ``answer_tokens_right`` of ``completions``, counted from the same
+    prefill where the model can (ours on CUDA), else None (the caller runs ``answer_tokens_right``).
 
     Our models decode through ``greedy_new_tokens`` (on CUDA the captured static-cache step in a loop that
     reads back to the host every few tokens); any other model, or ours on a CPU, through ``generate``."""
@@ -138,11 +141,22 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) ->
         mask[i, width - len(p):] = 1
     device = next(model.parameters()).device
     fast = getattr(model, "greedy_new_tokens", None)  # ours: the captured static-cache loop on CUDA
+    comp = None if completions is None else _completion_ids(tokenizer, completions)
+    tf = None
     with torch.inference_mode():
         new = None
         if fast is not None:
+            forced = None
+            if comp is not None:
+                forced = torch.full((len(comp), max(1, max(len(c) for c in comp))), pad, dtype=torch.long)
+                for i, c in enumerate(comp):
+                    forced[i, :len(c)] = torch.tensor(c, dtype=torch.long)
+                forced = forced.to(device)
             new = fast(ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
-                       pad_token_id=pad)
+                       pad_token_id=pad, **({} if forced is None else {"forced": forced}))
+            if new is not None and forced is not None:
+                new, pred = new
+                tf = _tally(tokenizer, comp, pred.cpu().tolist())
         if new is None:
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos)
@@ -154,7 +168,26 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) ->
             row = row[: row.index(eos)]
         made += len(row)
         texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return texts, made
+    return texts, made, tf
+
+
+def _completion_ids(tokenizer, completions: list[str]) -> list[list[int]]:
+    return [tokenizer.encode(c, add_special_tokens=False) for c in completions]
+
+
+def _tally(tokenizer, comp: list[list[int]], pred: list[list[int]]) -> list[tuple[int, int]]:
+    """(right, counted) per row: of the completion's content tokens (those with a letter or digit), how
+    many ``pred[i][j]`` (the prediction of completion token j of row i) gets exactly."""
+    out = []
+    for c, p in zip(comp, pred):
+        right = counted = 0
+        for j, t in enumerate(c):
+            if not any(ch.isalnum() for ch in tokenizer.decode([t])):
+                continue
+            counted += 1
+            right += int(p[j]) == t
+        out.append((right, counted))
+    return out
 
 
 def _takes(model, name: str) -> bool:
@@ -176,7 +209,7 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    comp = [tokenizer.encode(c, add_special_tokens=False) for c in completions]
+    comp = _completion_ids(tokenizer, completions)
     rows = [p + c for p, c in zip(prompts, comp)]
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -189,16 +222,8 @@ def answer_tokens_right(model, tokenizer, prompts: list[list[int]], completions:
     device = next(model.parameters()).device
     with torch.inference_mode():
         pred = model(input_ids=ids.to(device), **kwargs).logits[:, -keep:].argmax(-1).cpu()
-    out = []
-    for i, (p, c) in enumerate(zip(prompts, comp)):
-        right = counted = 0
-        for j, t in enumerate(c):
-            if not any(ch.isalnum() for ch in tokenizer.decode([t])):
-                continue
-            counted += 1
-            right += int(pred[i, len(p) + j - 1 - (width - keep)]) == t
-        out.append((right, counted))
-    return out
+    # column len(p) - 1 - (width - keep) of row i predicts its first completion token
+    return _tally(tokenizer, comp, [pred[i, len(p) - 1 - (width - keep):].tolist() for i, p in enumerate(prompts)])
 
 
 def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, batch_size: int = 8,
@@ -234,11 +259,13 @@ def evaluate(model, tokenizer, tasks: list[str], lengths: list[int], n: int, *, 
                 idx = order[b: b + batch_size]
                 prompts = [model_ids(tokenizer, group[i].prompt) for i in idx]
                 t0 = time.perf_counter()
-                texts, made = generate(model, tokenizer, prompts, group[idx[0]].gen_tokens)
+                completions = [group[i].completion for i in idx]
+                texts, made, tf = generate(model, tokenizer, prompts, group[idx[0]].gen_tokens, completions)
                 run.gen_seconds += time.perf_counter() - t0
                 run.gen_tokens += made
                 run.prompt_tokens += sum(len(p) for p in prompts)
-                tf = answer_tokens_right(model, tokenizer, prompts, [group[i].completion for i in idx])
+                if tf is None:  # a model that cannot teacher-force from its prefill: a forward of its own
+                    tf = answer_tokens_right(model, tokenizer, prompts, completions)
                 for i, text, (right, counted) in zip(idx, texts, tf):
                     s = group[i]
                     v = score_one(get_task(t).metric, text, s.answers)

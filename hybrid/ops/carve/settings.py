@@ -21,8 +21,11 @@ SUPPORTED_CHUNKS = (16, 32, 64)
 MAX_REGISTER_DIM = 128  # the chunk kernels hold a [K, V] state per program in registers
 MAX_FP32_OPERAND_TILE = 128 * 64  # padded K*V above this needs more shared memory than an H200 block has
 KERNELS = ("chunk", "wide")
-# programs per (sequence, head) of the chunk sweeps. Not 2: its content gradients (de, dc) came out wrong
-# on the H200 (da off by 1.4 at B = 4, H = 16, T = 1024) while 4 and 8 matched the float64 oracle
+# programs per (sequence, head) of the chunk sweeps. Not 2: with the sweep's 8 warps its 64-column tiles
+# miscompile on sm_90 (content gradients off by about 1.4 against the float64 oracle at B = 4, H = 16,
+# T = 1024, and an illegal memory access with the content term off); with 4 warps it is correct but
+# slower than no split (fwd + bwd 9.9 against 8.1 ms at B = 8, H = 8, T = 4096; 47.6 against 31.2 ms
+# for a split of 8 at B = 1, H = 8, T = 32768; H100)
 VALUE_SPLITS = (1, 4, 8)
 MIN_SPLIT_COLUMNS = 16  # value columns per program of a split sweep (the smallest tensor-core tile)
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
