@@ -536,3 +536,22 @@ def test_prefetch_workers_get_the_source_through_a_file():
         assert torch.equal(pf.get(step, 0).input_ids, src.batch(step, 0).input_ids)
     finally:
         pf.close(keep=False)
+
+
+def test_ruler_mix_row_shorter_than_the_length_budget(tok):
+    """A RULER length budget counts the 128 tokens to generate, which a training document does not hold: a
+    row shorter than the task's smallest budget (~280 tokens for niah_single_1) still takes a document
+    when the prompt and its completion fit; a row too short for that is refused with the seq_len named."""
+    pytest.importorskip("hybrid.tasks")
+    from hybrid.train.ruler_source import RulerSource
+
+    src = RulerSource(tokenizer=tok, tasks=["niah_single_1"], seq_len=192, batch_size=4, pack=False)
+    assert src.min_len["niah_single_1"] > 192
+    b = src.batch(0, 0)
+    assert b.input_ids.shape == (4, 192)
+    for row, lab in zip(b.input_ids.tolist(), b.labels.tolist()):
+        text = tok.decode([t for t in row if t != tok.pad_token_id])
+        assert text.startswith("<|bos|>A special magic number is hidden") and text.endswith(".<|eos|>")
+        assert tok.decode([t for t in lab if t != IGNORE]).endswith(".<|eos|>")
+    with pytest.raises(ValueError, match="seq_len=128"):
+        RulerSource(tokenizer=tok, tasks=["niah_single_1"], seq_len=128, batch_size=1)

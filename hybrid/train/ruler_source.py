@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hybrid.tasks import OFFLINE, RulerError, make_sample, resolve_tasks
+from hybrid.tasks import OFFLINE, RulerError, get_task, make_sample, resolve_tasks
 from hybrid.tasks.seeds import train_seed
 from hybrid.train.batches import Batch, pack_rows, rng_for
 
@@ -96,11 +96,15 @@ class RulerSource:
         too_long = []
         for name in names:
             m = _min_length(name, tokenizer, body)
-            if m is None:
+            if m is None:  # a document holds its completion, not the task's whole generation budget: probe
+                # up to the row plus that budget, and keep the task when its shortest document fits the row
+                m = _min_length(name, tokenizer, body + get_task(name).gen_tokens)
+            slack = None if m is None else _slack(name, tokenizer, m)
+            if m is None or m > body + slack:
                 too_long.append(name)
             else:
                 self.min_len[name] = m
-                self.slack[name] = _slack(name, tokenizer, m)
+                self.slack[name] = slack
         if too_long and tasks:
             raise ValueError(f"ruler_mix: task(s) {', '.join(too_long)} need more than seq_len={seq_len} tokens; "
                              "raise train.seq_len or remove them from train.data.tasks")
