@@ -21,7 +21,7 @@ def _ok(errs, tol):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("case", [dict(B=2, T=300), dict(lengths=[300, 0, 2, 77, 1]),
-                                  dict(B=3, T=65, state=False, normalize=False)])
+                                  dict(B=3, T=65, state=False, normalize=False), dict(W=6, B=2, T=130)])
 def test_conv_gpu(dtype, case):
     _ok(checks.check_conv("cuda", dtype, **BIG, **case), TOL[dtype])
 

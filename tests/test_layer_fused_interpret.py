@@ -24,6 +24,7 @@ CASES = {
     "conv_no_state_no_norm_width2": ("check_conv", dict(state=False, normalize=False, W=2, T=9)),
     "conv_value_dim_differs": ("check_conv", dict(K=16, V=8, T=7, W=3)),
     "conv_width2_state_varlen": ("check_conv", dict(W=2, lengths=[3, 1, 0, 6])),
+    "conv_width6_state_varlen": ("check_conv", dict(W=6, lengths=[4, 9, 0, 2])),
     # more tokens than one program of the backward's first pass takes (its weight-gradient partial sums)
     "conv_several_programs": ("check_conv", dict(H=1, K=8, V=8, B=2, T=45, dpre_blocks=2)),
     "conv_decode_step": ("check_conv_step", {}),

@@ -119,12 +119,29 @@ def short_conv_fwd_kernel(x_ptr, w_ptr, s0_ptr, q_ptr, k_ptr, v_ptr, cu_ptr, doc
 
 
 @triton.jit
+def _tap_grad(acc, dp, x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W: tl.constexpr,
+              HAS_STATE: tl.constexpr):
+    """acc + dpre * (input of tap i), or acc unchanged when the convolution has no tap i."""
+    if i < W:
+        acc += dp * _tap(x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W, HAS_STATE)
+    return acc
+
+
+@triton.jit
+def _store_tap_grad(dwp_ptr, acc, pt, cols, cmask, i, C, W: tl.constexpr):
+    if i < W:
+        tl.store(dwp_ptr + pt * (C * W) + cols * W + i, tl.sum(acc, 0), mask=cmask)
+
+
+@triton.jit
 def short_conv_dpre_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dp_ptr, dwp_ptr, cu_ptr, doc_ptr, TT, T, sx,
                            C, H, eps, K: tl.constexpr, V: tl.constexpr, W: tl.constexpr, VARLEN: tl.constexpr,
                            HAS_STATE: tl.constexpr, NORM: tl.constexpr, BT: tl.constexpr, BD: tl.constexpr,
-                           NBLK: tl.constexpr, WP: tl.constexpr):
+                           NBLK: tl.constexpr, TAP0: tl.constexpr, STORE_DP: tl.constexpr):
     """Backward, first pass over NBLK blocks of BT tokens: the gradient before the SiLU, dpre [TT, C]
-    (contiguous), and this program's partial weight gradient dwp[pt, C, W] (fp32)."""
+    (contiguous, written when STORE_DP), and this program's partial weight gradient of taps TAP0..TAP0+3,
+    dwp[pt, C, W] (fp32). One [BT, BD] accumulator per tap, summed over rows once at the end (a row sum
+    per block and tap cost twice the whole pass on the H200). Wider convolutions take W/4 launches."""
     pt = tl.program_id(0)
     pc = tl.program_id(1)
     col0, width, is_v = _head(pc, H, K, V)
@@ -140,24 +157,27 @@ def short_conv_dpre_kernel(x_ptr, w_ptr, s0_ptr, dq_ptr, dk_ptr, dv_ptr, dp_ptr,
     else:
         gbase = dv_ptr + (pc - 2 * H) * V
         gstride = H * V
-    taps = tl.arange(0, WP)
-    # this program's weight gradient, tap i in slot i, summed over rows once at the end (a row sum per
-    # block and tap cost twice the whole pass on the H200)
-    acc = tl.zeros((BT, BD, WP), dtype=tl.float32)
+    a0 = tl.zeros((BT, BD), dtype=tl.float32)
+    a1 = tl.zeros((BT, BD), dtype=tl.float32)
+    a2 = tl.zeros((BT, BD), dtype=tl.float32)
+    a3 = tl.zeros((BT, BD), dtype=tl.float32)
     for blk in range(NBLK):
         rows = (pt * NBLK + blk) * BT + tl.arange(0, BT).to(tl.int64)
         ok = rows < TT
         doc, start, end = _seq_of(rows, TT, T, cu_ptr, doc_ptr, VARLEN)
         dp = _dpre(x_ptr, s0_ptr, w_ptr, gbase, gstride, rows, ok, start, doc, cols, cmask, d, sx, C, eps, is_v,
                    W, HAS_STATE, NORM, BT, BD)
-        tl.store(dp_ptr + rows[:, None] * C + cols[None, :], dp.to(dp_ptr.dtype.element_ty),
-                 mask=ok[:, None] & cmask[None, :])
-        for i in tl.static_range(W):
-            xi = _tap(x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, i, sx, C, W, HAS_STATE)
-            acc += tl.where(taps[None, None, :] == i, (dp * xi)[:, :, None], 0.0)
-    dw = tl.sum(acc, 0)
-    tl.store(dwp_ptr + pt * (C * W) + cols[:, None] * W + taps[None, :], dw,
-             mask=cmask[:, None] & (taps < W)[None, :])
+        if STORE_DP:
+            tl.store(dp_ptr + rows[:, None] * C + cols[None, :], dp.to(dp_ptr.dtype.element_ty),
+                     mask=ok[:, None] & cmask[None, :])
+        a0 = _tap_grad(a0, dp, x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, TAP0, sx, C, W, HAS_STATE)
+        a1 = _tap_grad(a1, dp, x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, TAP0 + 1, sx, C, W, HAS_STATE)
+        a2 = _tap_grad(a2, dp, x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, TAP0 + 2, sx, C, W, HAS_STATE)
+        a3 = _tap_grad(a3, dp, x_ptr, s0_ptr, rows, ok, start, doc, cols, cmask, TAP0 + 3, sx, C, W, HAS_STATE)
+    _store_tap_grad(dwp_ptr, a0, pt, cols, cmask, TAP0, C, W)
+    _store_tap_grad(dwp_ptr, a1, pt, cols, cmask, TAP0 + 1, C, W)
+    _store_tap_grad(dwp_ptr, a2, pt, cols, cmask, TAP0 + 2, C, W)
+    _store_tap_grad(dwp_ptr, a3, pt, cols, cmask, TAP0 + 3, C, W)
 
 
 @triton.jit
