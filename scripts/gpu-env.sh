@@ -1,9 +1,11 @@
 # Sourced by scripts/gpu-check and scripts/gpu-suite (run on the device machine from the repo root):
 # $OUT (default ./out) made absolute as OUT_ABS; this checkout on PYTHONPATH; fla's wheels from .whl/
 # installed to /tmp/site when present; Triton's autotuning results cached on disk and written back as
-# $OUT/autotune.tar on exit (fla autotunes its kernels for minutes at every new shape). Copy that file
-# to .autotune/autotune.tar and carry .autotune: a later run reuses the choices (only they travel, not
-# binaries).
+# $OUT/autotune.tar on exit (fla autotunes its kernels for minutes at every new shape). The choices
+# already made travel in: benchmarks/fla-autotune-sm90.tar (tracked: fla 0.6.0's kernels at the
+# benchmarks' shapes, Triton 3.6.0, tuned on an H100; H200 and H100 are both sm_90), then
+# .autotune/autotune.tar when present (copy a run's $OUT/autotune.tar there and carry .autotune).
+# Only the choices travel, not binaries.
 OUT="${OUT:-out}"
 mkdir -p "$OUT"
 OUT_ABS="$(cd "$OUT" && pwd)"
@@ -14,7 +16,9 @@ if ls .whl/*.whl >/dev/null 2>&1; then
 fi
 export TRITON_CACHE_AUTOTUNING=1 TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-$HOME/.triton/cache}"
 mkdir -p "$TRITON_CACHE_DIR"
-if [ -f .autotune/autotune.tar ]; then tar -xf .autotune/autotune.tar -C "$TRITON_CACHE_DIR" && echo "autotune cache: $(tar -tf .autotune/autotune.tar | grep -c json) entries"; fi
+for tune in benchmarks/fla-autotune-sm90.tar .autotune/autotune.tar; do
+  if [ -f "$tune" ]; then tar -xf "$tune" -C "$TRITON_CACHE_DIR" && echo "autotune cache $tune: $(tar -tf "$tune" | grep -c json) entries"; fi
+done
 save_autotune() { (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -cf "$OUT_ABS/autotune.tar" -T -) || true; }
 trap save_autotune EXIT
 nvidia-smi --query-gpu=name,driver_version,memory.used,utilization.gpu --format=csv,noheader 2>/dev/null || true
