@@ -8,7 +8,7 @@ import statistics
 from collections import OrderedDict
 
 from hybrid.eval.ruler.intervals import wilson
-from hybrid.eval.ruler.report import HELD_OUT_MARK, NOT_RULER_MARK, count_label, not_ruler
+from hybrid.eval.ruler.report import HELD_OUT_MARK, count_label
 
 
 def ms(values: list[float]) -> tuple[float, float]:
@@ -118,9 +118,8 @@ def aggregate(results: list[dict]) -> list[dict]:
 
 
 def task_name(v: dict, t: str) -> str:
-    """A task's name in the report: * for the RULER-like (essay) tasks, (not RULER) for mqar, the held-out mark."""
-    return (t + (" *" if t in v["ruler_like_tasks"] else "") + (f" {NOT_RULER_MARK}" if not_ruler(t) else "")
-            + (f" {HELD_OUT_MARK}" if t in v["held_out"] else ""))
+    """A task's name in the report: * for the RULER-like (essay) tasks, the held-out mark."""
+    return t + (" *" if t in v["ruler_like_tasks"] else "") + (f" {HELD_OUT_MARK}" if t in v["held_out"] else "")
 
 
 def mean_label(v: dict, held_out: bool = False) -> str:

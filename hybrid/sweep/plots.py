@@ -5,8 +5,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from hybrid.eval.ruler.report import not_ruler
-
 from .aggregate import mean_label, ms, task_name
 
 
@@ -45,8 +43,7 @@ def plot_score_vs_ratio(variants: list[dict], path: Path) -> Path:
         axes[k // cols][k % cols].axis("off")
     axes[0][0].legend(title="eval length", fontsize=7, title_fontsize=7)
     seeds = len(variants[0]["seeds"])
-    what = "RULER score" if not any(not_ruler(t) for t in variants[0]["tasks"]) else "Score"
-    fig.suptitle(f"{what} vs attention share ({seeds} seed{'s' if seeds > 1 else ''}; bars: std over seeds; "
+    fig.suptitle(f"RULER score vs attention share ({seeds} seed{'s' if seeds > 1 else ''}; bars: std over seeds; "
                  "same-share variants are separate points)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

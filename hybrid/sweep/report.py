@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from hybrid.eval.ruler.report import HELD_OUT_MARK, NOT_RULER_NOTE, not_ruler
+from hybrid.eval.ruler.report import HELD_OUT_MARK
 
 from . import tables
 from .aggregate import aggregate, interval, mean_label, ms
@@ -99,8 +99,6 @@ def markdown(variants: list[dict], meta: dict, neighbour_rows: tuple | None = No
         L += [f"**RULER-like**: tasks marked * ({', '.join(v0['ruler_like_tasks'])}) use the essay haystack "
               f"{v0['haystack']}, not Paul Graham's essays; their scores are not comparable with published RULER "
               "numbers.", ""]
-    if any(not_ruler(t) for t in v0["tasks"]):
-        L += [NOT_RULER_NOTE + ".", ""]
     L += ["## Summary", ""]
     trained = v0["trained_tasks"]
     L += [f"Scores are x100{' (mean ± std over seeds)' if spread else ''}. `{mean_label(v0)}`: the unweighted mean "

@@ -1,7 +1,7 @@
 """RULER-format tasks (NVIDIA, arXiv 2404.06654), written for this project: the task generators that
 training mixtures (``hybrid.train.ruler_source``) and evaluation (``hybrid.eval.ruler``) both draw from.
 
-``TASKS`` (name -> task; ``mqar`` there is not a RULER task and in no group), ``GROUPS``, ``resolve_tasks(names)``, and
+``TASKS`` (name -> task), ``GROUPS``, ``resolve_tasks(names)``, and
 ``make_sample(task, max_tokens, tokenizer, rng) -> Sample``. Seed ranges are in ``seeds``. See docs/ruler.md."""
 
 from .base import Sample

@@ -56,8 +56,6 @@ class Task:
     description: str = ""
     min_units: int = 1
     needs_data: str | None = None  # the CLI option a task's local data comes from (qa tasks)
-    length_margin: int = 24  # tokens a training mixture adds to the task's probed shortest length
-    ruler: bool = True  # False: a task of this project in RULER's format (mqar), in no RULER group
 
     def max_units(self, ctx: Context) -> int:
         return max(self.min_units, ctx.max_tokens)
@@ -70,5 +68,4 @@ class Task:
         return self.haystack == "essay"
 
     def __repr__(self) -> str:
-        kind = "RULER task" if self.ruler else "task (not RULER)"
-        return f"<{kind} {self.name}: {self.metric}, {self.gen_tokens} tokens to generate>"
+        return f"<RULER task {self.name}: {self.metric}, {self.gen_tokens} tokens to generate>"

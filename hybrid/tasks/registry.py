@@ -1,8 +1,7 @@
 """The RULER task registry and the one sample generator everything else uses.
 
 ``TASKS`` maps a task name to its task object (``.metric``, ``.gen_tokens``, ``.haystack``,
-``.description``); ``mqar`` is registered next to them but is not a RULER task (``Task.ruler`` is
-False) and belongs to no group. ``make_sample(task, max_tokens, tokenizer, rng)`` returns a ``Sample`` whose prompt
+``.description``). ``make_sample(task, max_tokens, tokenizer, rng)`` returns a ``Sample`` whose prompt
 plus ``gen_tokens`` fits ``max_tokens`` tokens of ``tokenizer`` (counting a leading BOS when the tokenizer
 has one: the model reads ``<bos> prompt``), found by searching the haystack size.
 The sample is a pure function of one seed drawn from ``rng`` (see ``seeds.py`` for the seed ranges).
@@ -21,18 +20,15 @@ from .base import Context, Sample, Task
 from .errors import RulerError, TooShort
 from .fit import fit_units
 from .haystack import essay_words, is_default_essay
-from .mqar import Mqar
 from .niah import NiahTask, niah_tasks
 from .qa import QaTask
 from .tokens import check_ids, check_text, model_ids
 from .vt import VariableTracking
 
 TASKS: dict[str, Task] = {t.name: t for t in [*niah_tasks(), VariableTracking(), CommonWords(), FrequentWords(),
-                                               QaTask("qa_1", "squad"), QaTask("qa_2", "hotpotqa"),
-                                               Mqar()]}
+                                               QaTask("qa_1", "squad"), QaTask("qa_2", "hotpotqa")]}
 
-# RULER's tasks that need no local data; the groups hold RULER tasks only (not mqar, see ``Task.ruler``)
-OFFLINE = tuple(n for n, t in TASKS.items() if t.needs_data is None and t.ruler)
+OFFLINE = tuple(n for n, t in TASKS.items() if t.needs_data is None)
 GROUPS: dict[str, tuple[str, ...]] = {
     "all": OFFLINE,
     "niah": tuple(n for n in OFFLINE if n.startswith("niah")),
@@ -101,11 +97,6 @@ def resolve_tasks(names: Iterable[str] | str) -> list[str]:
     if not out:
         raise RulerError(f"no RULER tasks given; known tasks: {', '.join(TASKS)}")
     return out
-
-
-def is_ruler(task: str | Task) -> bool:
-    """False for a task of this project that only borrows RULER's format (mqar): reports label it."""
-    return get_task(task).ruler
 
 
 def is_ruler_like(task: str | Task) -> bool:

@@ -16,7 +16,6 @@ UNITS = {
     "words": ("unique_words", "distinct words"),
     "coded": ("words", "coded words"),
     "documents": ("documents", "documents"),
-    "pairs": ("pairs", "key-value pairs"),  # mqar, not a RULER task
 }
 # fewer units than this and the cell is flagged as thin: the haystack is too small to hide the needles
 # in (a noise line or a distractor needle is one fact-sized unit; essay words are much smaller)

@@ -65,9 +65,7 @@ def _min_length(task: str, tok, limit: int) -> int | None:
             hi = mid
         else:
             lo = mid
-    # margin: the minimum varies a little with the drawn words (a task's ``length_margin``, 24 tokens but
-    # for mqar, whose smallest prompt has the same length for every seed)
-    return min(hi + get_task(task).length_margin, limit)
+    return min(hi + 24, limit)  # margin: the minimum varies a little with the drawn words
 
 
 def _slack(task: str, tok, n: int) -> int:
@@ -132,18 +130,16 @@ class RulerSource:
             for name in self.tasks:  # the first task that has follow-ups (the NIAH ones) sets the size
                 s = make_sample(name, self.min_len[name], tokenizer, 12345)
                 if "followup" in s.meta:
-                    # a 7-digit value, or a real one where the task gives its answer format (mqar)
-                    value = s.meta["facts"][0][1] if len(s.meta["followup"]) > 3 and s.meta["facts"] else "1234567"
-                    q, a = self._followup(s.meta, s.meta["queried"][0], value)
+                    q, a = self._followup(s.meta, s.meta["queried"][0], "1234567")
                     self.followup_tokens = len(q) + len(a) + 2
                     break
 
     def _followup(self, meta: dict, key: str, value: str) -> tuple[list[int], list[int]]:
         """Token ids of one follow-up question (with its answer prefix) and of its answer."""
-        question, prefix, typ, *answer = meta["followup"]  # a 4th entry: the answer's format (mqar)
+        question, prefix, typ = meta["followup"]
         q = "\n" + question.format(type=typ, query=key) + prefix.format(type=typ, query=key)
         return (self.tok.encode(q, add_special_tokens=False),
-                self.tok.encode((answer[0] if answer else " {value}.").format(value=value), add_special_tokens=False))
+                self.tok.encode(f" {value}.", add_special_tokens=False))
 
     def length_cap(self, step: int) -> int:
         """Longest document (its length budget, prompt + generation) allowed at training ``step``;

@@ -24,21 +24,10 @@ CI_NOTE = "[lo, hi]: 95% Wilson interval over the samples of the cell (x tasks f
 
 HELD_OUT_MARK = "\u2020"  # dagger
 HELD_OUT_NOTE = HELD_OUT_MARK + " held out: evaluated but never trained on; averaged apart"
-NOT_RULER_MARK = "(not RULER)"
-NOT_RULER_NOTE = ("(not RULER): a task of this project in RULER's prompt format, scored by the same exact "
-                  "match, but not one of RULER's tasks (mqar: multi-query associative recall, Zoology)")
-
-
-def not_ruler(t: str) -> bool:
-    """True for a task name that is not a RULER task (mqar); False for RULER's and for other labels."""
-    from hybrid.tasks.registry import TASKS
-
-    return t in TASKS and not TASKS[t].ruler
 
 
 def task_label(run: RulerRun, t: str) -> str:
-    return (t + (" *" if t in run.ruler_like else "") + (f" {NOT_RULER_MARK}" if not_ruler(t) else "")
-            + (f" {HELD_OUT_MARK}" if t in run.held_out else ""))
+    return t + (" *" if t in run.ruler_like else "") + (f" {HELD_OUT_MARK}" if t in run.held_out else "")
 
 
 def count_label(counts: list[int], what: str) -> str:
@@ -69,8 +58,6 @@ def notes(run: RulerRun) -> list[str]:
     out += shape_notes(run.shape, run.skipped)
     if run.ruler_like:
         out.append(RULER_LIKE_NOTE.format(haystack=essay_label(run.haystack)))
-    if any(not_ruler(t) for t in run.tasks):
-        out.append(NOT_RULER_NOTE)
     return out
 
 
