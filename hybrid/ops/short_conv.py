@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from .backend import next_pow2, use_triton
 
 NORM_EPS = 1e-6
-# tokens per program of the convolution kernels (16 x 128 channels: about 110 registers for sm_90 at
+# tokens per program of the forward and dx kernels (16 x 128 channels: about 110 registers for sm_90 at
 # 4 warps, against 255 and spills at 64 tokens) and channels per program of the dx pass
 TOKENS_PER_PROGRAM = 16
 CHANNELS_PER_PROGRAM = 128

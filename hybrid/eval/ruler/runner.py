@@ -152,12 +152,11 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int,
                 for i, c in enumerate(comp):
                     forced[i, :len(c)] = torch.tensor(c, dtype=torch.long)
                 forced = forced.to(device)
-            got = fast(ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
+            new = fast(ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos_token_id=eos,
                        pad_token_id=pad, forced=forced)
-            if got is not None and forced is not None:
-                got, pred = got
+            if new is not None and forced is not None:
+                new, pred = new
                 tf = _tally(tokenizer, comp, pred.cpu().tolist())
-            new = got
         if new is None:
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad, eos_token_id=eos)
