@@ -24,6 +24,10 @@ tokens, row by row (greedy decoding: a mismatch is a numerical difference betwee
 
     PYTHONPATH=. python3 benchmarks/ruler_eval.py --json out/ruler-eval.json
     PYTHONPATH=. python3 benchmarks/ruler_eval.py runs/model --samples 50 --tasks niah_single_1,vt
+
+``--profile`` then runs one batch per task through the static path again under the torch profiler and
+reports where its time goes: host seconds and CUDA ms of the prefill, the teacher-forced answer check
+and the greedy steps (the phases ``greedy_decode`` names), and the kernels with the most CUDA time.
 """
 
 from __future__ import annotations
@@ -185,6 +189,56 @@ def time_samples(tok, tasks, length, samples, seed) -> float:
     return time.perf_counter() - t0
 
 
+PHASES = ("greedy_decode.prefill", "greedy_decode.answer_check", "greedy_decode.steps")
+
+
+def profile_static(model, tok, tasks, length, *, batch_size, seed, device, top=15) -> dict:
+    """One batch per task through the static path under the torch profiler: per phase of greedy_decode
+    the host seconds and the CUDA ms of the kernels it launched (a graph replay counts as its kernels),
+    the whole run's host seconds, and the ``top`` kernels by CUDA time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        run_path(model, tok, tasks, length, batch_size, batch_size=batch_size, seed=seed, dynamic=False,
+                 device=device)
+        seconds = time.perf_counter() - t0
+    phases, span, kernels = {}, {}, {}
+    for e in prof.events():
+        if e.device_type == DeviceType.CPU:
+            if e.name in PHASES:  # the host range: its wall time and the device time of what it launched
+                p = phases.setdefault(e.name, {"calls": 0, "host_s": 0.0, "cuda_ms": 0.0})
+                p["calls"] += 1
+                p["host_s"] += e.time_range.elapsed_us() / 1e6
+                p["cuda_ms"] += e.device_time_total / 1e3
+        elif e.name in PHASES or getattr(e, "is_user_annotation", False):  # a range drawn on the device
+            span[e.name] = span.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
+        else:  # a kernel, copy or fill
+            kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
+    for name, p in phases.items():  # where the kernels were not linked to their host range, the device span
+        if p["cuda_ms"] == 0 and name in span:
+            p["cuda_ms"] = span[name]
+    calls = {}
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU and e.name in kernels:
+            calls[e.name] = calls.get(e.name, 0) + 1
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
+    return {"batches": len(tasks), "seconds": seconds, "phases": phases,
+            "kernels": [{"name": n[:100], "calls": calls[n], "cuda_ms": ms} for n, ms in ranked]}
+
+
+def profile_markdown(p: dict) -> str:
+    lines = [f"profile of the static path, one batch per task ({p['batches']} batches, {p['seconds']:.2f} s "
+             "under the profiler):", "", "| phase | calls | host s | CUDA ms |", "| --- | ---: | ---: | ---: |"]
+    lines += [f"| {k.split('.')[-1]} | {v['calls']} | {v['host_s']:.3f} | {v['cuda_ms']:.1f} |"
+              for k, v in p["phases"].items()]
+    lines += ["", "| kernel | calls | CUDA ms |", "| --- | ---: | ---: |"]
+    lines += [f"| {k['name']} | {k['calls']} | {k['cuda_ms']:.1f} |" for k in p["kernels"]]
+    return "\n".join(lines)
+
+
 def markdown(res: dict) -> str:
     m, p = res["model"], res["paths"]
     what = (f"{m.get('recipe', m['source'])} ({m['layout']}, {m['weights']})" if "recipe" in m
@@ -227,6 +281,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp32"),
                     help="model dtype (auto: bf16 on CUDA, fp32 on CPU, as `hybrid ruler`)")
     ap.add_argument("--json", default=None, metavar="FILE", help="write the results here")
+    ap.add_argument("--profile", action="store_true",
+                    help="then profile one batch per task of the static path: time per phase, top kernels")
     args = ap.parse_args(argv)
     for flag in ("samples", "length", "batch_size"):
         if getattr(args, flag) < 1:
@@ -282,6 +338,10 @@ def main(argv=None) -> int:
            "generations": generations}
     res["markdown"] = markdown(res)
     print(res["markdown"])
+    if args.profile:
+        res["profile"] = profile_static(model, tok, tasks, args.length, batch_size=args.batch_size, seed=args.seed,
+                                        device=dev)
+        print("\n" + profile_markdown(res["profile"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -73,9 +73,20 @@ def test_tiny_evaluation_through_both_paths_on_cpu(tmp_path):
     assert "| generate given a dynamic HybridCache" in res["markdown"] and "0 of 2 rows differ" in res["markdown"]
 
 
+def test_profile_on_cpu_reports_its_batches_without_phases(tmp_path):
+    # on a CPU the static path is generate (no greedy_decode phases, no CUDA kernels); the profile still runs
+    res = _micro_run(tmp_path, "--device", "cpu", "--profile")
+    assert res["profile"]["batches"] == 1 and res["profile"]["seconds"] > 0
+    assert res["profile"]["phases"] == {} and res["profile"]["kernels"] == []
+
+
 @pytest.mark.gpu
 def test_tiny_evaluation_decodes_through_the_graph_on_cuda(tmp_path):
-    res = _micro_run(tmp_path, "--device", "cuda", "--dtype", "fp32")
+    res = _micro_run(tmp_path, "--device", "cuda", "--dtype", "fp32", "--profile")
     assert res["paths"]["static"]["decode_caches"] == {"StaticHybridCache + CUDA graph, greedy loop": 1}
     assert res["paths"]["dynamic"]["decode_caches"] == {"HybridCache": 1}
     assert res["generations"]["mismatched_rows"] == 0
+    phases = res["profile"]["phases"]  # the static path's three phases, each with CUDA work
+    assert set(phases) == {"greedy_decode.prefill", "greedy_decode.answer_check", "greedy_decode.steps"}
+    assert all(p["calls"] == 1 and p["host_s"] > 0 and p["cuda_ms"] > 0 for p in phases.values())
+    assert res["profile"]["kernels"] and all(k["cuda_ms"] > 0 for k in res["profile"]["kernels"])

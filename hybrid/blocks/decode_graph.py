@@ -29,6 +29,7 @@ import warnings
 from collections import OrderedDict
 
 import torch
+from torch.profiler import record_function
 
 from .recurrent_step import weights_key
 from .static_cache import StaticHybridCache
@@ -173,23 +174,27 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     eos = None
     if eos_token_id is not None:
         eos = torch.as_tensor(eos_token_id, device=input_ids.device).reshape(-1)
-    logits, dyn = static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=1)
-    tok = logits[:, -1].argmax(-1)
+    # the phases are named for the torch profiler (benchmarks/ruler_eval.py --profile)
+    with record_function("greedy_decode.prefill"):
+        logits, dyn = static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=1)
+        tok = logits[:, -1].argmax(-1)
     predicted = None
     if forced is not None:
-        predicted = _teacher_forced(model, dyn, tok, forced, attention_mask, T)
+        with record_function("greedy_decode.answer_check"):
+            predicted = _teacher_forced(model, dyn, tok, forced, attention_mask, T)
     del dyn
-    out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
-    done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-    for i in range(max_new_tokens):
-        tok = tok.masked_fill(done, pad_token_id)
-        out[:, i] = tok
-        if eos is not None:
-            done |= torch.isin(tok, eos)
-            if (i + 1) % CHECK_EVERY == 0 and bool(done.all()):
-                break
-        if i + 1 < max_new_tokens:
-            tok = model(input_ids=tok[:, None], cache=cache).logits[:, -1].argmax(-1)
+    with record_function("greedy_decode.steps"):
+        out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        for i in range(max_new_tokens):
+            tok = tok.masked_fill(done, pad_token_id)
+            out[:, i] = tok
+            if eos is not None:
+                done |= torch.isin(tok, eos)
+                if (i + 1) % CHECK_EVERY == 0 and bool(done.all()):
+                    break
+            if i + 1 < max_new_tokens:
+                tok = model(input_ids=tok[:, None], cache=cache).logits[:, -1].argmax(-1)
     return out if forced is None else (out, predicted)
 
 
