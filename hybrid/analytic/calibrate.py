@@ -2,7 +2,9 @@
 
 Each part (hybrid.analytic.parts) is run alone on random inputs at every grid cell (T, N = B * T), with
 the real modules of a one-layer model: forward under the model's autocast, backward outside it, as in
-a training step. Recorded per cell: the median forward and backward seconds, and the memory:
+a training step. Recorded per cell: the median forward and backward seconds (on CUDA per call of
+``STREAMED`` calls run back to back, so that the host's launches overlap the device's work as they do
+in a step; on the CPU of one call), and the memory:
 
 - CUDA: ``saved_bytes`` = allocated after the forward minus before (what the part keeps for its
   backward, its output included), ``fwd_extra_bytes`` = the forward's peak above the inputs,
@@ -30,6 +32,7 @@ DEFAULT_GRID = {
     "cuda": {"lengths": (512, 2048, 8192, 32768), "tokens": (2048, 8192, 32768)},
     "cpu": {"lengths": (64, 256, 1024), "tokens": (1024, 4096)},
 }
+STREAMED = 4  # calls per timing on CUDA, back to back (PartRunner._streamed)
 _PLACEHOLDER = {"kind": "attention", "heads": 1, "head_dim": 2}  # the layer a head/embed-only model needs
 
 
@@ -112,25 +115,19 @@ class PartRunner:
         x, pos, ids = self.inputs(batch, length)
         for p in self.params:  # gradients exist, as in a step after the first: the backward accumulates
             p.grad = torch.zeros_like(p)
+        with _autocast(dev):
+            out = self.run(x, pos, ids)
         gout = None
+        if out.dim():
+            gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dev, out.dtype)
+        del out
+        timer = self._streamed if dev.type == "cuda" else self._alone
         fwd, bwd = [], []
         for i in range(warmup + repeats):
-            x.grad = None
-            _sync(dev)
-            t0 = time.perf_counter()
-            with _autocast(dev):
-                out = self.run(x, pos, ids)
-            _sync(dev)
-            t1 = time.perf_counter()
-            if gout is None and out.dim():
-                gout = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dev, out.dtype)
-            out.backward(gout)
-            _sync(dev)
-            t2 = time.perf_counter()
-            del out
+            f, b = timer(x, pos, ids, gout)
             if i >= warmup:
-                fwd.append(t1 - t0)
-                bwd.append(t2 - t1)
+                fwd.append(f)
+                bwd.append(b)
         cell = {"batch": batch, "length": length, "tokens": batch * length,
                 "forward_s": statistics.median(fwd), "backward_s": statistics.median(bwd)}
         x.grad = None
@@ -138,6 +135,40 @@ class PartRunner:
         for p in self.params:
             p.grad = None
         return cell
+
+    def _alone(self, x, pos, ids, gout) -> tuple[float, float]:
+        """(forward, backward) seconds of one call, each timed on its own (the CPU: nothing overlaps)."""
+        x.grad = None
+        t0 = time.perf_counter()
+        with _autocast(self.dev):
+            out = self.run(x, pos, ids)
+        t1 = time.perf_counter()
+        out.backward(gout)
+        return t1 - t0, time.perf_counter() - t1
+
+    def _streamed(self, x, pos, ids, gout) -> tuple[float, float]:
+        """(forward, backward) seconds per call on CUDA when STREAMED calls run back to back: the host
+        queues the next call's kernels while the device runs this one's, as it does from part to part in
+        a step. A part timed alone between two synchronisations would instead pay the host's launch time
+        and the device's time one after the other (a width-512 CARVE layer's forward: 2.4-3.3 ms alone at
+        any token count). The backward is the forward + backward calls' time less the forward's."""
+        dev = self.dev
+
+        def per_call(with_backward: bool) -> float:
+            x.grad = None
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(STREAMED):
+                with _autocast(dev):
+                    out = self.run(x, pos, ids)
+                if with_backward:
+                    out.backward(gout)
+                del out
+            _sync(dev)
+            return (time.perf_counter() - t0) / STREAMED
+
+        fwd = per_call(False)
+        return fwd, max(per_call(True) - fwd, 0.0)
 
     def _memory(self, x, pos, ids, gout) -> dict:
         fixed = self.fixed_bytes()
