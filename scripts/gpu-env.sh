@@ -3,7 +3,8 @@
 # installed to /tmp/site when present; Triton's autotuning results cached on disk and written back as
 # $OUT/autotune.tar on exit (fla autotunes its kernels for minutes at every new shape). The choices
 # already made travel in: benchmarks/fla-autotune-sm90.tar (tracked: fla 0.6.0's kernels at the
-# benchmarks' shapes, Triton 3.6.0, tuned on an H100; H200 and H100 are both sm_90), then
+# benchmarks' shapes, Triton 3.6.0, tuned on an H100 and an H200, both sm_90: the layers at 8 x 4096,
+# 2 x 16384 and 1 x 32768 but KimiDeltaAttention at 8 x 4096 only; the long-context table at H = 8), then
 # .autotune/autotune.tar when present (copy a run's $OUT/autotune.tar there and carry .autotune).
 # Only the choices travel, not binaries.
 OUT="${OUT:-out}"
