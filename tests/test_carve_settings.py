@@ -94,7 +94,7 @@ def test_interpreter_settings(monkeypatch):
 def test_settings_are_validated():
     base = choose_settings(shapes(K=16, V=16), torch.float32, torch.device("cpu"), 32)
     for bad in (dict(kernel="v3"), dict(tile_rows=48), dict(value_split=3), dict(saved_state="fp8"),
-                dict(precision="tf32x3"), dict(post_columns=8), dict(du_slots=0), dict(tile_rows=64, value_split=4)):
+                dict(precision="tf32x3"), dict(post_columns=8), dict(du_slots=0), dict(value_split=2)):
         with pytest.raises(CarveInputError, match="CarveSettings"):
             replace(base, **bad)
     with pytest.raises(CarveInputError, match="chunk_size"):

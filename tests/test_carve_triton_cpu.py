@@ -66,6 +66,9 @@ SPLIT_CASES = {
                              settings={"value_split": 4}),
     "split8_nocontent_varlen_state": dict(C=64, lengths=[70, 0, 9], K=16, V=128, content=False, init_state=True,
                                           final_grad=True, settings={"value_split": 8}),
+    # 64-row tiles (one per content chunk) with the split: half the sequential steps of 32-row tiles
+    "split8_tile64_nocontent_state": dict(C=64, T=150, K=16, V=128, content=False, init_state=True, final_grad=True,
+                                          settings={"value_split": 8, "tile_rows": 64}),
     "split8_fp16_decayed_bf16_saved": dict(C=64, T=80, K=16, V=128, content=False, decay=2.0,
                                            settings={"value_split": 8, "fp16_decayed": True,
                                                      "saved_state": "bf16", "saved_gate": "bf16"}),

@@ -88,12 +88,11 @@ class CarveSettings:
                      "num_stages"):
             need(getattr(self, name) >= 1, f"{name} must be >= 1")
         need(self.par_maxnreg >= 0 and self.prep_maxnreg >= 0, "register caps must be >= 0")
-        # the V split exchanges partial sums between programs that must all be resident; it is offered
-        # for 32-row tiles or smaller, in VALUE_SPLITS programs
+        # the V split exchanges partial sums between programs that must all be resident, in VALUE_SPLITS
+        # programs; choose_settings offers it on 32-row tiles (64-row tiles with the split pass the
+        # interpreter's cases, content off, and have not run on a GPU)
         need(self.kernel == "wide" or self.value_split in VALUE_SPLITS,
              f"the chunk kernels split V in one of {VALUE_SPLITS}")
-        need(self.kernel == "wide" or self.value_split == 1 or self.tile_rows <= 32,
-             "the V split needs tile_rows <= 32")
 
     def as_dict(self) -> dict:
         return asdict(self)
