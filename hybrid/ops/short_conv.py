@@ -42,6 +42,16 @@ def doc_index(cu_seqlens: torch.Tensor, total: int) -> tuple[torch.Tensor, torch
     return doc, t - cu[doc]
 
 
+def _taps(ext: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
+    """``y[t] = sum_i weight[:, i] * ext[t + i]`` for t < n along dim -2 of ``ext [..., n + width - 1, C]``:
+    the causal depthwise convolution as one multiply-add per tap, in the channels-last layout (on a CPU
+    several times faster forward and backward than a grouped conv1d over the transposed layout)."""
+    y = ext[..., 0:n, :] * weight[:, 0]
+    for i in range(1, weight.shape[1]):
+        y = y + ext[..., i:i + n, :] * weight[:, i]
+    return y
+
+
 def short_conv(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -61,10 +71,7 @@ def short_conv(
             ext = F.pad(x, (0, 0, width - 1, 0))
         else:
             ext = torch.cat([initial_state.transpose(1, 2).to(x.dtype), x], dim=1)
-        if T == 0:
-            y = x
-        else:
-            y = F.conv1d(ext.transpose(1, 2), weight.unsqueeze(1).to(x.dtype), groups=C).transpose(1, 2)
+        y = x if T == 0 else _taps(ext, weight.to(x.dtype), T)
         final = ext[:, ext.shape[1] - (width - 1):].transpose(1, 2).contiguous() if output_final_state else None
         return y, final
 
@@ -87,8 +94,7 @@ def short_conv(
     if T == 0:
         y = x[0]
     else:
-        y_ext = F.conv1d(ext.t().unsqueeze(0), weight.unsqueeze(1).to(x.dtype), groups=C)[0].t()
-        y = y_ext.index_select(0, tok_at - p)
+        y = _taps(ext, weight.to(x.dtype), T + (n - 1) * p).index_select(0, tok_at - p)
     final = None
     if output_final_state:
         if p == 0:

@@ -84,19 +84,24 @@ def _run_lanes(q, k, v, g, a, w, u_down, u_up, st: CarveState, pos0: int, scale,
     w = perm(w)
     L = q.shape[2]
     S, m_prev, o_sum = st.S, st.m_prev, st.o_sum
-    outs = []
-    t, pos = 0, pos0
+    # segment lengths: up to the first chunk end, then whole chunks, then the rest. The inputs are split
+    # once (autograd then joins their gradients in one concatenation, where a slice per segment would
+    # zero-fill a full-length gradient for each)
+    sizes, t, pos = [], 0, pos0
     while t < L:
-        ln = min(L - t, C - pos)
-        sl = slice(t, t + ln)
-        O, S = _segment(q[:, :, sl], k[:, :, sl], v[:, :, sl], g[:, :, sl], a[:, :, sl], w[:, :, sl],
-                        u_down, u_up, S, m_prev, scale, content_grad)
+        sizes.append(min(L - t, C - pos))
+        t += sizes[-1]
+        pos = (pos + sizes[-1]) % C
+    parts = [torch.split(x, sizes, dim=2) for x in (q, k, v, g, a, w)]
+    outs = []
+    pos = pos0
+    for i, ln in enumerate(sizes):
+        O, S = _segment(*(p[i] for p in parts), u_down, u_up, S, m_prev, scale, content_grad)
         outs.append(O)
         o_sum = o_sum + O.sum(dim=2)
         pos += ln
         if pos == C:
             m_prev, o_sum, pos = o_sum / C, torch.zeros_like(o_sum), 0
-        t += ln
     o = torch.cat(outs, dim=2).transpose(1, 2) if outs else q.new_zeros(q.shape[0], 0, q.shape[1], v.shape[-1])
     n = q.shape[0]
     return o, CarveState(S, m_prev, o_sum, torch.full((n,), pos, dtype=torch.long, device=q.device))
