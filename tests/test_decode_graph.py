@@ -128,25 +128,57 @@ def _forced_full(model, prompt, forced):
     return logits[prompt.numel() - 1: prompt.numel() - 1 + forced.numel()].argmax(-1).tolist()
 
 
-@pytest.mark.parametrize("layout", ["3to1", "carve"])
+@pytest.mark.parametrize("layout", ["3to1", "carve", "ring"])
 def test_teacher_forcing_from_the_prefill_equals_full_forwards(layout):
     """Forced continuations (right-padded) continue the prefill's state: each row's predictions equal a
-    full forward over that row's prompt and continuation alone, and the greedy tokens are unchanged."""
-    model = make_model(LAYOUTS[layout])
+    full forward over that row's prompt and continuation alone, and the greedy tokens are unchanged (the
+    cache is restored after the forced steps; "ring": a window of 4 whose slots those steps overwrite)."""
+    model = make_model(RING if layout == "ring" else LAYOUTS[layout])
     prompts = [torch.randint(1, VOCAB, (n,)) for n in (21, 6, 13)]
     conts = [torch.randint(1, VOCAB, (n,)) for n in (5, 1, 9)]
     ids, mask = _left_padded(prompts)
     forced = torch.zeros(3, 9, dtype=torch.long)
     for b, c in enumerate(conts):
         forced[b, :c.numel()] = c
+    state = lambda c: [t.clone() for layer in c.layers for t in layer.step_buffers()] + [c.lengths.clone()]
     with torch.no_grad():
-        plain = greedy_decode(model, ids, mask, 12, pad_token_id=0, cache=decode_cache(model, 3, 40))
+        cache = decode_cache(model, 3, 40)
+        plain = greedy_decode(model, ids, mask, 12, pad_token_id=0, cache=cache)
+        after_plain = state(cache)
         got, pred = greedy_decode(model, ids, mask, 12, pad_token_id=0, cache=decode_cache(model, 3, 40),
                                   forced=forced)
     assert got.tolist() == plain.tolist()
+    # the forced steps left no trace: after the same greedy steps the cache holds the same state
+    assert all(torch.equal(a, b) for a, b in zip(state(cache), after_plain))
     assert pred.shape == (3, 9)
     for b, (p, c) in enumerate(zip(prompts, conts)):
         assert pred[b, :c.numel()].tolist() == _forced_full(model, p, c)
+
+
+def test_snapshot_restore_undoes_decode_steps():
+    """Steps after a snapshot are undone by restore: recurrent states, slot occupancy, the window's ring
+    slots, lengths and the token count are as before, and the next step gives the same logits."""
+    model = make_model(RING)
+    prompts = [torch.randint(1, VOCAB, (n,)) for n in (11, 7)]
+    ids, mask = _left_padded(prompts)
+    tok = torch.randint(1, VOCAB, (2, 1))
+    with torch.no_grad():
+        cache = decode_cache(model, 2, 40)
+        model(input_ids=ids, attention_mask=mask, cache=cache)
+        before = [[t.clone() for t in layer.step_buffers()] for layer in cache.layers]
+        lengths, seen = cache.lengths.clone(), cache.seen_tokens
+        snap = cache.snapshot()
+        for _ in range(6):  # more than the window's 4 slots: every ring slot is overwritten
+            model(input_ids=torch.randint(1, VOCAB, (2, 1)), cache=cache)
+        assert cache.seen_tokens == seen + 6
+        cache.restore(snap)
+        assert cache.seen_tokens == seen and torch.equal(cache.lengths, lengths)
+        for layer, old in zip(cache.layers, before):
+            assert all(torch.equal(t, o) for t, o in zip(layer.step_buffers(), old))
+        got = model(input_ids=tok, cache=cache).logits
+        fresh = decode_cache(model, 2, 40)
+        model(input_ids=ids, attention_mask=mask, cache=fresh)
+        assert torch.equal(got, model(input_ids=tok, cache=fresh).logits)
 
 
 def test_greedy_new_tokens_leaves_the_cpu_to_generate():

@@ -14,7 +14,8 @@ the new tokens (``hybrid ruler``, the sweep's evaluation): unlike ``generate``, 
 a device value back every token, it reads back only every ``CHECK_EVERY`` tokens, so the host queues
 replays ahead of the GPU instead of waiting on each. Given reference continuations it also
 teacher-forces them from the prefill's state (RULER's answer-token accuracy), so an evaluation reads each
-prompt once.
+prompt once: they are stepped through the same cache (replays of its captured step) between a snapshot
+of what steps change and its restore, before the greedy steps.
 
 ``generate_cache`` is what ``HybridForCausalLM.generate`` asks on CUDA: a reset, captured cache for a
 greedy or sampled generation (one beam), or None (the dynamic ``HybridCache`` path: CPU, beam search,
@@ -167,22 +168,26 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     the greedy prediction of every forced token ``[B, L]``, column j made from the prompt and
     ``forced[:, :j]``)."""
     B, T = input_ids.shape
+    # the forced tokens are stepped through the same cache: it must hold them as well as the new tokens
+    room = max(max_new_tokens, 0 if forced is None else forced.shape[1] - 1)
     if cache is None:
-        cache = fast_cache(model, B, T + max_new_tokens)
+        cache = fast_cache(model, B, T + room)
         if cache is None:
             return None
+    elif T + room > cache.max_len:
+        raise ValueError(f"greedy_decode: {T} prompt tokens and {room} more do not fit a StaticHybridCache of "
+                         f"{cache.max_len}")
     eos = None
     if eos_token_id is not None:
         eos = torch.as_tensor(eos_token_id, device=input_ids.device).reshape(-1)
     # the phases are named for the torch profiler (benchmarks/ruler_eval.py --profile)
     with record_function("greedy_decode.prefill"):
-        logits, dyn = static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=1)
+        logits = static_prefill(model, input_ids, attention_mask, cache, logits_to_keep=1)[0]
         tok = logits[:, -1].argmax(-1)
     predicted = None
     if forced is not None:
         with record_function("greedy_decode.answer_check"):
-            predicted = _teacher_forced(model, dyn, tok, forced, attention_mask, T)
-    del dyn
+            predicted = _teacher_forced(model, cache, tok, forced)
     with record_function("greedy_decode.steps"):
         out = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=input_ids.device)
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
@@ -198,14 +203,15 @@ def greedy_decode(model, input_ids: torch.Tensor, attention_mask: torch.Tensor |
     return out if forced is None else (out, predicted)
 
 
-def _teacher_forced(model, dyn, first: torch.Tensor, forced: torch.Tensor, attention_mask, T: int) -> torch.Tensor:
+def _teacher_forced(model, cache: StaticHybridCache, first: torch.Tensor, forced: torch.Tensor) -> torch.Tensor:
     """Greedy predictions ``[B, L]`` of the forced tokens: the first from the prompt's last logits
-    (``first``), the others from one forward of ``forced[:, :-1]`` through the prefill's dynamic cache."""
-    B, L = forced.shape
+    (``first``), the others from steps of ``forced[:, :-1]`` through ``cache`` (on CUDA replays of its
+    captured step), which is then restored to the prefill's state."""
+    L = forced.shape[1]
     cols = [first[:, None]]
     if L > 1:
-        past = attention_mask if attention_mask is not None else torch.ones(B, T, dtype=torch.long,
-                                                                          device=forced.device)
-        mask = torch.cat([past, past.new_ones(B, L - 1)], dim=1)
-        cols.append(model(input_ids=forced[:, :-1], attention_mask=mask, cache=dyn).logits.argmax(-1))
+        snap = cache.snapshot()
+        for j in range(L - 1):
+            cols.append(model(input_ids=forced[:, j:j + 1], cache=cache).logits[:, -1].argmax(-1)[:, None])
+        cache.restore(snap)
     return torch.cat(cols, dim=1)

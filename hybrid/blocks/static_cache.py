@@ -50,6 +50,10 @@ class _StaticLayer:
     def buffers(self) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def step_buffers(self) -> list[torch.Tensor]:
+        """What decoding steps overwrite and a restore must put back (StaticHybridCache.snapshot)."""
+        return self.buffers()
+
     def offload(self):
         pass
 
@@ -87,6 +91,11 @@ class StaticAttentionLayer(_StaticLayer):
 
     def get_max_length(self) -> int:
         return self.slots
+
+    def step_buffers(self):
+        # a step fills a slot beyond the real tokens: marking it empty again undoes it, unless the slots
+        # are a window's ring, where it overwrote an older token's key and value
+        return [self.keys, self.values, self.slot_pos] if self.is_sliding else [self.slot_pos]
 
     def reset(self):
         self.slot_pos.fill_(-1)  # empty slots are masked; their stale keys and values are never weighted
@@ -278,6 +287,19 @@ class StaticHybridCache(Cache):
             mine.load(theirs, start)
         self.lengths[start:start + n].copy_(dyn.real_len)
         self.rows, self.seen_tokens = max(self.rows, start + n), dyn.seen_tokens
+
+    def snapshot(self):
+        """Copies of what decoding steps change (recurrent states, slot occupancy, ring slots, lengths), for
+        ``restore``: steps taken in between are undone, in place (a captured step keeps its buffers)."""
+        return ([[t.clone() for t in layer.step_buffers()] for layer in self.layers], self.lengths.clone(),
+                self.rows, self.seen_tokens)
+
+    def restore(self, snap):
+        saved, lengths, self.rows, self.seen_tokens = snap
+        for layer, copies in zip(self.layers, saved):
+            for t, c in zip(layer.step_buffers(), copies):
+                t.copy_(c)
+        self.lengths.copy_(lengths)
 
     def reorder_cache(self, beam_idx: torch.LongTensor):
         self.batch_select_indices(beam_idx)
