@@ -155,6 +155,15 @@ def test_teacher_forcing_from_the_prefill_equals_full_forwards(layout):
         assert pred[b, :c.numel()].tolist() == _forced_full(model, p, c)
 
 
+def test_greedy_decode_refuses_a_cache_without_room_for_the_forced_tokens():
+    model = make_model(LAYOUTS["3to1"])
+    ids, mask = _left_padded([torch.randint(1, VOCAB, (n,)) for n in (10, 6)])
+    forced = torch.randint(1, VOCAB, (2, 12))
+    with torch.no_grad(), pytest.raises(ValueError, match="do not fit a StaticHybridCache"):
+        greedy_decode(model, ids, mask, 4, pad_token_id=0, cache=StaticHybridCache(model.config, 2, 16),
+                      forced=forced)
+
+
 def test_snapshot_restore_undoes_decode_steps():
     """Steps after a snapshot are undone by restore: recurrent states, slot occupancy, the window's ring
     slots, lengths and the token count are as before, and the next step gives the same logits."""
