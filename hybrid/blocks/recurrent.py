@@ -129,13 +129,13 @@ class RecurrentMixer(nn.Module):
             return qkv, self.f_proj(x).view(B, T, H, K), a, self.w_proj_logits(x), self.g_proj(x)
         f_down, g_down = self.f_proj[0], self.g_proj[0]
         parts = [self.q_proj, self.k_proj, self.v_proj, f_down, self.w_proj, g_down]
-        weight = torch.cat([m.weight for m in parts])
+        weights = [m.weight for m in parts]
         # zero rows pad z's row to a multiple of 64 elements: the kernels reading its slices as strided rows
         # are specialised by Triton on a row stride divisible by 16, and only then load 16-byte vectors
-        pad = -weight.shape[0] % 64
+        pad = -sum(w.shape[0] for w in weights) % 64
         if pad:
-            weight = torch.cat([weight, weight.new_zeros(pad, weight.shape[1])])
-        z = F.linear(x, weight)
+            weights.append(weights[0].new_zeros(pad, weights[0].shape[1]))
+        z = F.linear(x, torch.cat(weights))
         qkv, fl, wl, gl, _ = torch.split(z, [2 * H * K + H * V, f_down.out_features, self.w_proj.out_features,
                                              g_down.out_features, pad], dim=-1)
         wl = wl.view(B, T, H) if self.kind == "carve" else wl.view(B, T, H, V)
