@@ -208,25 +208,23 @@ def profile_static(model, tok, tasks, length, *, batch_size, seed, device, top=1
     phases, span, kernels = {}, {}, {}
     for e in prof.events():
         if e.device_type == DeviceType.CPU:
-            if e.name in PHASES:  # the host range: its wall time and the device time of what it launched
+            if e.name in PHASES:  # the host range: its wall time and the GPU time of the kernels it launched
                 p = phases.setdefault(e.name, {"calls": 0, "host_s": 0.0, "cuda_ms": 0.0})
                 p["calls"] += 1
                 p["host_s"] += e.time_range.elapsed_us() / 1e6
                 p["cuda_ms"] += e.device_time_total / 1e3
-        elif e.name in PHASES or getattr(e, "is_user_annotation", False):  # a range drawn on the device
+        elif e.name in PHASES or getattr(e, "is_user_annotation", False):  # a range drawn on the GPU timeline
             span[e.name] = span.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
-        else:  # a kernel, copy or fill
-            kernels[e.name] = kernels.get(e.name, 0.0) + e.time_range.elapsed_us() / 1e3
-    for name, p in phases.items():  # where the kernels were not linked to their host range, the device span
+        else:  # a kernel, copy or fill: [CUDA ms, calls]
+            k = kernels.setdefault(e.name, [0.0, 0])
+            k[0] += e.time_range.elapsed_us() / 1e3
+            k[1] += 1
+    for name, p in phases.items():  # where the kernels were not linked to their host range, the GPU span
         if p["cuda_ms"] == 0 and name in span:
             p["cuda_ms"] = span[name]
-    calls = {}
-    for e in prof.events():
-        if e.device_type != DeviceType.CPU and e.name in kernels:
-            calls[e.name] = calls.get(e.name, 0) + 1
-    ranked = sorted(kernels.items(), key=lambda kv: -kv[1])[:top]
+    ranked = sorted(kernels.items(), key=lambda kv: -kv[1][0])[:top]
     return {"batches": len(tasks), "seconds": seconds, "phases": phases,
-            "kernels": [{"name": n[:100], "calls": calls[n], "cuda_ms": ms} for n, ms in ranked]}
+            "kernels": [{"name": n[:100], "calls": calls, "cuda_ms": ms} for n, (ms, calls) in ranked]}
 
 
 def profile_markdown(p: dict) -> str:
